@@ -1,0 +1,36 @@
+"""One exception type per failure class a user can cause.
+
+Every message names the thing at fault and how to fix it, in one line: the entry points print
+``error: <message>`` and exit with :attr:`PipelineError.exit_code`, without a traceback.
+Anything that is not a ``PipelineError`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class for failures caused by input or environment, not by our code."""
+
+    exit_code = 2
+
+
+class ConfigError(PipelineError):
+    """A recipe or override names an unknown key, has the wrong type or a bad value."""
+
+
+class DataError(PipelineError):
+    """Training data is missing, unreadable or does not meet the Parquet data contract."""
+
+
+class StorageError(PipelineError):
+    """Object storage is unreachable, denies access, or a bucket/prefix does not exist."""
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking server or model registry cannot be used."""
+
+
+class TrainingError(PipelineError):
+    """The distributed training run failed (worker errors, exhausted restarts)."""
+
+    exit_code = 1

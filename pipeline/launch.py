@@ -1,0 +1,202 @@
+"""The driver: from a JobConfig to a finished, tracked and registered run.
+
+    preflight (data contract, model/data fit, tracking store)
+      -> MLflow run opened
+      -> Ray (local, or the cluster at RAY_ADDRESS)
+      -> Ray Train v2 DataParallelTrainer + our Horovod backend, one dataset shard per worker
+      -> model logged from the final checkpoint, registered, alias moved
+      -> run FINISHED (FAILED on any error, nothing registered)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pipeline.config import JobConfig
+from pipeline.data.contract import DatasetInfo, inspect_dataset
+from pipeline.distributed.context import thread_env
+from pipeline.errors import ConfigError, PipelineError, TrainingError
+from pipeline.tracking import mlflow_run
+from pipeline.train.loop import WorkerPayload
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    metrics: dict
+    model_name: str | None
+    model_version: int | None
+    alias: str
+    seconds: float
+
+
+def preflight(cfg: JobConfig) -> DatasetInfo:
+    """Everything that can be checked before a worker starts; raises a PipelineError."""
+    info = inspect_dataset(cfg.data.uri)
+    from models import build_model
+
+    try:
+        build_model(cfg.model.name, cfg.model.arch, info.feature_shape, info.num_classes)
+    except ValueError as exc:
+        raise ConfigError(f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}") from None
+    return info
+
+
+@contextlib.contextmanager
+def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
+    """A local Ray started and ended here, or a connection to the cluster at RAY_ADDRESS."""
+    import ray
+
+    env = {**thread_env(cfg.scaling.threads_per_worker), "PYTHONWARNINGS": "ignore"}
+    for name in ("MXTRAIN_TRACE_DIR",):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    runtime_env = {"env_vars": env}
+    address = os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():  # an embedding program (or a test) owns Ray
+        yield
+        return
+    if address:
+        progress(f"connecting to the Ray cluster at {address}")
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        # Ray Data read tasks need CPUs beside the training workers: give Ray more logical
+        # CPUs than the workers take, or the job waits forever for a free slot.
+        cpus = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+        num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))
+        progress(f"starting a local Ray ({num_cpus} logical CPUs); set RAY_ADDRESS for a cluster")
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
+    """Run the distributed training; return Ray Train's Result."""
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from pipeline.data.ingest import build_datasets
+    from pipeline.distributed.horovod_backend import HorovodConfig
+    from pipeline.train.loop import train_worker
+
+    _quiet_ray_data()
+    payload = WorkerPayload(cfg, info, run_id, tracking_uri)
+    trainer = DataParallelTrainer(
+        lambda config: train_worker(config["payload"]),
+        train_loop_config={"payload": payload},
+        backend_config=HorovodConfig(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.recipe}-{run_id[:8]}",
+            storage_path=cfg.storage.resolved_path(),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+        datasets=build_datasets(info, cfg.scaling.num_workers),
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    return trainer.fit()
+
+
+def _worker_error(exc: BaseException) -> str:
+    """The last meaningful line of a worker's error, for a one-line message."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text = str(cause) or text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return (errors or lines or [type(exc).__name__])[-1][:500]
+
+
+def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
+    """Train, track and register one job. Raises PipelineError for anything a user can fix."""
+    start = time.perf_counter()
+    info = preflight(cfg)
+    progress(
+        f"data {cfg.data.uri}: "
+        + ", ".join(f"{s} {i.rows} rows/{len(i.files)} files" for s, i in info.splits.items())
+        + f"; feature_shape {list(info.feature_shape)}, {info.num_classes} classes"
+    )
+    uri = cfg.tracking.resolved_uri()
+    run_id = mlflow_run.start_run(cfg, info)
+    progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
+    status = "FAILED"
+    try:
+        with ray_session(cfg, progress):
+            try:
+                result = fit(cfg, info, run_id, uri)
+            except PipelineError:
+                raise
+            except Exception as exc:
+                import ray.train
+
+                if isinstance(exc, ray.train.TrainingFailedError):
+                    raise TrainingError(f"training failed: {_worker_error(exc)}") from exc
+                raise
+        if result.checkpoint is None:
+            raise TrainingError("training ended without a checkpoint; nothing to register")
+        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+        with result.checkpoint.as_directory() as ckpt:
+            example = _input_example(info)
+            version = mlflow_run.log_and_register_model(cfg, run_id, ckpt, example)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow_run.end_run(uri, run_id, status)
+    return JobResult(
+        run_id=run_id,
+        experiment=cfg.tracking.experiment,
+        tracking_uri=uri,
+        metrics=metrics,
+        model_name=cfg.registered_model_name if cfg.tracking.register else None,
+        model_version=version,
+        alias=cfg.tracking.alias,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _input_example(info: DatasetInfo):
+    """The first rows of the test split, as the model's input example."""
+    import pyarrow.parquet as pq
+
+    from pipeline.data.contract import FEATURES
+    from pipeline.data.ingest import arrow_to_batch
+    from pipeline.storage import resolve
+
+    loc = resolve(info.uri)
+    first = info.splits["test"].files[0]
+    table = pq.read_table(first, filesystem=loc.filesystem, columns=["id", FEATURES, "label"])
+    return arrow_to_batch(table.slice(0, 5), info.num_features).features

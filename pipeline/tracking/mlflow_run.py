@@ -1,0 +1,165 @@
+"""The job's MLflow record: one run per job, written by the driver and by rank 0 only.
+
+The driver opens the run (params, tags), rank 0 logs the per-epoch metrics while training (so
+the UI shows progress live), and the driver logs the trained model from the final checkpoint,
+registers it and closes the run. A failed job ends its run FAILED and registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import JobConfig
+from pipeline.data.contract import DatasetInfo
+from pipeline.errors import TrackingError
+
+TAG_RECIPE = "pipeline.recipe"
+TAG_DATA_URI = "pipeline.data_uri"
+TAG_WORLD_SIZE = "pipeline.world_size"
+
+#: Files a checkpoint holds for the model (written by the worker, read here).
+SYMBOL_FILE = "model-symbol.json"
+PARAMS_FILE = "model-0000.params"
+META_FILE = "model.json"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
+    """Create the run with every config field as a param; return its id."""
+    import mlflow
+
+    uri = cfg.tracking.resolved_uri()
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
+        run = client.create_run(
+            exp_id,
+            run_name=f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                TAG_RECIPE: cfg.recipe,
+                TAG_DATA_URI: cfg.data.uri,
+                TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
+            },
+        )
+        params = [
+            mlflow.entities.Param(k, _param_value(v)) for k, v in cfg.to_dict().items()
+        ]
+        params += [
+            mlflow.entities.Param("data.feature_shape", json.dumps(list(info.feature_shape))),
+            mlflow.entities.Param("data.num_classes", str(info.num_classes)),
+        ]
+        params += [
+            mlflow.entities.Param(f"data.rows.{split}", str(s.rows))
+            for split, s in info.splits.items()
+        ]
+        client.log_batch(run.info.run_id, params=params)
+    except Exception as exc:  # any failure here is the tracking store's, not ours
+        raise TrackingError(f"MLflow tracking at {uri} cannot be used: {_one_line(exc)}") from None
+    return run.info.run_id
+
+
+def _param_value(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    """Close the run with ``status`` (FINISHED, FAILED, KILLED); never raises."""
+    try:
+        _client(uri).set_terminated(run_id, status=status)
+    except Exception:
+        pass
+
+
+class RunLogger:
+    """Rank 0's handle on the run: metrics by epoch, a few params. Cheap to pickle."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri = uri
+        self.run_id = run_id
+        self._client = None
+
+    def _c(self):
+        if self._client is None:
+            self._client = _client(self.uri)
+        return self._client
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        now = int(time.time() * 1000)
+        batch = [
+            mlflow.entities.Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        self._c().log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        self._c().log_batch(
+            self.run_id,
+            params=[mlflow.entities.Param(k, _param_value(v)) for k, v in params.items()],
+        )
+
+
+def log_and_register_model(
+    cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
+) -> int | None:
+    """Log the checkpoint's network as a pyfunc model; register it and move the alias.
+
+    Returns the new model version, or None when registration is off.
+    """
+    import mlflow
+    import mxnet as mx
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from pipeline.tracking import gluon_pyfunc
+
+    uri = cfg.tracking.resolved_uri()
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = {}
+        for key, name in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("meta", META_FILE)):
+            shutil.copy(Path(checkpoint_dir) / name, Path(tmp) / name)
+            artifacts[key] = str(Path(tmp) / name)
+        example = np.asarray(input_example, dtype=np.float32)
+        # The signature's output comes from running the exported network itself.
+        net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])
+        probs = mx.nd.softmax(net(mx.nd.array(example))).asnumpy()
+        signature = infer_signature(example, probs)
+        name = cfg.registered_model_name if cfg.tracking.register else None
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=gluon_pyfunc.GluonClassifier(),
+                artifacts=artifacts,
+                code_paths=[gluon_pyfunc.__file__],
+                signature=signature,
+                input_example=example,
+                pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
+                registered_model_name=name,
+            )
+    if name is None:
+        return None
+    version = int(info.registered_model_version)
+    _client(uri).set_registered_model_alias(name, cfg.tracking.alias, str(version))
+    return version

@@ -1,0 +1,60 @@
+"""Per-rank training trace for debugging data sharding and replica drift.
+
+Set ``MXTRAIN_TRACE_DIR`` and every rank appends one JSON line per epoch to
+``rank-<r>.jsonl`` there: the epoch, its step count, the ids of the real (non-padding) rows it
+trained on, and a SHA-256 digest of all its parameters (batch-norm statistics included).
+Off by default; the sharding tests use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+ENV = "MXTRAIN_TRACE_DIR"
+
+
+def params_digest(params) -> str:
+    """One hash over every parameter array, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(params.keys()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(params[name].data().asnumpy()).tobytes())
+    return h.hexdigest()
+
+
+class Tracer:
+    def __init__(self, path: Path, rank: int):
+        self.path = path
+        self.rank = rank
+
+    @classmethod
+    def from_env(cls, rank: int) -> Tracer | None:
+        directory = os.environ.get(ENV)
+        if not directory:
+            return None
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return cls(Path(directory) / f"rank-{rank}.jsonl", rank)
+
+    def epoch(self, epoch: int, steps: int, ids: np.ndarray, params) -> None:
+        record = {
+            "rank": self.rank,
+            "epoch": epoch,
+            "steps": steps,
+            "ids": [int(i) for i in ids],
+            "params_sha256": params_digest(params),
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read(directory: str | Path) -> list[dict]:
+    """All records of all ranks."""
+    records = []
+    for path in sorted(Path(directory).glob("rank-*.jsonl")):
+        records += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return records
