@@ -54,6 +54,14 @@ class DataConfig:
     shuffle_buffer: int = _opt(
         2048, "rows in each worker's local shuffle buffer (reshuffled every epoch); 0 = no shuffle"
     )
+    cache: str = _opt(
+        "auto",
+        "memory: read the Parquet files once into Ray's object store and split that every"
+        " epoch; stream: read from storage every epoch (memory stays flat for any data size);"
+        " auto: memory when the files total at most cache_max_mb",
+        choices=("auto", "memory", "stream"),
+    )
+    cache_max_mb: int = _opt(1024, "largest data set (stored Parquet bytes) that auto caches")
 
     def __post_init__(self) -> None:
         _require(bool(self.uri.strip()), "data.uri", "must not be empty")
@@ -62,6 +70,9 @@ class DataConfig:
             self.eval_batch_size >= 1,
             "data.eval_batch_size",
             f"must be >= 1, got {self.eval_batch_size}",
+        )
+        _require(
+            self.cache_max_mb >= 0, "data.cache_max_mb", f"must be >= 0, got {self.cache_max_mb}"
         )
         _require(
             self.shuffle_buffer >= 0,

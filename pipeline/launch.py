@@ -56,7 +56,12 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
     """A local Ray started and ended here, or a connection to the cluster at RAY_ADDRESS."""
     import ray
 
-    env = {**thread_env(cfg.scaling.threads_per_worker), "PYTHONWARNINGS": "ignore"}
+    env = {
+        **thread_env(cfg.scaling.threads_per_worker),
+        "PYTHONWARNINGS": "ignore",
+        # Ray Train re-routes print() through its logger, which shows every line twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    }
     for name in ("MXTRAIN_TRACE_DIR",):
         if name in os.environ:
             env[name] = os.environ[name]
@@ -76,7 +81,10 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         progress(f"starting a local Ray ({num_cpus} logical CPUs); set RAY_ADDRESS for a cluster")
         ray.init(
             num_cpus=num_cpus,
-            include_dashboard=False,
+            # Ray Train v2 watches its controller through the State API, which the
+            # dashboard process serves; without it the driver logs a warning every second.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             runtime_env=runtime_env,
             logging_level=logging.WARNING,
             configure_logging=True,
@@ -101,11 +109,13 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from pipeline.data.ingest import build_datasets
+    from pipeline.data.ingest import build_datasets, should_cache
     from pipeline.distributed.horovod_backend import HorovodConfig
     from pipeline.train.loop import train_worker
 
     _quiet_ray_data()
+    cache = should_cache(info, cfg.data.cache, cfg.data.cache_max_mb)
+    datasets = build_datasets(info, cfg.scaling.num_workers, cache=cache)
     payload = WorkerPayload(cfg, info, run_id, tracking_uri)
     trainer = DataParallelTrainer(
         lambda config: train_worker(config["payload"]),
@@ -122,7 +132,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
-        datasets=build_datasets(info, cfg.scaling.num_workers),
+        datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
     return trainer.fit()

@@ -38,7 +38,7 @@ class HorovodConfig(BackendConfig):
             (or loopback when every worker runs on the driver's node).
     """
 
-    timeout_s: int = 300
+    timeout_s: int = int(os.environ.get("MXTRAIN_GLOO_TIMEOUT_S", "300"))
     nic: str = ""
 
     @property

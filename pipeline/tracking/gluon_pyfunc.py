@@ -4,14 +4,16 @@ MLflow dropped its Gluon flavor in 2.20, so a trained network is logged as a pyf
 artifacts are MXNet's own export files (``-symbol.json`` graph + ``.params`` weights, no pickle)
 and a small JSON with the input width and class count.
 
-This file is shipped with every logged model (``code_paths``): it must import nothing from
-this project, only mlflow, mxnet and numpy.
+This file is logged as the model's code ("models from code"): MLflow stores the file itself,
+not a pickle of an object, and runs it on load. It must import nothing from this project,
+only mlflow, mxnet and numpy.
 """
 
 from __future__ import annotations
 
 import json
 
+import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
@@ -41,3 +43,6 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):
             logits = self._net(mx.nd.array(x[start : start + 1024], ctx=self._ctx))
             out.append(mx.nd.softmax(logits).asnumpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+mlflow.models.set_model(GluonClassifier())

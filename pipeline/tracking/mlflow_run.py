@@ -8,10 +8,13 @@ registers it and closes the run. A failed job ends its run FAILED and registers 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,9 @@ from pipeline.errors import TrackingError
 TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
 TAG_WORLD_SIZE = "pipeline.world_size"
+
+#: The pyfunc model's code, logged as a file (see gluon_pyfunc.py).
+PYFUNC_CODE = Path(__file__).with_name("gluon_pyfunc.py")
 
 #: Files a checkpoint holds for the model (written by the worker, read here).
 SYMBOL_FILE = "model-symbol.json"
@@ -132,11 +138,14 @@ def log_and_register_model(
     import numpy as np
     from mlflow.models import infer_signature
 
-    from pipeline.tracking import gluon_pyfunc
-
     uri = cfg.tracking.resolved_uri()
     mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MXNet cannot infer the input dtype of an imported graph; MLflow asks for type
+        # hints we do not use (the signature says it all). Neither is actionable.
+        warnings.simplefilter("ignore")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         artifacts = {}
         for key, name in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("meta", META_FILE)):
             shutil.copy(Path(checkpoint_dir) / name, Path(tmp) / name)
@@ -150,9 +159,8 @@ def log_and_register_model(
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=gluon_pyfunc.GluonClassifier(),
+                python_model=str(PYFUNC_CODE),
                 artifacts=artifacts,
-                code_paths=[gluon_pyfunc.__file__],
                 signature=signature,
                 input_example=example,
                 pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],

@@ -8,6 +8,7 @@ checkpoints (the ``is_chief`` flag gates both).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -45,6 +46,11 @@ def train_worker(payload: WorkerPayload) -> None:
     from pipeline.tracking.mlflow_run import META_FILE, RunLogger
 
     cfg, info = payload.config, payload.info
+    # Ray Train logs every report and checkpoint at INFO; our own epoch line says it all.
+    # (One of its loggers is named by file path, hence the second test.)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("ray.train", "ray.data")) or "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
     is_chief = rank == 0
@@ -58,7 +64,7 @@ def train_worker(payload: WorkerPayload) -> None:
     net.hybridize(static_alloc=True)
     net(mx.nd.zeros((2, info.num_features), ctx=ctx))  # resolve deferred shapes
     params = net.collect_params()
-    hvd.broadcast_parameters(params, root_rank=0)
+    _broadcast_from_root(hvd, params)
     trainable = [p for p in params.values() if p.grad_req != "null"]
     running_stats = [p for p in params.values() if p.grad_req == "null"]
     if logger:
@@ -178,10 +184,32 @@ def _allreduce_sum(hvd, values: list[float], name: str) -> np.ndarray:
     return summed.asnumpy()
 
 
+# MXNet's MKL-DNN kernels may keep parameters in a blocked memory layout that Horovod cannot
+# read ("We can't generate TBlob for MKLDNN data"; seen as crashed or mismatched collectives).
+# The two collectives on parameters therefore go through plain copies; gradients are unaffected.
+
+
+def _plain_copy(array):
+    import mxnet as mx
+
+    return mx.nd.array(array.asnumpy(), ctx=array.context, dtype=array.dtype)
+
+
+def _broadcast_from_root(hvd, params) -> None:
+    """Every rank starts from rank 0's initial parameters (hvd.broadcast_parameters, but
+    through plain copies)."""
+    for i, (_, p) in enumerate(sorted(params.items())):
+        plain = _plain_copy(p.data())
+        hvd.broadcast_(plain, root_rank=0, name=f"init.{i}")
+        p.set_data(plain)
+
+
 def _average_running_stats(hvd, stats, epoch: int) -> None:
     """Batch-norm running means/variances are per rank; average them so all replicas agree."""
     for i, p in enumerate(stats):
-        hvd.allreduce_(p.data(), average=True, name=f"bnstat{epoch}.{i}")
+        plain = _plain_copy(p.data())
+        hvd.allreduce_(plain, average=True, name=f"bnstat{epoch}.{i}")
+        p.set_data(plain)
 
 
 def evaluate(net, shard, info: DatasetInfo, cfg: JobConfig, ctx, hvd, name: str) -> float:
