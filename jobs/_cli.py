@@ -13,7 +13,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         code = main() or 0
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        # Messages may quote a library's multi-line error: the user gets one line.
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr, flush=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

@@ -27,16 +27,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "contract (see README.md, 'Data contract'); _manifest.json is written last.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
-                   help="; ".join(f"{k}: {v}" for k, v in DATASETS.items()))
-    p.add_argument("--out", default="data/digits",
-                   help="output folder, file:// or s3://bucket/prefix URI")
+    p.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="digits",
+        help="; ".join(f"{k}: {v}" for k, v in DATASETS.items()),
+    )
+    p.add_argument(
+        "--out", default="data/digits", help="output folder, file:// or s3://bucket/prefix URI"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
-    p.add_argument("--rows-per-file", type=int, default=128,
-                   help="rows per Parquet file (each split is written as several files)")
+    p.add_argument(
+        "--rows-per-file",
+        type=int,
+        default=128,
+        help="rows per Parquet file (each split is written as several files)",
+    )
     p.add_argument("--row-group-size", type=int, default=64, help="rows per Parquet row group")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what is already at --out")
+    p.add_argument("--overwrite", action="store_true", help="replace what is already at --out")
     args = p.parse_args(argv)
     if args.rows_per_file < 1 or args.row_group_size < 1:
         p.error("--rows-per-file and --row-group-size must be >= 1")
@@ -60,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda msg: print(msg, flush=True),
     )
     total = sum(s["rows"] for s in manifest["splits"].values())
-    print(f"done: {total} rows, feature_shape {shape}, {num_classes} classes, "
-          f"{time.perf_counter() - start:.1f}s -> {args.out}")
+    print(
+        f"done: {total} rows, feature_shape {shape}, {num_classes} classes, "
+        f"{time.perf_counter() - start:.1f}s -> {args.out}"
+    )
     return 0
 
 

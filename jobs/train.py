@@ -29,18 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(default sqlite:///<repo>/mlflow.db)\n"
         "  MXTRAIN_TRACE_DIR     write per-rank sharding traces there (debugging)\n",
     )
-    p.add_argument("--recipe", default="digits-cnn",
-                   help="recipe name in jobs/recipes/ or a path to a .toml file "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--recipe",
+        default="digits-cnn",
+        help="recipe name in jobs/recipes/ or a path to a .toml file (default: %(default)s)",
+    )
     p.add_argument("--data", help="data URI (folder, file:// or s3://); sets data.uri")
-    p.add_argument("--workers", type=int, help="number of Horovod workers; sets "
-                   "scaling.num_workers")
-    p.add_argument("--storage", help="run outputs and checkpoints (folder or s3://); sets "
-                   "storage.path")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved configuration and exit without training")
+    p.add_argument(
+        "--workers", type=int, help="number of Horovod workers; sets scaling.num_workers"
+    )
+    p.add_argument(
+        "--storage", help="run outputs and checkpoints (folder or s3://); sets storage.path"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration and exit without training",
+    )
     return p
 
 
@@ -62,9 +75,7 @@ def print_summary(result) -> None:
         f"run {result.run_id} FINISHED in {result.seconds:.0f}s",
         "  "
         + "  ".join(
-            f"{k} {m[k]:.4f}"
-            for k in ("test_accuracy", "val_accuracy", "train_loss")
-            if k in m
+            f"{k} {m[k]:.4f}" for k in ("test_accuracy", "val_accuracy", "train_loss") if k in m
         )
         + (f"  samples_per_sec {m['samples_per_sec']:,.0f}" if "samples_per_sec" in m else ""),
     ]

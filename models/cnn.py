@@ -39,9 +39,7 @@ class ResidualBlock(HybridBlock):
 class ResidualCNN(HybridBlock):
     """Flat feature rows in, class logits out; reshapes rows to ``feature_shape`` first."""
 
-    def __init__(
-        self, cfg: CNNConfig, feature_shape: tuple[int, ...], num_classes: int, **kwargs
-    ):
+    def __init__(self, cfg: CNNConfig, feature_shape: tuple[int, ...], num_classes: int, **kwargs):
         super().__init__(**kwargs)
         if len(feature_shape) != 3:
             raise ValueError(
@@ -59,9 +57,7 @@ class ResidualCNN(HybridBlock):
         for stage in range(cfg.stages):
             for block in range(cfg.blocks_per_stage):
                 first = block == 0 and stage > 0
-                self.features.add(
-                    ResidualBlock(channels, stride=2 if first else 1, project=first)
-                )
+                self.features.add(ResidualBlock(channels, stride=2 if first else 1, project=first))
             channels *= 2
         self.features.add(nn.GlobalAvgPool2D(), nn.Flatten())
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None

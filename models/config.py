@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def _opt(default, help: str, **meta):  # noqa: A002 - mirrors argparse's keyword
+def _opt(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 

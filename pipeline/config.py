@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "jobs" / "recipes"
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     meta: dict[str, Any] = {"help": help}
     if choices:
         meta["choices"] = choices
@@ -130,7 +130,9 @@ class OptimConfig:
             "optim.learning_rate",
             f"must be > 0, got {self.learning_rate}",
         )
-        _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(
+            0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}"
+        )
         _require(
             self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}"
         )
@@ -204,9 +206,7 @@ class CheckpointConfig:
     keep_last: int = _opt(2, "checkpoints kept in storage (older ones are deleted)")
 
     def __post_init__(self) -> None:
-        _require(
-            self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}"
-        )
+        _require(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """The driver: from a JobConfig to a finished, tracked and registered run.
 
-    preflight (data contract, model/data fit, tracking store)
-      -> MLflow run opened
-      -> Ray (local, or the cluster at RAY_ADDRESS)
-      -> Ray Train v2 DataParallelTrainer + our Horovod backend, one dataset shard per worker
-      -> model logged from the final checkpoint, registered, alias moved
-      -> run FINISHED (FAILED on any error, nothing registered)
+preflight (data contract, model/data fit, tracking store)
+  -> MLflow run opened
+  -> Ray (local, or the cluster at RAY_ADDRESS)
+  -> Ray Train v2 DataParallelTrainer + our Horovod backend, one dataset shard per worker
+  -> model logged from the final checkpoint, registered, alias moved
+  -> run FINISHED (FAILED on any error, nothing registered)
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
     try:
         build_model(cfg.model.name, cfg.model.arch, info.feature_shape, info.num_classes)
     except ValueError as exc:
-        raise ConfigError(f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}") from None
+        raise ConfigError(
+            f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
+        ) from None
     return info
 
 
@@ -132,7 +134,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
-        datasets=datasets,
+        datasets=dict(datasets),
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
     return trainer.fit()

@@ -130,7 +130,8 @@ def _set_env(env: dict) -> None:
 class HorovodBackend(Backend):
     """Starts a Gloo rendezvous server per worker group and sets each worker's HOROVOD_* env."""
 
-    def on_start(self, worker_group, backend_config: HorovodConfig) -> None:
+    def on_start(self, worker_group, backend_config: BackendConfig) -> None:
+        assert isinstance(backend_config, HorovodConfig)
         import ray
         from horovod.runner.common.util.hosts import SlotInfo
         from horovod.runner.http.http_server import RendezvousServer
@@ -194,7 +195,7 @@ class HorovodBackend(Backend):
             len(set(node_ids)),
         )
 
-    def on_shutdown(self, worker_group, backend_config: HorovodConfig) -> None:
+    def on_shutdown(self, worker_group, backend_config: BackendConfig) -> None:
         self._stop_server()
 
     def _stop_server(self) -> None:

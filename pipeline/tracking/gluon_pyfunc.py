@@ -18,7 +18,7 @@ import mlflow.pyfunc
 import numpy as np
 
 
-class GluonClassifier(mlflow.pyfunc.PythonModel):
+class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """Feature rows (N, D) float32 in, class probabilities (N, C) float32 out."""
 
     def load_context(self, context) -> None:

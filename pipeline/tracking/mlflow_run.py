@@ -7,6 +7,7 @@ registers it and closes the run. A failed job ends its run FAILED and registers 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -59,9 +60,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
                 TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
             },
         )
-        params = [
-            mlflow.entities.Param(k, _param_value(v)) for k, v in cfg.to_dict().items()
-        ]
+        params = [mlflow.entities.Param(k, _param_value(v)) for k, v in cfg.to_dict().items()]
         params += [
             mlflow.entities.Param("data.feature_shape", json.dumps(list(info.feature_shape))),
             mlflow.entities.Param("data.num_classes", str(info.num_classes)),
@@ -87,10 +86,8 @@ def _one_line(exc: BaseException) -> str:
 
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Close the run with ``status`` (FINISHED, FAILED, KILLED); never raises."""
-    try:
+    with contextlib.suppress(Exception):
         _client(uri).set_terminated(run_id, status=status)
-    except Exception:
-        pass
 
 
 class RunLogger:
@@ -147,9 +144,9 @@ def log_and_register_model(
         warnings.simplefilter("ignore")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         artifacts = {}
-        for key, name in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("meta", META_FILE)):
-            shutil.copy(Path(checkpoint_dir) / name, Path(tmp) / name)
-            artifacts[key] = str(Path(tmp) / name)
+        for key, fname in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("meta", META_FILE)):
+            shutil.copy(Path(checkpoint_dir) / fname, Path(tmp) / fname)
+            artifacts[key] = str(Path(tmp) / fname)
         example = np.asarray(input_example, dtype=np.float32)
         # The signature's output comes from running the exported network itself.
         net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])

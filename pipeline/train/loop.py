@@ -73,7 +73,10 @@ def train_worker(payload: WorkerPayload) -> None:
     train_rows = info.splits["train"].rows
     steps = steps_per_epoch(train_rows, world, cfg.data.batch_size)
     optim = cfg.optim
-    opt_kwargs: dict[str, Any] = {"learning_rate": lr_at(optim, world, 0, steps), "wd": optim.weight_decay}
+    opt_kwargs: dict[str, Any] = {
+        "learning_rate": lr_at(optim, world, 0, steps),
+        "wd": optim.weight_decay,
+    }
     if optim.optimizer in ("sgd", "nag"):
         opt_kwargs["momentum"] = optim.momentum
     else:
@@ -159,9 +162,7 @@ def train_worker(payload: WorkerPayload) -> None:
             tracer.epoch(epoch, n_steps, np.concatenate(seen) if seen else np.array([]), params)
         if logger:
             logger.log_metrics(metrics, step=epoch)
-            extra = "".join(
-                f"  {k} {metrics[k]:.4f}" for k in ("test_accuracy",) if k in metrics
-            )
+            extra = "".join(f"  {k} {metrics[k]:.4f}" for k in ("test_accuracy",) if k in metrics)
             print(
                 f"epoch {epoch + 1:>3}/{optim.epochs}  train_loss {train_loss:.4f}  "
                 f"val_accuracy {val_acc:.4f}  grad_norm {metrics['grad_norm']:.3f}  "

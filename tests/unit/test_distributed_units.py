@@ -1,0 +1,82 @@
+"""The pieces of the distributed layer that need no cluster: rank planning, device choice,
+learning-rate schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import OptimConfig
+from pipeline.distributed.device import worker_context
+from pipeline.distributed.horovod_backend import plan_slots, slot_env
+from pipeline.train.schedule import lr_at, scaled_lr
+
+
+def test_single_node_slots():
+    slots = plan_slots(["a", "a"])
+    assert [(s.rank, s.local_rank, s.local_size, s.cross_rank, s.cross_size) for s in slots] == [
+        (0, 0, 2, 0, 1),
+        (1, 1, 2, 0, 1),
+    ]
+
+
+def test_interleaved_multi_node_slots():
+    # Ray may give ranks to nodes in any order: local and cross ranks must still be consistent.
+    slots = plan_slots(["a", "b", "a", "b", "c"])
+    by_rank = {s.rank: s for s in slots}
+    assert [by_rank[r].local_rank for r in range(5)] == [0, 0, 1, 1, 0]
+    assert [by_rank[r].local_size for r in range(5)] == [2, 2, 2, 2, 1]
+    # cross communicator of local rank 0 = ranks 0, 1, 4; of local rank 1 = ranks 2, 3
+    assert [by_rank[r].cross_rank for r in range(5)] == [0, 1, 0, 1, 2]
+    assert [by_rank[r].cross_size for r in range(5)] == [3, 3, 2, 2, 3]
+    assert all(s.size == 5 for s in slots)
+
+
+def test_slot_env_is_what_horovod_reads():
+    env = slot_env(plan_slots(["n1", "n2"])[1], "10.0.0.1", 1234, 60)
+    assert env["HOROVOD_RANK"] == "1" and env["HOROVOD_SIZE"] == "2"
+    assert env["HOROVOD_CROSS_RANK"] == "1" and env["HOROVOD_HOSTNAME"] == "n2"
+    assert env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "10.0.0.1"
+    assert env["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "1234"
+    assert env["HOROVOD_CONTROLLER"] == "gloo"
+
+
+class _FakeMX:
+    """Stands in for mxnet: records which device was asked for."""
+
+    def __init__(self, gpus: int):
+        self.context = type("ctx", (), {"num_gpus": staticmethod(lambda: gpus)})
+
+    def cpu(self):
+        return "cpu(0)"
+
+    def gpu(self, i):
+        return f"gpu({i})"
+
+
+def test_device_follows_local_rank():
+    assert worker_context(_FakeMX(gpus=0), use_gpu=False, local_rank=3) == "cpu(0)"
+    assert worker_context(_FakeMX(gpus=4), use_gpu=True, local_rank=3) == "gpu(3)"
+
+
+def test_device_without_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match=r"scaling\.use_gpu"):
+        worker_context(_FakeMX(gpus=1), use_gpu=True, local_rank=1)
+
+
+def test_device_with_real_mxnet_on_cpu():
+    import mxnet as mx
+
+    assert worker_context(mx, use_gpu=False, local_rank=0) == mx.cpu()
+
+
+def test_learning_rate_scales_with_workers_and_warms_up():
+    optim = OptimConfig(learning_rate=0.1, epochs=10, warmup_epochs=2, lr_schedule="cosine")
+    assert scaled_lr(optim, 4) == pytest.approx(0.4)
+    assert scaled_lr(OptimConfig(lr_scaling="none"), 4) == OptimConfig().learning_rate
+    steps = 10
+    assert lr_at(optim, 2, 0, steps) == pytest.approx(0.2 / 20)
+    assert lr_at(optim, 2, 19, steps) == pytest.approx(0.2)  # end of warm-up: the peak
+    assert lr_at(optim, 2, 20, steps) == pytest.approx(0.2)
+    assert lr_at(optim, 2, 99, steps) < 0.01  # cosine decays to ~0
+    rates = [lr_at(optim, 2, s, steps) for s in range(20, 100)]
+    assert rates == sorted(rates, reverse=True)
