@@ -303,8 +303,19 @@ def _coerce(key: str, value: Any, tp: Any, choices: Iterable[str] | None) -> Any
 
 
 def _unknown_key(key: str, known: Iterable[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = list(known)
+    section, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+    # Abbreviations (optim.lr -> optim.learning_rate) are not close by edit distance.
+    initials = [
+        k
+        for k in known
+        if k.rpartition(".")[0] == section
+        and name
+        and "".join(w[0] for w in k.rpartition(".")[2].split("_")) == name
+    ]
+    hints = list(dict.fromkeys(initials + close))[:2]
+    hint = f"; did you mean {' or '.join(repr(h) for h in hints)}?" if hints else ""
     return ConfigError(
         f"unknown config key {key!r}{hint} (python -m jobs.train --help lists the keys)"
     )
