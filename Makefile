@@ -29,7 +29,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup data train train-distributed mlflow-ui test test-all lint format clean
+.PHONY: help setup data train train-distributed mlflow-ui object-store object-store-stop test test-all lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ train-distributed: $(STAMP) $(DATA_DEP) ## Train RECIPE with WORKERS Horovod wor
 mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
+object-store: $(STAMP) ## Start a local S3 server (SeaweedFS) on 127.0.0.1:8333 with bucket s3://mxtrain
+	$(BIN)/python -m infra.local.seaweedfs start --dir .object-store --s3-port 8333 --bucket mxtrain
+
+object-store-stop: $(STAMP) ## Stop the local S3 server
+	$(BIN)/python -m infra.local.seaweedfs stop --dir .object-store
+
 test: $(STAMP) ## Unit and integration tests (real Ray, Horovod, MLflow); under 15 minutes
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -84,5 +90,5 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 clean: ## Remove the venv, data, local runs and caches
-	rm -rf $(VENV) data mlruns mlflow.db ray_results .pytest_cache .mypy_cache .ruff_cache .bench
+	rm -rf $(VENV) data runs mlruns mlflow.db .pytest_cache .mypy_cache .ruff_cache .bench .object-store
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -188,6 +188,11 @@ class TrackingConfig:
     register: bool = _opt(True, "register the trained model in the MLflow model registry")
     model_name: str = _opt("", "registered model name; empty = the recipe's name")
     alias: str = _opt("candidate", "registry alias pointed at the new model version")
+    artifact_uri: str = _opt(
+        "",
+        "where a new experiment stores artifacts (folder or s3://bucket/prefix); empty = the"
+        " tracking server's default",
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
@@ -220,6 +225,35 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """How S3 is reached. Credentials never go here: they come from the standard AWS sources
+    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE and the shared
+    config files, or the instance's IAM role)."""
+
+    endpoint_url: str = _opt(
+        "", "S3 endpoint for S3-compatible servers; empty = $AWS_ENDPOINT_URL, else AWS"
+    )
+    region: str = _opt("", "S3 region; empty = $AWS_REGION / $AWS_DEFAULT_REGION / the profile")
+    max_attempts: int = _opt(5, "attempts per S3 request (retry mode standard, with backoff)")
+    connect_timeout_s: float = _opt(5.0, "seconds to wait for a TCP connection to S3")
+
+    def __post_init__(self) -> None:
+        _require(
+            self.max_attempts >= 1, "s3.max_attempts", f"must be >= 1, got {self.max_attempts}"
+        )
+        _require(
+            self.connect_timeout_s > 0,
+            "s3.connect_timeout_s",
+            f"must be > 0, got {self.connect_timeout_s}",
+        )
+        _require(
+            not self.endpoint_url or "://" in self.endpoint_url,
+            "s3.endpoint_url",
+            f"must be a URL like http://host:port, got {self.endpoint_url!r}",
+        )
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything one training job needs; built by :func:`load_job_config`."""
 
@@ -232,6 +266,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    s3: S3Config = field(default_factory=S3Config)
 
     @property
     def registered_model_name(self) -> str:
@@ -266,6 +301,7 @@ _SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "checkpoint": CheckpointConfig,
     "storage": StorageConfig,
+    "s3": S3Config,
 }
 _TOP_LEVEL = ("recipe", "seed")
 

@@ -21,6 +21,7 @@ from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo, inspect_dataset
 from pipeline.distributed.context import thread_env
 from pipeline.errors import ConfigError, PipelineError, TrainingError
+from pipeline.storage import check_access, endpoint_url, resolve
 from pipeline.tracking import mlflow_run
 from pipeline.train.loop import WorkerPayload
 
@@ -41,7 +42,10 @@ class JobResult:
 
 def preflight(cfg: JobConfig) -> DatasetInfo:
     """Everything that can be checked before a worker starts; raises a PipelineError."""
-    info = inspect_dataset(cfg.data.uri)
+    info = inspect_dataset(cfg.data.uri, s3=cfg.s3)
+    for uri in (cfg.storage.path, cfg.tracking.artifact_uri):
+        if uri:
+            check_access(uri, cfg.s3)
     from models import build_model
 
     try:
@@ -117,7 +121,8 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
 
     _quiet_ray_data()
     cache = should_cache(info, cfg.data.cache, cfg.data.cache_max_mb)
-    datasets = build_datasets(info, cfg.scaling.num_workers, cache=cache)
+    datasets = build_datasets(info, cfg.scaling.num_workers, cache=cache, s3=cfg.s3)
+    storage = resolve(cfg.storage.resolved_path(), cfg.s3)
     payload = WorkerPayload(cfg, info, run_id, tracking_uri)
     trainer = DataParallelTrainer(
         lambda config: train_worker(config["payload"]),
@@ -130,7 +135,8 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
         ),
         run_config=ray.train.RunConfig(
             name=f"{cfg.recipe}-{run_id[:8]}",
-            storage_path=cfg.storage.resolved_path(),
+            storage_path=storage.path,
+            storage_filesystem=storage.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
@@ -161,6 +167,9 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
         + f"; feature_shape {list(info.feature_shape)}, {info.num_classes} classes"
     )
     uri = cfg.tracking.resolved_uri()
+    if endpoint_url(cfg.s3):
+        # MLflow's S3 artifact store takes its endpoint from this variable only.
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url(cfg.s3))
     run_id = mlflow_run.start_run(cfg, info)
     progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
     status = "FAILED"
@@ -180,7 +189,7 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
             raise TrainingError("training ended without a checkpoint; nothing to register")
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
         with result.checkpoint.as_directory() as ckpt:
-            example = _input_example(info)
+            example = _input_example(info, cfg)
             version = mlflow_run.log_and_register_model(cfg, run_id, ckpt, example)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -200,15 +209,14 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
     )
 
 
-def _input_example(info: DatasetInfo):
+def _input_example(info: DatasetInfo, cfg: JobConfig):
     """The first rows of the test split, as the model's input example."""
     import pyarrow.parquet as pq
 
     from pipeline.data.contract import FEATURES
     from pipeline.data.ingest import arrow_to_batch
-    from pipeline.storage import resolve
 
-    loc = resolve(info.uri)
+    loc = resolve(info.uri, cfg.s3)
     first = info.splits["test"].files[0]
     table = pq.read_table(first, filesystem=loc.filesystem, columns=["id", FEATURES, "label"])
     return arrow_to_batch(table.slice(0, 5), info.num_features).features

@@ -1,9 +1,13 @@
-"""The one place that turns a data or storage URI into a pyarrow filesystem and a path.
+"""The one place that turns a URI into a pyarrow filesystem and a boto3 client.
 
-Accepted: a plain path (relative paths are taken from the current directory), ``file://`` and
-``s3://bucket/prefix``. S3 settings come from the standard AWS sources (environment variables,
-``AWS_PROFILE`` and the shared config files), with ``AWS_ENDPOINT_URL`` for S3-compatible
-servers.
+Accepted: a plain path (relative to the current directory), ``file://`` and
+``s3://bucket/prefix``. S3 credentials come only from the standard AWS sources (environment,
+``AWS_PROFILE`` and the shared config files, or an IAM role), so no secret ever passes through
+our configuration, logs or MLflow. Endpoint and region come from :class:`S3Config` or,
+when it leaves them empty, from ``AWS_ENDPOINT_URL(_S3)`` and ``AWS_REGION``/``AWS_DEFAULT_REGION``.
+
+Both clients retry transient faults (connection resets, 5xx, SlowDown) with backoff: boto3
+in retry mode ``standard``, pyarrow with its standard AWS retry strategy.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from pipeline.config import S3Config
 from pipeline.errors import StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client  # noqa: F401 - typing only
 
 
 @dataclass(frozen=True)
@@ -30,28 +39,71 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
+    @property
+    def bucket(self) -> str:
+        return "" if self.is_local else self.path.split("/", 1)[0]
+
+    @property
+    def key_prefix(self) -> str:
+        return "" if self.is_local else [*self.path.split("/", 1), ""][1]
+
     def join(self, *parts: str) -> str:
         return "/".join([self.path.rstrip("/"), *parts])
 
     def uri_of(self, path: str) -> str:
-        """The URI a reader on another machine (a Ray worker) can open ``path`` with."""
+        """The URI of ``path`` as a user would write it."""
         return path if self.is_local else f"s3://{path}"
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+def endpoint_url(s3: S3Config) -> str:
+    return (
+        s3.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3", "")
+        or os.environ.get("AWS_ENDPOINT_URL", "")
+    )
+
+
+def region(s3: S3Config) -> str | None:
+    return s3.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+
+
+def s3_filesystem(s3: S3Config) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem; credentials resolved by the AWS SDK's default chain."""
     kwargs: dict = {
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3.max_attempts),
+        "connect_timeout": s3.connect_timeout_s,
     }
+    if region(s3):
+        kwargs["region"] = region(s3)
+    endpoint = endpoint_url(s3)
     if endpoint:
         parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+        if not region(s3):
+            kwargs["region"] = "us-east-1"  # S3-compatible servers ignore it; the SDK wants one
+    return pafs.S3FileSystem(**kwargs)
 
 
-def resolve(uri: str) -> Location:
+def s3_client(s3: S3Config):
+    """A boto3 S3 client with retry mode ``standard`` and our timeouts."""
+    import boto3
+    import botocore.config
+
+    config = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": s3.max_attempts},
+        connect_timeout=s3.connect_timeout_s,
+        read_timeout=max(30.0, s3.connect_timeout_s),
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url(s3) or None,
+        region_name=region(s3) or ("us-east-1" if endpoint_url(s3) else None),
+        config=config,
+    )
+
+
+def resolve(uri: str, s3: S3Config | None = None) -> Location:
     """``uri`` -> :class:`Location`. Raises StorageError for schemes we do not handle."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
@@ -61,5 +113,55 @@ def resolve(uri: str) -> Location:
         if not parsed.netloc:
             raise StorageError(f"{uri}: an S3 URI needs a bucket, like s3://bucket/prefix")
         path = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
-        return Location(uri, _s3_filesystem(), path)
+        return Location(uri, s3_filesystem(s3 or S3Config()), path)
     raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r}; use a path, file:// or s3://")
+
+
+def check_access(uri: str, s3: S3Config | None = None) -> None:
+    """Fail fast, with one line naming the bucket and endpoint, when ``uri``'s bucket cannot be
+    used: endpoint unreachable (after retries), no or wrong credentials, missing bucket.
+
+    Local paths pass. Reads nothing but one listing request.
+    """
+    loc = resolve(uri, s3)
+    if loc.is_local:
+        return
+    import botocore.exceptions as bex
+
+    s3 = s3 or S3Config()
+    where = f"bucket {loc.bucket!r} at {endpoint_url(s3) or 'AWS S3'}"
+    client = s3_client(s3)
+    try:
+        client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key_prefix, MaxKeys=1)
+    except bex.NoCredentialsError:
+        raise StorageError(
+            f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE"
+        ) from None
+    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as exc:
+        raise StorageError(
+            f"cannot reach {where} after {s3.max_attempts} attempts ({type(exc).__name__}); "
+            "check the endpoint (AWS_ENDPOINT_URL or s3.endpoint_url) and that the server runs"
+        ) from None
+    except bex.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket",) or status == 404:
+            raise StorageError(f"{where} does not exist; create it or fix the URI {uri}") from None
+        if (
+            code
+            in (
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "InvalidToken",
+                "ExpiredToken",
+                "Forbidden",
+            )
+            or status == 403
+        ):
+            raise StorageError(
+                f"access denied to {where} ({code or status}): check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's permissions"
+            ) from None
+        raise StorageError(f"S3 request to {where} failed: {code or status} {exc}") from None

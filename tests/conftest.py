@@ -41,3 +41,56 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3 server (SeaweedFS) with authentication on free loopback ports, for the
+    session; stopped by process group at the end."""
+    from infra.local.seaweedfs import start
+
+    server = start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweedfs, monkeypatch):
+    """A fresh bucket and the AWS environment that reaches it. Returns (bucket, env)."""
+    import uuid
+
+    import boto3
+
+    from infra.local.seaweedfs import local_credentials
+
+    access, secret = local_credentials()
+    env = {
+        "AWS_ACCESS_KEY_ID": access,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": seaweedfs.endpoint,
+        "AWS_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "MLFLOW_S3_ENDPOINT_URL",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=seaweedfs.endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    return bucket, env
+
+
+def list_keys(bucket: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    client = boto3.client("s3")
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys

@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import DataError, StorageError
-from pipeline.storage import Location, resolve
+from pipeline.config import S3Config
+from pipeline.storage import Location, check_access, resolve
 
 ID = "id"
 FEATURES = "features"
@@ -64,6 +65,8 @@ class SplitInfo:
     files: tuple[str, ...]
     rows: int
     bytes: int = 0
+    #: SHA-256 per file from the manifest (None where there is no manifest).
+    sha256: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,15 @@ def read_manifest(loc: Location) -> dict | None:
             ) from None
 
 
-def inspect_dataset(uri: str, splits: tuple[str, ...] = SPLITS) -> DatasetInfo:
-    """Check a data set against the contract by reading footers only; raise DataError if not."""
-    loc = resolve(uri)
+def inspect_dataset(
+    uri: str, splits: tuple[str, ...] = SPLITS, s3: S3Config | None = None
+) -> DatasetInfo:
+    """Check a data set against the contract by reading footers only; raise DataError if not.
+
+    For S3, the bucket is checked first (reachable, credentials valid, exists): StorageError.
+    """
+    check_access(uri, s3)
+    loc = resolve(uri, s3)
     shapes: set[tuple[tuple[int, ...], int]] = set()
     found: dict[str, SplitInfo] = {}
     for split in splits:
@@ -156,7 +165,7 @@ def inspect_dataset(uri: str, splits: tuple[str, ...] = SPLITS) -> DatasetInfo:
             where = loc.uri_of(path)
             try:
                 meta = pq.read_metadata(path, filesystem=loc.filesystem)
-            except (pa.ArrowInvalid, OSError) as exc:
+            except (pa.ArrowException, OSError) as exc:
                 raise DataError(
                     f"{where}: not a readable Parquet file ({exc}); replace or remove it"
                 ) from None
@@ -168,23 +177,39 @@ def inspect_dataset(uri: str, splits: tuple[str, ...] = SPLITS) -> DatasetInfo:
     if len(shapes) != 1:
         raise DataError(f"{uri}: files disagree on feature_shape/num_classes: {sorted(shapes)}")
     (shape, num_classes) = shapes.pop()
-    _check_manifest(loc, found)
+    sizes = {p: n for split in splits for p, n in _list_parquet(loc, split)}
+    found = _check_manifest(loc, found, sizes)
     return DatasetInfo(uri, shape, num_classes, found)
 
 
-def _check_manifest(loc: Location, found: dict[str, SplitInfo]) -> None:
+def _check_manifest(
+    loc: Location, found: dict[str, SplitInfo], sizes: dict[str, int]
+) -> dict[str, SplitInfo]:
+    """Compare what is stored with the manifest (files, rows, bytes); attach its checksums."""
     manifest = read_manifest(loc)
     if manifest is None:
-        return
+        return found
+    checked = {}
     for split, info in found.items():
         entry = manifest.get("splits", {}).get(split)
         if entry is None:
+            checked[split] = info
             continue
-        listed = {f["path"] for f in entry["files"]}
-        stored = {p.rsplit("/", 1)[-1] for p in info.files}
-        if listed != stored or entry["rows"] != info.rows:
+        listed = {f["path"]: f for f in entry["files"]}
+        stored = {p.rsplit("/", 1)[-1]: p for p in info.files}
+        if set(listed) != set(stored) or entry["rows"] != info.rows:
             raise DataError(
                 f"{loc.uri}: {split}/ does not match {MANIFEST} (manifest: {len(listed)} files, "
                 f"{entry['rows']} rows; stored: {len(stored)} files, {info.rows} rows); "
                 "the data set is incomplete or was changed: re-run jobs.prepare_data"
             )
+        for name, path in stored.items():
+            if listed[name].get("bytes") not in (None, sizes.get(path)):
+                raise DataError(
+                    f"{loc.uri_of(path)}: {sizes.get(path)} bytes, the manifest says "
+                    f"{listed[name]['bytes']}; the file was changed or truncated: re-run "
+                    "jobs.prepare_data"
+                )
+        sha = tuple(listed[p.rsplit("/", 1)[-1]].get("sha256") for p in info.files)
+        checked[split] = SplitInfo(info.files, info.rows, info.bytes, sha)
+    return checked

