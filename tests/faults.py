@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -96,10 +97,8 @@ class FlakyProxy:
                 pass
             finally:
                 for s in (src, dst):
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         t = threading.Thread(target=copy, args=(upstream, conn), daemon=True)
         t.start()
