@@ -68,15 +68,22 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     return load_job_config(args.recipe, args.overrides, extra)
 
 
+SUMMARY_METRICS = (
+    "test_accuracy",
+    "generated_accuracy",
+    "val_accuracy",
+    "val_generated_accuracy",
+    "train_loss",
+)
+
+
 def print_summary(result) -> None:
     m = result.metrics
     lines = [
         "",
         f"run {result.run_id} FINISHED in {result.seconds:.0f}s",
         "  "
-        + "  ".join(
-            f"{k} {m[k]:.4f}" for k in ("test_accuracy", "val_accuracy", "train_loss") if k in m
-        )
+        + "  ".join(f"{k} {m[k]:.4f}" for k in SUMMARY_METRICS if k in m)
         + (f"  samples_per_sec {m['samples_per_sec']:,.0f}" if "samples_per_sec" in m else ""),
     ]
     if result.model_version is not None:

@@ -14,7 +14,14 @@ from models.config import MODEL_CONFIGS
 #: model.name -> "module:class"; the class takes (cfg, feature_shape, num_classes).
 _BUILDERS: dict[str, str] = {
     "cnn": "models.cnn:ResidualCNN",
+    "mlp": "models.mlp:MLP",
+    "rnn": "models.rnn:RNNClassifier",
+    "transformer": "models.transformer:TransformerClassifier",
+    "gan": "models.gan:Generator",
 }
+
+#: Families trained against an adversary rather than on labels (see pipeline/train/tasks.py).
+ADVERSARIAL = {"gan"}
 
 
 def build_model(name: str, cfg: Any, feature_shape: tuple[int, ...], num_classes: int):
@@ -25,6 +32,22 @@ def build_model(name: str, cfg: Any, feature_shape: tuple[int, ...], num_classes
         raise TypeError(f"{name} needs a {MODEL_CONFIGS[name].__name__}, got {type(cfg)}")
     module, cls = _BUILDERS[name].split(":")
     return getattr(importlib.import_module(module), cls)(cfg, tuple(feature_shape), num_classes)
+
+
+def build_gan(cfg: Any, feature_shape: tuple[int, ...], num_classes: int):
+    """(generator, discriminator, judge) of a conditional GAN; the judge is a small CNN
+    trained on real data that scores how recognisable the generated samples are."""
+    from models.cnn import ResidualCNN
+    from models.config import CNNConfig
+    from models.gan import Discriminator, Generator
+
+    judge = ResidualCNN(
+        CNNConfig(channels=cfg.judge_channels, stages=2, blocks_per_stage=1),
+        tuple(feature_shape),
+        num_classes,
+    )
+    shape = tuple(feature_shape)
+    return Generator(cfg, shape, num_classes), Discriminator(cfg, shape, num_classes), judge
 
 
 def count_params(block) -> int:

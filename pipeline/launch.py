@@ -68,7 +68,7 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         # Ray Train re-routes print() through its logger, which shows every line twice.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
-    for name in ("MXTRAIN_TRACE_DIR",):
+    for name in ("MXTRAIN_TRACE_DIR", "MLFLOW_S3_ENDPOINT_URL"):
         if name in os.environ:
             env[name] = os.environ[name]
     runtime_env = {"env_vars": env}
@@ -168,7 +168,8 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
     )
     uri = cfg.tracking.resolved_uri()
     if endpoint_url(cfg.s3):
-        # MLflow's S3 artifact store takes its endpoint from this variable only.
+        # MLflow's S3 artifact store takes its endpoint from this variable only (rank 0 logs
+        # sample images; ray_session passes it on to the workers).
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url(cfg.s3))
     run_id = mlflow_run.start_run(cfg, info)
     progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")

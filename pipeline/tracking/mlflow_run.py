@@ -27,8 +27,11 @@ TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
 TAG_WORLD_SIZE = "pipeline.world_size"
 
-#: The pyfunc model's code, logged as a file (see gluon_pyfunc.py).
-PYFUNC_CODE = Path(__file__).with_name("gluon_pyfunc.py")
+#: The pyfunc model's code per kind of model, logged as a file (see gluon_pyfunc.py).
+PYFUNC_CODE = {
+    "classifier": Path(__file__).with_name("gluon_pyfunc.py"),
+    "generator": Path(__file__).with_name("gluon_generator_pyfunc.py"),
+}
 
 #: Files a checkpoint holds for the model (written by the worker, read here).
 SYMBOL_FILE = "model-symbol.json"
@@ -136,6 +139,53 @@ class RunLogger:
             params=[mlflow.entities.Param(k, _param_value(v)) for k, v in params.items()],
         )
 
+    def log_artifact(self, path: str, artifact_path: str) -> None:
+        self._c().log_artifact(self.run_id, path, artifact_path)
+
+
+@contextlib.contextmanager
+def _tracking_uri_scope(uri: str):
+    """``mlflow.set_tracking_uri`` for a block only: it sets a process global and the
+    MLFLOW_TRACKING_URI variable, which must not leak into the program that called us."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    old_global = getattr(utils, "_tracking_uri", None)
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]  # None resets it
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _signature(kind: str, meta: dict, artifacts: dict, feature_example):
+    """(signature, input example) of the logged model, computed by running the export."""
+    import mxnet as mx
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    if kind == "generator":
+        from mlflow.models import ModelSignature
+
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("long", "label")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(meta["num_features"])))]),
+            params=ParamSchema([ParamSpec("seed", "long", 0)]),
+        )
+        example = pd.DataFrame({"label": np.arange(int(meta["num_classes"]), dtype=np.int64)})
+        return signature, example
+    example = np.asarray(feature_example, dtype=np.float32)
+    net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])
+    probs = mx.nd.softmax(net(mx.nd.array(example))).asnumpy()
+    return infer_signature(example, probs), example
+
 
 def log_and_register_model(
     cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
@@ -147,12 +197,14 @@ def log_and_register_model(
     import mlflow
     import mxnet as mx
     import numpy as np
-    from mlflow.models import infer_signature
 
     uri = cfg.tracking.resolved_uri()
-    mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with (
+        _tracking_uri_scope(uri),
+        tempfile.TemporaryDirectory() as tmp,
+        warnings.catch_warnings(),
+    ):
         # MXNet cannot infer the input dtype of an imported graph; MLflow asks for type
         # hints we do not use (the signature says it all). Neither is actionable.
         warnings.simplefilter("ignore")
@@ -161,16 +213,14 @@ def log_and_register_model(
         for key, fname in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("meta", META_FILE)):
             shutil.copy(Path(checkpoint_dir) / fname, Path(tmp) / fname)
             artifacts[key] = str(Path(tmp) / fname)
-        example = np.asarray(input_example, dtype=np.float32)
-        # The signature's output comes from running the exported network itself.
-        net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])
-        probs = mx.nd.softmax(net(mx.nd.array(example))).asnumpy()
-        signature = infer_signature(example, probs)
+        meta = json.loads(Path(artifacts["meta"]).read_text())
+        kind = meta.get("kind", "classifier")
+        signature, example = _signature(kind, meta, artifacts, input_example)
         name = cfg.registered_model_name if cfg.tracking.register else None
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(PYFUNC_CODE),
+                python_model=str(PYFUNC_CODE[kind]),
                 artifacts=artifacts,
                 signature=signature,
                 input_example=example,

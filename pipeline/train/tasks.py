@@ -1,0 +1,383 @@
+"""Training objectives: what one step does, what an evaluation measures, what gets exported.
+
+The loop (pipeline/train/loop.py) owns epochs, shards, logging and checkpoints; a task owns
+the networks and their Horovod trainers:
+
+* :class:`ClassificationTask` - one network, cross-entropy on labels (FCN, CNN, RNN, attention);
+* :class:`AdversarialTask` - a conditional GAN: generator and discriminator trained against
+  each other, plus a judge classifier trained on real data that scores the generated samples.
+
+Each trainer is a ``hvd.DistributedTrainer`` with its own prefix, so the allreduce tensor names
+of different trainers never collide.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import JobConfig
+from pipeline.data.contract import DatasetInfo
+from pipeline.data.ingest import Batch, arrow_to_batch
+
+
+@dataclass
+class Env:
+    """What every task needs from the worker: config, data shape, device and Horovod."""
+
+    cfg: JobConfig
+    info: DatasetInfo
+    ctx: Any
+    hvd: Any
+    world: int
+    rank: int
+
+
+# -- helpers shared by the tasks ----------------------------------------------------------------
+
+
+def _plain_copy(array):
+    import mxnet as mx
+
+    return mx.nd.array(array.asnumpy(), ctx=array.context, dtype=array.dtype)
+
+
+# MXNet's MKL-DNN kernels may keep parameters in a blocked memory layout that Horovod cannot
+# read ("We can't generate TBlob for MKLDNN data"; seen as crashed or mismatched collectives).
+# The collectives on parameters therefore go through plain copies; gradients are unaffected.
+
+
+def broadcast_from_root(hvd, params, prefix: str) -> None:
+    """Every rank starts from rank 0's parameters (hvd.broadcast_parameters, via copies)."""
+    for i, (_, p) in enumerate(sorted(params.items())):
+        plain = _plain_copy(p.data())
+        hvd.broadcast_(plain, root_rank=0, name=f"{prefix}.init.{i}")
+        p.set_data(plain)
+
+
+def average_running_stats(hvd, params, name: str) -> None:
+    """Batch-norm running means/variances are per rank; average them so replicas agree."""
+    for i, p in enumerate(p for p in params.values() if p.grad_req == "null"):
+        plain = _plain_copy(p.data())
+        hvd.allreduce_(plain, average=True, name=f"{name}.{i}")
+        p.set_data(plain)
+
+
+def allreduce_sum(hvd, values: list[float], name: str) -> np.ndarray:
+    import mxnet as mx
+
+    return hvd.allreduce(mx.nd.array(values, dtype="float64"), average=False, name=name).asnumpy()
+
+
+class Optimised:
+    """A network with its DistributedTrainer; ``step`` applies clipping and tracks the global
+    gradient norm of the mean loss (the vanishing/exploding-gradient signal)."""
+
+    def __init__(self, env: Env, net, prefix: str, sample_inputs: list):
+        import mxnet as mx
+
+        cfg = env.cfg
+        self.env = env
+        self.net = net
+        self.prefix = prefix
+        net.initialize(mx.init.Xavier(magnitude=2.0), ctx=env.ctx)
+        net.hybridize(static_alloc=True)
+        net(*sample_inputs)  # resolve deferred shapes
+        self.params = net.collect_params()
+        broadcast_from_root(env.hvd, self.params, prefix)
+        self.trainable = [p for p in self.params.values() if p.grad_req != "null"]
+        optim = cfg.optim
+        kwargs: dict[str, Any] = {"learning_rate": optim.learning_rate, "wd": optim.weight_decay}
+        if optim.optimizer in ("sgd", "nag"):
+            kwargs["momentum"] = optim.momentum
+        else:
+            kwargs["beta1"] = optim.momentum
+        self.trainer = env.hvd.DistributedTrainer(
+            self.params, mx.optimizer.create(optim.optimizer, **kwargs), prefix=prefix
+        )
+        self._sq_norm = mx.nd.zeros((1,), ctx=env.ctx)
+        self._steps = 0
+
+    def step(self, batch_size: int, lr: float) -> None:
+        import mxnet as mx
+
+        clip = self.env.cfg.optim.grad_clip_norm
+        self.trainer.set_learning_rate(lr)
+        self.trainer.allreduce_grads()
+        # After the allreduce every rank holds the same summed gradients; scaled like the
+        # update, their norm is the global gradient norm of the mean loss.
+        scale = 1.0 / (self.env.world * batch_size)
+        sq = mx.nd.add_n(*[mx.nd.square(p.grad(self.env.ctx)).sum() for p in self.trainable])
+        self._sq_norm = self._sq_norm + sq * scale**2  # stays on the device: no sync
+        if clip > 0:
+            norm = float(np.sqrt(sq.asscalar())) * scale
+            if norm > clip:
+                for p in self.trainable:
+                    p.grad(self.env.ctx)[:] *= clip / norm
+        self.trainer.update(batch_size)
+        self._steps += 1
+
+    def epoch_grad_norm(self) -> float:
+        """RMS over the epoch's steps of the global gradient norm; resets the tally."""
+        import mxnet as mx
+
+        value = float(np.sqrt(self._sq_norm.asscalar() / max(self._steps, 1)))
+        self._sq_norm = mx.nd.zeros((1,), ctx=self.env.ctx)
+        self._steps = 0
+        return value
+
+    def export(self, directory: str, name: str) -> None:
+        self.net.export(os.path.join(directory, name), epoch=0)
+
+
+def _batches(shard, batch_size: int, num_features: int):
+    for table in shard.iter_batches(
+        batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2
+    ):
+        yield arrow_to_batch(table, num_features)
+
+
+def _accuracy(env: Env, net, shard, name: str) -> float:
+    """Accuracy over a whole split: each rank scores its shard, the counts are summed."""
+    import mxnet as mx
+
+    correct = total = 0
+    for batch in _batches(shard, env.cfg.data.eval_batch_size, env.info.num_features):
+        pred = net(mx.nd.array(batch.features, ctx=env.ctx)).argmax(axis=1).asnumpy()
+        keep = batch.labels >= 0
+        correct += int(np.count_nonzero(pred[keep] == batch.labels[keep]))
+        total += int(np.count_nonzero(keep))
+    summed = allreduce_sum(env.hvd, [correct, total], name)
+    return float(summed[0] / max(summed[1], 1))
+
+
+# -- the tasks ----------------------------------------------------------------------------------
+
+
+class ClassificationTask:
+    """Cross-entropy on labels; padding rows have weight 0."""
+
+    kind = "classifier"
+    metric = "accuracy"
+
+    def __init__(self, env: Env):
+        import mxnet as mx
+        from mxnet import gluon
+
+        from models import build_model
+
+        self.env = env
+        info = env.info
+        net = build_model(
+            env.cfg.model.name, env.cfg.model.arch, info.feature_shape, info.num_classes
+        )
+        self.model = Optimised(env, net, "net", [mx.nd.zeros((2, info.num_features), ctx=env.ctx)])
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        self._loss_sum = mx.nd.zeros((1,), ctx=env.ctx)
+        self._real = 0
+
+    @property
+    def params(self):
+        return self.model.params
+
+    def num_params(self) -> int:
+        from models import count_params
+
+        return count_params(self.model.net)
+
+    def train_step(self, batch: Batch, lr: float) -> None:
+        import mxnet as mx
+        from mxnet import autograd
+
+        ctx = self.env.ctx
+        x = mx.nd.array(batch.features, ctx=ctx)
+        y = mx.nd.array(batch.labels, ctx=ctx, dtype="float32")
+        w = mx.nd.array(batch.mask, ctx=ctx).reshape((-1, 1))
+        with autograd.record():
+            loss = self.loss_fn(self.model.net(x), y, w)
+        loss.backward()
+        self.model.step(len(batch.labels), lr)
+        self._loss_sum += loss.sum()
+        self._real += batch.num_real
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        import mxnet as mx
+
+        average_running_stats(self.env.hvd, self.model.params, f"bn{epoch}")
+        totals = allreduce_sum(self.env.hvd, [self._loss_sum.asscalar(), self._real], f"tl{epoch}")
+        self._loss_sum = mx.nd.zeros((1,), ctx=self.env.ctx)
+        self._real = 0
+        return {
+            "train_loss": totals[0] / max(totals[1], 1),
+            "grad_norm": self.model.epoch_grad_norm(),
+            "_samples": totals[1],
+        }
+
+    def evaluate(self, shard, split: str, tag: str) -> dict[str, float]:
+        return {f"{split}_accuracy": _accuracy(self.env, self.model.net, shard, tag)}
+
+    def export(self, directory: str) -> dict:
+        self.model.export(directory, "model")
+        return {"kind": self.kind}
+
+    def samples_png(self, path: str) -> bool:
+        return False
+
+
+class AdversarialTask:
+    """Conditional GAN: D learns real vs generated given the label, G learns to fool D, and a
+    judge CNN learns the labels of real data. ``generated_accuracy`` is the share of generated
+    samples the judge assigns the label they were generated for."""
+
+    kind = "generator"
+    metric = "generated_accuracy"
+    #: Generated samples per class for each generated_accuracy estimate (split over ranks).
+    samples_per_class = 100
+
+    def __init__(self, env: Env):
+        import mxnet as mx
+        from mxnet import gluon
+
+        from models import build_gan
+
+        self.env = env
+        info, arch = env.info, env.cfg.model.arch
+        self.latent = arch.latent_dim
+        self.classes = info.num_classes
+        g, d, judge = build_gan(arch, info.feature_shape, info.num_classes)
+        z = mx.nd.zeros((2, self.latent), ctx=env.ctx)
+        onehot = mx.nd.zeros((2, self.classes), ctx=env.ctx)
+        rows = mx.nd.zeros((2, info.num_features), ctx=env.ctx)
+        self.g = Optimised(env, g, "gen", [z, onehot])
+        self.d = Optimised(env, d, "disc", [rows, onehot])
+        self.judge = Optimised(env, judge, "judge", [rows])
+        self.bce = gluon.loss.SigmoidBinaryCrossEntropyLoss()
+        self.ce = gluon.loss.SoftmaxCrossEntropyLoss()
+        self._sums = mx.nd.zeros((3,), ctx=env.ctx)
+        self._real = 0
+        # Per-rank noise stream: ranks draw different samples, reproducibly.
+        self._rng = np.random.default_rng(env.cfg.seed * 1000 + env.rank)
+
+    @property
+    def params(self):
+        merged = {}
+        for prefix, part in (("gen", self.g), ("disc", self.d), ("judge", self.judge)):
+            merged.update({f"{prefix}/{k}": v for k, v in part.params.items()})
+        return merged
+
+    def num_params(self) -> int:
+        from models import count_params
+
+        return count_params(self.g.net) + count_params(self.d.net)
+
+    def _noise(self, n: int):
+        import mxnet as mx
+
+        return mx.nd.array(self._rng.standard_normal((n, self.latent)), ctx=self.env.ctx)
+
+    def train_step(self, batch: Batch, lr: float) -> None:
+        import mxnet as mx
+        from mxnet import autograd
+
+        ctx, n = self.env.ctx, len(batch.labels)
+        x = mx.nd.array(batch.features, ctx=ctx)
+        labels = mx.nd.array(batch.labels, ctx=ctx, dtype="float32")
+        onehot = mx.nd.one_hot(labels, self.classes)  # padding rows (label -1) -> all zeros
+        w = mx.nd.array(batch.mask, ctx=ctx).reshape((-1, 1))
+        ones, zeros = mx.nd.ones((n, 1), ctx=ctx), mx.nd.zeros((n, 1), ctx=ctx)
+
+        fake = self.g.net(self._noise(n), onehot)
+        with autograd.record():  # discriminator: real -> 0.9 (one-sided smoothing), fake -> 0
+            d_loss = self.bce(self.d.net(x, onehot), ones * 0.9, w) + self.bce(
+                self.d.net(fake.detach(), onehot), zeros, w
+            )
+        d_loss.backward()
+        self.d.step(n, lr)
+
+        with autograd.record():  # generator: make the discriminator say "real"
+            g_loss = self.bce(self.d.net(self.g.net(self._noise(n), onehot), onehot), ones, w)
+        g_loss.backward()
+        self.g.step(n, lr)
+
+        with autograd.record():  # judge: an ordinary classifier on real data
+            j_loss = self.ce(self.judge.net(x), labels, w)
+        j_loss.backward()
+        self.judge.step(n, lr)
+
+        self._sums += mx.nd.concat(d_loss.sum(), g_loss.sum(), j_loss.sum(), dim=0)
+        self._real += batch.num_real
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        import mxnet as mx
+
+        hvd = self.env.hvd
+        for part in (self.g, self.d, self.judge):
+            average_running_stats(hvd, part.params, f"bn{epoch}.{part.prefix}")
+        sums = self._sums.asnumpy().tolist()
+        totals = allreduce_sum(hvd, [*sums, self._real], f"tl{epoch}")
+        real = max(totals[3], 1)
+        self._sums = mx.nd.zeros((3,), ctx=self.env.ctx)
+        self._real = 0
+        return {
+            "d_loss": totals[0] / real,
+            "g_loss": totals[1] / real,
+            "judge_loss": totals[2] / real,
+            "train_loss": (totals[0] + totals[1]) / real,
+            "g_grad_norm": self.g.epoch_grad_norm(),
+            "d_grad_norm": self.d.epoch_grad_norm(),
+            "grad_norm": self.judge.epoch_grad_norm(),
+            "_samples": totals[3],
+        }
+
+    def generated_accuracy(self, tag: str) -> float:
+        """Share of generated samples that the judge labels as requested (all ranks)."""
+        import mxnet as mx
+
+        world, rank = self.env.world, self.env.rank
+        labels = np.repeat(np.arange(self.classes), self.samples_per_class)[rank::world]
+        correct = 0
+        for start in range(0, len(labels), 500):
+            part = labels[start : start + 500]
+            onehot = mx.nd.one_hot(mx.nd.array(part, ctx=self.env.ctx), self.classes)
+            images = self.g.net(self._noise(len(part)), onehot)
+            pred = self.judge.net(images).argmax(axis=1).asnumpy()
+            correct += int(np.count_nonzero(pred == part))
+        summed = allreduce_sum(self.env.hvd, [correct, len(labels)], tag)
+        return float(summed[0] / max(summed[1], 1))
+
+    def evaluate(self, shard, split: str, tag: str) -> dict[str, float]:
+        judge_acc = _accuracy(self.env, self.judge.net, shard, f"{tag}.judge")
+        key = "generated_accuracy" if split == "test" else f"{split}_generated_accuracy"
+        return {key: self.generated_accuracy(f"{tag}.gen"), f"judge_{split}_accuracy": judge_acc}
+
+    def export(self, directory: str) -> dict:
+        self.g.export(directory, "model")
+        return {"kind": self.kind, "latent_dim": self.latent}
+
+    def samples_png(self, path: str) -> bool:
+        """A grid of generated samples, one row per class, with fixed noise (rank 0 only)."""
+        import mxnet as mx
+        from PIL import Image
+
+        c, h, w = self.env.info.feature_shape
+        per_row = 10
+        labels = np.repeat(np.arange(self.classes), per_row)
+        z = np.random.default_rng(12345).standard_normal((len(labels), self.latent))
+        onehot = mx.nd.one_hot(mx.nd.array(labels, ctx=self.env.ctx), self.classes)
+        images = self.g.net(mx.nd.array(z, ctx=self.env.ctx), onehot).asnumpy()
+        images = images.reshape(self.classes, per_row, c, h, w)[:, :, 0]  # first channel
+        grid = images.transpose(0, 2, 1, 3).reshape(self.classes * h, per_row * w)
+        pixels = (np.clip(grid, 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").resize(
+            (per_row * w * 4, self.classes * h * 4), Image.Resampling.NEAREST
+        ).save(path)
+        return True
+
+
+def make_task(env: Env):
+    from models import ADVERSARIAL
+
+    return AdversarialTask(env) if env.cfg.model.name in ADVERSARIAL else ClassificationTask(env)
