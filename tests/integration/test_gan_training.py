@@ -54,6 +54,6 @@ def test_gan_two_workers_stay_identical_and_register_a_generator(digits_uri, tmp
     again = model.predict(labels, params={"seed": 3})
     other = model.predict(labels, params={"seed": 4})
     assert first.shape == (10, 64) and first.dtype == np.float32
-    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert first.min() >= 0.0 and first.max() <= 1.0
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)

@@ -96,7 +96,7 @@ def test_gan_shapes_range_and_round_trip(tmp_path):
     onehot = mx.nd.one_hot(mx.nd.array([0, 1, 2, 3, 9]), C)
     images = _ready(g, z, onehot)
     assert images.shape == (5, D)
-    assert 0.0 <= images.min().asscalar() and images.max().asscalar() <= 1.0
+    assert images.min().asscalar() >= 0.0 and images.max().asscalar() <= 1.0
     assert _ready(d, images, onehot).shape == (5, 1)
     assert _ready(judge, images).shape == (5, C)
     # generator: Dense(latent+C -> ch*2*2, no bias) + BN, conv3x3(ch -> ch/2, no bias) + BN,
