@@ -13,6 +13,7 @@ WORKERS ?= 2
 DEFAULT_DATA := data/digits
 DATA ?= $(DEFAULT_DATA)
 ARGS ?=
+BENCH_SIZE ?= default
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
@@ -29,7 +30,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup data train train-distributed mlflow-ui object-store object-store-stop test test-all lint format clean
+.PHONY: help setup data train train-distributed mlflow-ui object-store object-store-stop test test-all bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -79,6 +80,9 @@ test: $(STAMP) ## Unit and integration tests (real Ray, Horovod, MLflow); under 
 
 test-all: $(STAMP) ## Every test, the slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## Benchmarks: ratios against baselines from the same run -> .bench/results.json
+	$(BIN)/python -m jobs.benchmarks.run --size $(BENCH_SIZE) --out .bench/results.json
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy on pipeline/ and models/
 	$(BIN)/ruff check .

@@ -13,10 +13,11 @@ import argparse
 import time
 
 from jobs._cli import run_main
-from pipeline.data.prepare import load_digits_splits, write_dataset
+from pipeline.data.prepare import load_digits_splits, synthetic_splits, write_dataset
 
 DATASETS = {
     "digits": "scikit-learn's 1,797 8x8 handwritten digits (shipped offline), 10 classes",
+    "synthetic": "seeded synthetic classes of any size (--rows, --shape, --classes)",
 }
 
 
@@ -36,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out", default="data/digits", help="output folder, file:// or s3://bucket/prefix URI"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (and of synthetic data)")
+    p.add_argument("--rows", type=int, default=100_000, help="synthetic: total rows")
+    p.add_argument("--shape", default="1,8,8", help="synthetic: feature shape, e.g. 1,8,8 or 64")
+    p.add_argument("--classes", type=int, default=10, help="synthetic: number of classes")
     p.add_argument(
         "--rows-per-file",
         type=int,
@@ -48,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rows_per_file < 1 or args.row_group_size < 1:
         p.error("--rows-per-file and --row-group-size must be >= 1")
+    try:
+        args.shape = tuple(int(d) for d in args.shape.split(","))
+    except ValueError:
+        p.error(f"--shape must be comma-separated integers, got {args.shape!r}")
+    if args.rows < 10 or args.classes < 2 or min(args.shape) < 1:
+        p.error("--rows must be >= 10, --classes >= 2 and every --shape dimension >= 1")
     return args
 
 
@@ -55,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     print(f"writing {args.dataset} to {args.out}", flush=True)
-    splits, shape, num_classes = load_digits_splits(seed=args.seed)
+    if args.dataset == "synthetic":
+        splits, shape, num_classes = synthetic_splits(
+            args.rows, args.shape, args.classes, args.seed
+        )
+    else:
+        splits, shape, num_classes = load_digits_splits(seed=args.seed)
     manifest = write_dataset(
         args.out,
         splits,

@@ -70,6 +70,33 @@ def load_digits_splits(seed: int = 0, val_fraction: float = 0.1, test_fraction: 
     return splits, (1, 8, 8), 10
 
 
+def synthetic_splits(
+    rows: int,
+    feature_shape: tuple[int, ...] = (1, 8, 8),
+    num_classes: int = 10,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+):
+    """A seeded synthetic classification set of any size: each class is a fixed random
+    prototype in [0, 1] plus noise, so models can learn it and sizes scale freely.
+
+    Returns ({split: Split}, feature_shape, num_classes) like :func:`load_digits_splits`.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((num_classes, *feature_shape), dtype=np.float32)
+    labels = rng.integers(0, num_classes, rows, dtype=np.int64)
+    features = prototypes[labels] + rng.normal(0, 0.3, (rows, *feature_shape)).astype(np.float32)
+    np.clip(features, 0.0, 1.0, out=features)
+    ids = np.arange(rows, dtype=np.int64)
+    n_test = int(rows * test_fraction)
+    n_val = int(rows * val_fraction)
+    cuts = {"test": slice(0, n_test), "val": slice(n_test, n_test + n_val),
+            "train": slice(n_test + n_val, rows)}
+    splits = {k: Split(features[c], labels[c], ids[c]) for k, c in cuts.items()}
+    return splits, tuple(feature_shape), num_classes
+
+
 def _table(split: Split, schema: pa.Schema) -> pa.Table:
     flat = np.ascontiguousarray(split.features.reshape(len(split.labels), -1), dtype=np.float32)
     features = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
@@ -159,4 +186,12 @@ def write_dataset(
     return manifest
 
 
-__all__ = ["FEATURES", "ID", "LABEL", "Split", "load_digits_splits", "write_dataset"]
+__all__ = [
+    "FEATURES",
+    "ID",
+    "LABEL",
+    "Split",
+    "load_digits_splits",
+    "synthetic_splits",
+    "write_dataset",
+]

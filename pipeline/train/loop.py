@@ -43,7 +43,7 @@ def _quiet_ray_train() -> None:
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) -> str:
-    hidden = ("learning_rate", "samples_per_sec", "epoch_time_s")
+    hidden = ("learning_rate", "samples_per_sec", "epoch_time_s", "peak_rss_mb")
     shown = [k for k in metrics if not k.startswith("_") and k not in hidden]
     parts = [f"{k} {metrics[k]:.4f}" for k in shown]
     rate = f"  {samples_per_s:,.0f} samples/s"
@@ -104,6 +104,9 @@ def train_worker(payload: WorkerPayload) -> None:
                 raise RuntimeError(f"rank {rank}: shard has more than {steps} batches")
             batch = arrow_to_batch(table, info.num_features)
             task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps))
+            if tracer and epoch == 0 and n_steps == 0:
+                mx.nd.waitall()
+                tracer.event("first_step")
             n_steps += 1
             if tracer:
                 seen.append(batch.ids[batch.labels >= 0])
@@ -116,6 +119,7 @@ def train_worker(payload: WorkerPayload) -> None:
         train_samples += int(samples)
         metrics.update(task.evaluate(shards["val"], "val", f"val{epoch}"))
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
+        metrics["peak_rss_mb"] = _peak_rss_mb()
         metrics["epoch_time_s"] = epoch_time
         last = epoch == optim.epochs - 1
         if last:
@@ -138,6 +142,13 @@ def train_worker(payload: WorkerPayload) -> None:
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(report)
+
+
+def _peak_rss_mb() -> float:
+    """This worker's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _write_meta(directory: str, info: DatasetInfo, epoch: int, extra: dict) -> None:

@@ -51,6 +51,21 @@ class Tracer:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def event(self, name: str) -> None:
+        """A timestamped event (e.g. the first training step) in events-rank-<r>.jsonl."""
+        import time
+
+        record = {"rank": self.rank, "event": name, "t": time.time()}
+        with self.path.with_name(f"events-rank-{self.rank}.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_events(directory: str | Path) -> list[dict]:
+    records = []
+    for path in sorted(Path(directory).glob("events-rank-*.jsonl")):
+        records += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return records
+
 
 def read(directory: str | Path) -> list[dict]:
     """All records of all ranks."""

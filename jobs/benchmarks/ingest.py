@@ -1,0 +1,121 @@
+"""Ingest figures: rows/s from Parquet into MXNet NDArray batches.
+
+* ours: the worker's path - a Ray dataset read from Parquet (``data.cache=stream``, the path
+  that scales past memory), Arrow batches, ``arrow_to_batch``, ``mx.nd.array``;
+* pyarrow: ``pq.read_table`` with one thread + to numpy, no batching: the decode limit;
+* Ray Data: ``read_parquet().iter_batches(batch_format="numpy")`` + ``np.stack``, the way
+  its docs feed a framework;
+* Petastorm: cannot run with our pins (see PETASTORM_WHY).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jobs.benchmarks.harness import Figure, median_time, not_available, ratio_figure
+from pipeline.config import S3Config
+from pipeline.data.contract import FEATURES, LABEL, DatasetInfo
+from pipeline.storage import resolve
+
+PETASTORM_WHY = (
+    "petastorm 0.13.1 (the latest release) builds on pyarrow's legacy ParquetDataset API "
+    "(ParquetDataset(validate_schema=...), dataset.pieces), removed in pyarrow 15; our pin is "
+    "pyarrow 25, which mxnet/numpy 1.23.5 also constrain; it also pulls in pyspark"
+)
+
+
+def _train_only(info: DatasetInfo) -> DatasetInfo:
+    return dataclasses.replace(info, splits={"train": info.splits["train"]})
+
+
+def ours(info: DatasetInfo, batch_size: int, s3: S3Config | None = None) -> int:
+    import mxnet as mx
+
+    from pipeline.data.ingest import arrow_to_batch, build_datasets
+
+    ds = build_datasets(_train_only(info), world_size=1, cache=False, s3=s3)["train"]
+    rows = 0
+    for table in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
+        batch = arrow_to_batch(table, info.num_features)
+        x = mx.nd.array(batch.features)
+        mx.nd.array(batch.labels)
+        rows += x.shape[0]
+    mx.nd.waitall()
+    return rows
+
+
+def raydata(info: DatasetInfo, batch_size: int) -> int:
+    import mxnet as mx
+    import ray.data
+
+    loc = resolve(info.uri)
+    ds = ray.data.read_parquet(
+        list(info.splits["train"].files), filesystem=loc.filesystem, columns=[FEATURES, LABEL]
+    )
+    rows = 0
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+        x = mx.nd.array(np.stack(batch[FEATURES]))
+        mx.nd.array(batch[LABEL])
+        rows += x.shape[0]
+    mx.nd.waitall()
+    return rows
+
+
+def pyarrow_decode(info: DatasetInfo) -> int:
+    import pyarrow.parquet as pq
+
+    loc = resolve(info.uri)
+    rows = 0
+    for path in info.splits["train"].files:
+        table = pq.read_table(
+            path, filesystem=loc.filesystem, columns=[FEATURES, LABEL], use_threads=False
+        )
+        feats = table.column(FEATURES).combine_chunks().flatten().to_numpy()
+        labels = table.column(LABEL).to_numpy()
+        rows += len(labels)
+        assert feats.size == len(labels) * info.num_features
+    return rows
+
+
+def figures(
+    local: DatasetInfo, s3_info: DatasetInfo | None, s3: S3Config | None, batch_size: int, reps: int
+) -> tuple[list[Figure], dict]:
+    rows = local.splits["train"].rows
+    t_ours = median_time(lambda: ours(local, batch_size), reps)
+    t_arrow = median_time(lambda: pyarrow_decode(local), reps)
+    t_ray = median_time(lambda: raydata(local, batch_size), reps)
+    ours_rps = rows / t_ours
+    out = [
+        ratio_figure(
+            "ingest_vs_pyarrow",
+            ours_rps,
+            rows / t_arrow,
+            ">= 0.8",
+            "rows/s",
+            f"{rows:,} rows; baseline decodes only (1 thread, no batching)",
+        ),
+        ratio_figure(
+            "ingest_vs_raydata",
+            ours_rps,
+            rows / t_ray,
+            ">= 1.0",
+            "rows/s",
+            "baseline: Ray Data iter_batches(numpy) + np.stack",
+        ),
+        not_available("ingest_vs_petastorm", ">= 2.0", "rows/s", PETASTORM_WHY),
+    ]
+    if s3_info is not None:
+        t_s3 = median_time(lambda: ours(s3_info, batch_size, s3), reps)
+        out.append(
+            ratio_figure(
+                "ingest_s3_vs_local",
+                rows / t_s3,
+                ours_rps,
+                ">= 0.8",
+                "rows/s",
+                "same path; SeaweedFS on loopback vs local disk",
+            )
+        )
+    return out, {"ingest_rows_per_s": ours_rps}
