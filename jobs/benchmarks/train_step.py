@@ -126,6 +126,7 @@ def _tracking(task, batches, cfg, reps: int) -> Figure:
 
         t_logged = median_time(logged, reps)
         t_plain = median_time(plain, reps)
+        logger.close()
     return ratio_figure(
         "tracking_overhead",
         t_logged,

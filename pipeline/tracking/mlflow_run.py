@@ -108,17 +108,45 @@ def end_run(uri: str, run_id: str, status: str) -> None:
 
 
 class RunLogger:
-    """Rank 0's handle on the run: metrics by epoch, a few params. Cheap to pickle."""
+    """Rank 0's handle on the run: metrics by epoch, params, artifacts.
+
+    Calls are queued and sent by a background thread, so a slow tracking server never stalls
+    training; :meth:`close` waits until everything is sent. A failed call is reported once on
+    stderr and does not stop training.
+    """
 
     def __init__(self, uri: str, run_id: str):
+        import queue
+        import threading
+
         self.uri = uri
         self.run_id = run_id
-        self._client = None
+        self._queue: queue.Queue = queue.Queue()
+        self._warned = False
+        self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
+        self._thread.start()
 
-    def _c(self):
-        if self._client is None:
-            self._client = _client(self.uri)
-        return self._client
+    def _send(self) -> None:
+        import sys
+
+        client = _client(self.uri)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            method, kwargs = item
+            try:
+                getattr(client, method)(self.run_id, **kwargs)
+                if method == "log_artifact":
+                    shutil.rmtree(Path(kwargs["local_path"]).parent, ignore_errors=True)
+            except Exception as exc:
+                if not self._warned:
+                    self._warned = True
+                    print(
+                        f"warning: MLflow logging to {self.uri} failed: {_one_line(exc)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import mlflow
@@ -129,18 +157,25 @@ class RunLogger:
             for k, v in metrics.items()
             if v is not None and math.isfinite(float(v))
         ]
-        self._c().log_batch(self.run_id, metrics=batch)
+        self._queue.put(("log_batch", {"metrics": batch}))
 
     def log_params(self, params: dict[str, Any]) -> None:
         import mlflow
 
-        self._c().log_batch(
-            self.run_id,
-            params=[mlflow.entities.Param(k, _param_value(v)) for k, v in params.items()],
-        )
+        batch = [mlflow.entities.Param(k, _param_value(v)) for k, v in params.items()]
+        self._queue.put(("log_batch", {"params": batch}))
 
     def log_artifact(self, path: str, artifact_path: str) -> None:
-        self._c().log_artifact(self.run_id, path, artifact_path)
+        """Copies ``path`` first: the caller may delete it before the upload runs."""
+
+        keep = Path(tempfile.mkdtemp(prefix="mxtrain-artifact-")) / Path(path).name
+        shutil.copy(path, keep)
+        self._queue.put(("log_artifact", {"local_path": str(keep), "artifact_path": artifact_path}))
+
+    def close(self) -> None:
+        """Send everything queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
 
 
 @contextlib.contextmanager

@@ -53,11 +53,9 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) ->
 def train_worker(payload: WorkerPayload) -> None:
     import horovod.mxnet as hvd
     import mxnet as mx
-    import ray.train
 
     from pipeline.distributed.device import worker_context
     from pipeline.tracking.mlflow_run import RunLogger
-    from pipeline.train.tasks import Env, make_task
 
     cfg, info = payload.config, payload.info
     _quiet_ray_train()
@@ -69,6 +67,20 @@ def train_worker(payload: WorkerPayload) -> None:
     np.random.seed(cfg.seed)
     logger = RunLogger(payload.tracking_uri, payload.run_id) if is_chief else None
 
+    try:
+        _train(cfg, info, hvd, ctx, rank, world, logger)
+    finally:
+        if logger:
+            logger.close()
+
+
+def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, logger) -> None:
+    import mxnet as mx
+    import ray.train
+
+    from pipeline.train.tasks import Env, make_task
+
+    is_chief = rank == 0
     task = make_task(Env(cfg, info, ctx, hvd, world, rank))
     if logger:
         logger.log_params({"model.num_params": task.num_params()})

@@ -110,7 +110,9 @@ class Optimised:
         # After the allreduce every rank holds the same summed gradients; scaled like the
         # update, their norm is the global gradient norm of the mean loss.
         scale = 1.0 / (self.env.world * batch_size)
-        sq = mx.nd.add_n(*[mx.nd.square(p.grad(self.env.ctx)).sum() for p in self.trainable])
+        # One fused kernel for all sums of squares (2n+1 small ops cost ~10% of a CNN step).
+        grads = [p.grad(self.env.ctx) for p in self.trainable]
+        sq = mx.nd.multi_sum_sq(*grads, num_arrays=len(grads)).sum()
         self._sq_norm = self._sq_norm + sq * scale**2  # stays on the device: no sync
         if clip > 0:
             norm = float(np.sqrt(sq.asscalar())) * scale
