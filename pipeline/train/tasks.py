@@ -197,7 +197,10 @@ class ClassificationTask:
         ctx = self.env.ctx
         x = mx.nd.array(batch.features, ctx=ctx)
         y = mx.nd.array(batch.labels, ctx=ctx, dtype="float32")
-        w = mx.nd.array(batch.mask, ctx=ctx).reshape((-1, 1))
+        # Only the batch holding padding rows needs the weights (one copy and op fewer).
+        w = None
+        if batch.num_real < len(batch.labels):
+            w = mx.nd.array(batch.mask, ctx=ctx).reshape((-1, 1))
         with autograd.record():
             loss = self.loss_fn(self.model.net(x), y, w)
         loss.backward()
