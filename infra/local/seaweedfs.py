@@ -80,11 +80,12 @@ def stop_group(pid: int, grace_s: float = 3.0) -> None:
 
 
 def start(
-    directory: Path, s3_port: int | None = None, bucket: str | None = None, timeout_s: float = 60.0
+    directory: Path, s3_port: int | None = None, bucket: str | None = None, timeout_s: float = 120.0
 ) -> SeaweedFS:
     """Start SeaweedFS with authentication on free loopback ports; wait until S3 answers."""
     import boto3
     import botocore.config
+    import botocore.exceptions
 
     directory.mkdir(parents=True, exist_ok=True)
     s3_port = s3_port or free_port()
@@ -142,6 +143,15 @@ def start(
             return server
         except client.exceptions.BucketAlreadyOwnedByYou:
             return server
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("InvalidBucketName", "InvalidArgument", "BucketAlreadyExists"):
+                server.stop()  # a mistake in the request: retrying won't help
+                raise RuntimeError(f"SeaweedFS refused the request: {code}: {exc}") from None
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"SeaweedFS did not answer on {server.endpoint}") from None
+            time.sleep(0.3)
         except Exception:
             if time.monotonic() > deadline:
                 server.stop()
