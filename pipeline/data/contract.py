@@ -153,8 +153,10 @@ def inspect_dataset(
     loc = resolve(uri, s3)
     shapes: set[tuple[tuple[int, ...], int]] = set()
     found: dict[str, SplitInfo] = {}
+    sizes: dict[str, int] = {}
     for split in splits:
         files = _list_parquet(loc, split)
+        sizes.update(files)
         if not files:
             raise DataError(
                 f"{uri}: no Parquet files under {split}/; prepare the data with "
@@ -177,7 +179,6 @@ def inspect_dataset(
     if len(shapes) != 1:
         raise DataError(f"{uri}: files disagree on feature_shape/num_classes: {sorted(shapes)}")
     (shape, num_classes) = shapes.pop()
-    sizes = {p: n for split in splits for p, n in _list_parquet(loc, split)}
     found = _check_manifest(loc, found, sizes)
     return DatasetInfo(uri, shape, num_classes, found)
 
