@@ -15,16 +15,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from pipeline.config import S3Config
 from pipeline.errors import StorageError
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client  # noqa: F401 - typing only
 
 
 @dataclass(frozen=True)
