@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models import build_gan, build_model, count_params
-from models.config import GANConfig, MLPConfig, RNNConfig, TransformerConfig
+from models.config import CNNConfig, GANConfig, MLPConfig, RNNConfig, TransformerConfig
 
 D, C, T = 64, 10, 8  # 8x8 digits: 64 features, 10 classes, 8 rows as time steps
 
@@ -17,6 +17,20 @@ def _ready(net, *inputs):
     net.initialize(mx.init.Xavier())
     net.hybridize()
     return net(*inputs)
+
+
+def _cnn_params(cfg: CNNConfig) -> int:
+    bn = lambda ch: 4 * ch  # gamma, beta, running mean, running var  # noqa: E731
+    total = 1 * cfg.channels * 9 + bn(cfg.channels)  # stem, 1 input channel
+    ch_in = ch = cfg.channels
+    for stage in range(cfg.stages):
+        for block in range(cfg.blocks_per_stage):
+            total += ch_in * ch * 9 + bn(ch) + ch * ch * 9 + bn(ch)
+            if block == 0 and stage > 0:  # 1x1 projection shortcut
+                total += ch_in * ch + bn(ch)
+            ch_in = ch
+        ch *= 2
+    return total + ch_in * C + C
 
 
 def _mlp_params(cfg: MLPConfig) -> int:
@@ -45,6 +59,10 @@ def _transformer_params(cfg: TransformerConfig) -> int:
 
 
 CLASSIFIERS = [
+    ("cnn", CNNConfig(channels=8, stages=1, blocks_per_stage=1), _cnn_params),
+    ("cnn", CNNConfig(channels=16, stages=2, blocks_per_stage=1), _cnn_params),
+    ("cnn", CNNConfig(channels=8, stages=3, blocks_per_stage=2), _cnn_params),
+    ("cnn", CNNConfig(channels=8, dropout=0.2), _cnn_params),
     ("mlp", MLPConfig(width=32, depth=3), _mlp_params),
     ("mlp", MLPConfig(width=16, depth=1, batch_norm=False, dropout=0.0), _mlp_params),
     ("rnn", RNNConfig(cell="lstm", hidden=16), _rnn_params),
