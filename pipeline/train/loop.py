@@ -143,14 +143,15 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
         if logger:
             logger.log_metrics(metrics, step=epoch)
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
+            with tempfile.TemporaryDirectory() as pictures:  # not in the checkpoint
+                png = str(Path(pictures) / "samples.png")
+                if task.samples_png(png):
+                    logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
         report = {**metrics, "epoch": epoch}
         if is_chief:
             with tempfile.TemporaryDirectory() as tmp:
                 meta = task.export(tmp)
                 _write_meta(tmp, info, epoch, meta)
-                png = str(Path(tmp) / "samples.png")
-                if logger and task.samples_png(png):
-                    logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(report)
