@@ -57,7 +57,7 @@ class DataConfig:
     cache: str = _opt(
         "auto",
         "memory: read the Parquet files once into Ray's object store and split that every"
-        " epoch; stream: read from storage every epoch (memory stays flat for any data size);"
+        " epoch; stream: read from storage every epoch (for data sets larger than memory);"
         " auto: memory when the files total at most cache_max_mb",
         choices=("auto", "memory", "stream"),
     )

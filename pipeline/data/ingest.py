@@ -56,7 +56,8 @@ def should_cache(info: DatasetInfo, policy: str, max_mb: int) -> bool:
     Each pass of Ray Data's streaming executor over Parquet costs seconds of fixed overhead
     (measured: 4-7 s for 1,439 rows in 12 files on 2 cores, and one Ray worker process per
     concurrent read task), so small data sets are read once and split from memory every
-    epoch; large ones stream so memory does not grow with them.
+    epoch; large ones stream instead of being held in memory (make bench's rss_growth
+    measures how far a worker's memory still grows with the data set).
     """
     if policy == "auto":
         return sum(s.bytes for s in info.splits.values()) <= max_mb * 2**20
