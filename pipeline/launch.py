@@ -3,7 +3,7 @@
 preflight (data contract, model/data fit, tracking store)
   -> MLflow run opened
   -> Ray (local, or the cluster at RAY_ADDRESS)
-  -> Ray Train v2 DataParallelTrainer + our Horovod backend, one dataset shard per worker
+  -> Ray Train v2 DataParallelTrainer + our Horovod backend, each worker reads its planned shard
   -> model logged from the final checkpoint, registered, alias moved
   -> run FINISHED (FAILED on any error, nothing registered)
 """
@@ -80,9 +80,9 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         progress(f"connecting to the Ray cluster at {address}")
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
-        # Ray Data read tasks need CPUs beside the training workers: give Ray more logical
-        # CPUs than the workers take, or the job waits forever for a free slot.
-        cpus = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+        # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
+        # logical CPUs are slots, not cores.
+        cpus = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
         num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))
         progress(f"starting a local Ray ({num_cpus} logical CPUs); set RAY_ADDRESS for a cluster")
         ray.init(
@@ -101,27 +101,14 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         ray.shutdown()
 
 
-def _quiet_ray_data() -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
 def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     """Run the distributed training; return Ray Train's Result."""
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from pipeline.data.ingest import build_datasets, should_cache
     from pipeline.distributed.horovod_backend import HorovodConfig
     from pipeline.train.loop import train_worker
 
-    _quiet_ray_data()
-    cache = should_cache(info, cfg.data.cache, cfg.data.cache_max_mb)
-    datasets = build_datasets(info, cfg.scaling.num_workers, cache=cache, s3=cfg.s3)
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
     payload = WorkerPayload(cfg, info, run_id, tracking_uri)
     trainer = DataParallelTrainer(
@@ -139,9 +126,10 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             storage_filesystem=storage.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=0),
+            # Train logs a failed worker's traceback at INFO; run_job turns it into one line
+            # (the full text stays in the Ray session's log files).
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=dict(datasets),
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
     return trainer.fit()
 
@@ -155,6 +143,16 @@ def _worker_error(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     return (errors or lines or [type(exc).__name__])[-1][:500]
+
+
+def _user_error(exc: BaseException) -> PipelineError | None:
+    """A worker's PipelineError (a user's mistake, such as a corrupt file) inside Train's
+    failure, if there is one."""
+    for failure in getattr(exc, "worker_failures", {}).values():
+        for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
+            if isinstance(candidate, PipelineError):
+                return candidate
+    return None
 
 
 def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
@@ -184,6 +182,9 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
                 import ray.train
 
                 if isinstance(exc, ray.train.TrainingFailedError):
+                    user_error = _user_error(exc)
+                    if user_error is not None:  # bad data found by a worker: exit code 2
+                        raise user_error from None
                     raise TrainingError(f"training failed: {_worker_error(exc)}") from exc
                 raise
         if result.checkpoint is None:

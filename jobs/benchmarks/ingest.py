@@ -1,7 +1,7 @@
 """Ingest figures: rows/s from Parquet into MXNet NDArray batches.
 
-* ours: the worker's path - a Ray dataset read from Parquet (``data.cache=stream``, the path
-  that scales past memory), Arrow batches, ``arrow_to_batch``, ``mx.nd.array``;
+* ours: the worker's path with ``data.cache=stream`` (the path that scales past memory): the
+  shard reader's row groups and shuffled windows, batches, ``mx.nd.array``;
 * pyarrow: ``pq.read_table`` with one thread + to numpy, no batching: the decode limit;
 * Ray Data: ``read_parquet().iter_batches(batch_format="numpy")`` + ``np.stack``, the way
   its docs feed a framework;
@@ -33,17 +33,27 @@ def _train_only(info: DatasetInfo) -> DatasetInfo:
 def ours(info: DatasetInfo, batch_size: int, s3: S3Config | None = None) -> int:
     import mxnet as mx
 
-    from pipeline.data.ingest import arrow_to_batch, build_datasets
+    from pipeline.data.ingest import ShardReader, open_source
 
-    ds = build_datasets(_train_only(info), world_size=1, cache=False, s3=s3)["train"]
+    split = info.splits["train"]
+    reader = ShardReader(open_source(info, "train", False, s3), split, info.num_features, 0, 1, 0)
     rows = 0
-    for table in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
-        batch = arrow_to_batch(table, info.num_features)
-        x = mx.nd.array(batch.features)
-        mx.nd.array(batch.labels)
-        rows += x.shape[0]
+    for batch in reader.batches(epoch=0, batch_size=batch_size, shuffle_rows=2048, ctx=mx.cpu()):
+        rows += batch.x.shape[0]
     mx.nd.waitall()
+    reader.source.close()
     return rows
+
+
+def quiet_ray_data() -> None:
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def raydata(info: DatasetInfo, batch_size: int) -> int:
@@ -80,7 +90,7 @@ def pyarrow_decode(info: DatasetInfo) -> int:
 
 
 def figures(
-    local: DatasetInfo, s3_info: DatasetInfo | None, s3: S3Config | None, batch_size: int, reps: int
+    local: DatasetInfo, s3_info: DatasetInfo | None, batch_size: int, reps: int
 ) -> tuple[list[Figure], dict]:
     rows = local.splits["train"].rows
     t_ours = median_time(lambda: ours(local, batch_size), reps)
@@ -107,7 +117,7 @@ def figures(
         not_available("ingest_vs_petastorm", ">= 2.0", "rows/s", PETASTORM_WHY),
     ]
     if s3_info is not None:
-        t_s3 = median_time(lambda: ours(s3_info, batch_size, s3), reps)
+        t_s3 = median_time(lambda: ours(s3_info, batch_size), reps)
         out.append(
             ratio_figure(
                 "ingest_s3_vs_local",

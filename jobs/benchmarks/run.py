@@ -115,7 +115,6 @@ def _ingest(local_uri: str, s3_uri: str, size: dict) -> list[Figure]:
 
     from jobs.benchmarks import ingest
     from pipeline.data.contract import inspect_dataset
-    from pipeline.launch import _quiet_ray_data
 
     _progress("ingest: ours vs pyarrow vs Ray Data, local and S3")
     ray.init(
@@ -125,10 +124,10 @@ def _ingest(local_uri: str, s3_uri: str, size: dict) -> list[Figure]:
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
     )
     try:
-        _quiet_ray_data()
+        ingest.quiet_ray_data()
         local = inspect_dataset(local_uri, splits=("train",))
         remote = inspect_dataset(s3_uri, splits=("train",))
-        out, _ = ingest.figures(local, remote, None, size["batch"], size["reps"])
+        out, _ = ingest.figures(local, remote, size["batch"], size["reps"])
     finally:
         ray.shutdown()
     return out

@@ -24,6 +24,7 @@ D (``[1, 8, 8]`` for an 8x8 grey image, ``[64]`` for flat features) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class SplitInfo:
     bytes: int = 0
     #: SHA-256 per file from the manifest (None where there is no manifest).
     sha256: tuple[str | None, ...] = ()
+    #: Rows of each row group, per file (from the footers): the units of the sharding plan.
+    row_groups: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ def inspect_dataset(
                 f"`python -m jobs.prepare_data --out {uri}` or point data.uri at a prepared set"
             )
         rows = 0
+        groups = []
         for path, _size in files:
             where = loc.uri_of(path)
             try:
@@ -173,9 +177,12 @@ def inspect_dataset(
                 ) from None
             shapes.add(check_schema(meta.schema.to_arrow_schema(), where))
             rows += meta.num_rows
+            groups.append(tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
         if rows == 0:
             raise DataError(f"{uri}: split {split}/ has no rows")
-        found[split] = SplitInfo(tuple(p for p, _ in files), rows, sum(n for _, n in files))
+        found[split] = SplitInfo(
+            tuple(p for p, _ in files), rows, sum(n for _, n in files), row_groups=tuple(groups)
+        )
     if len(shapes) != 1:
         raise DataError(f"{uri}: files disagree on feature_shape/num_classes: {sorted(shapes)}")
     (shape, num_classes) = shapes.pop()
@@ -212,5 +219,5 @@ def _check_manifest(
                     "jobs.prepare_data"
                 )
         sha = tuple(listed[p.rsplit("/", 1)[-1]].get("sha256") for p in info.files)
-        checked[split] = SplitInfo(info.files, info.rows, info.bytes, sha)
+        checked[split] = dataclasses.replace(info, sha256=sha)
     return checked

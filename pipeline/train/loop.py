@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
-from pipeline.data.ingest import arrow_to_batch, steps_per_epoch
+from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.tracking.mlflow_run import META_FILE
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at
@@ -40,6 +40,15 @@ def _quiet_ray_train() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("ray.train", "ray.data")) or "/ray/train/" in name:
             logging.getLogger(name).setLevel(logging.WARNING)
+    # Train logs the traceback of every exception that ends the train function. A
+    # PipelineError is a user's mistake (a corrupt file, say): the driver reports it in one
+    # line, so its traceback is dropped here.
+    logging.getLogger("ray.train.v2._internal.util").addFilter(_not_a_user_error)
+
+
+def _not_a_user_error(record: logging.LogRecord) -> bool:
+    lines = str(record.getMessage()).rstrip().splitlines()
+    return not (lines and lines[-1].startswith("pipeline.errors."))
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) -> str:
@@ -87,8 +96,19 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
 
     optim = cfg.optim
     train_rows = info.splits["train"].rows
-    steps = steps_per_epoch(train_rows, world, cfg.data.batch_size)
-    shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+    memory = should_cache(info, cfg.data.cache, cfg.data.cache_max_mb)
+    readers = {
+        split: ShardReader(
+            open_source(info, split, memory, cfg.s3),
+            info.splits[split],
+            info.num_features,
+            rank,
+            world,
+            cfg.seed,
+        )
+        for split in ("train", "val", "test")
+    }
+    steps = readers["train"].steps(cfg.data.batch_size)
     tracer = trace.Tracer.from_env(rank)
     train_time = 0.0
     train_samples = 0
@@ -96,25 +116,17 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
         print(
             f"training {cfg.recipe} ({cfg.model.name}, {task.num_params():,} parameters): "
             f"{world} workers, {train_rows} train rows, {steps} steps per epoch per worker, "
-            f"{optim.epochs} epochs",
+            f"{optim.epochs} epochs, data from {'memory' if memory else 'storage'}",
             flush=True,
         )
     for epoch in range(optim.epochs):
         start = time.perf_counter()
         n_steps = 0
         seen: list[np.ndarray] = []
-        shuffle = cfg.data.shuffle_buffer
-        batches = shards["train"].iter_batches(
-            batch_size=cfg.data.batch_size,
-            batch_format="pyarrow",
-            local_shuffle_buffer_size=shuffle or None,
-            local_shuffle_seed=(cfg.seed * 100_003 + epoch * 101 + rank) if shuffle else None,
-            prefetch_batches=2,
+        batches = readers["train"].batches(
+            epoch, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, ctx=ctx
         )
-        for table in batches:
-            if n_steps == steps:  # never more steps than the other ranks
-                raise RuntimeError(f"rank {rank}: shard has more than {steps} batches")
-            batch = arrow_to_batch(table, info.num_features)
+        for batch in batches:
             task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps))
             if tracer and epoch == 0 and n_steps == 0:
                 mx.nd.waitall()
@@ -129,13 +141,13 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
         train_time += epoch_time
         samples = metrics.pop("_samples")
         train_samples += int(samples)
-        metrics.update(task.evaluate(shards["val"], "val", f"val{epoch}"))
+        metrics.update(task.evaluate(readers["val"], "val", f"val{epoch}"))
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
         metrics["peak_rss_mb"] = _peak_rss_mb()
         metrics["epoch_time_s"] = epoch_time
         last = epoch == optim.epochs - 1
         if last:
-            metrics.update(task.evaluate(shards["test"], "test", "test"))
+            metrics.update(task.evaluate(readers["test"], "test", "test"))
             metrics["samples_per_sec"] = train_samples / train_time
         if tracer:
             ids = np.concatenate(seen) if seen else np.array([])

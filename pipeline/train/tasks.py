@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
-from pipeline.data.ingest import Batch, arrow_to_batch
+from pipeline.data.ingest import Batch, ShardReader, to_ndarray
 
 
 @dataclass
@@ -135,20 +135,17 @@ class Optimised:
         self.net.export(os.path.join(directory, name), epoch=0)
 
 
-def _batches(shard, batch_size: int, num_features: int):
-    for table in shard.iter_batches(
-        batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2
-    ):
-        yield arrow_to_batch(table, num_features)
+def on_device(batch: Batch, ctx) -> Batch:
+    """The batch with its NDArrays: as the reader made them, or copied now."""
+    return batch if batch.x is not None else batch.on_device(ctx)
 
 
-def _accuracy(env: Env, net, shard, name: str) -> float:
+def _accuracy(env: Env, net, reader: ShardReader, name: str) -> float:
     """Accuracy over a whole split: each rank scores its shard, the counts are summed."""
-    import mxnet as mx
 
     correct = total = 0
-    for batch in _batches(shard, env.cfg.data.eval_batch_size, env.info.num_features):
-        pred = net(mx.nd.array(batch.features, ctx=env.ctx)).argmax(axis=1).asnumpy()
+    for batch in reader.batches(epoch=0, batch_size=env.cfg.data.eval_batch_size, ctx=env.ctx):
+        pred = net(batch.x).argmax(axis=1).asnumpy()
         keep = batch.labels >= 0
         correct += int(np.count_nonzero(pred[keep] == batch.labels[keep]))
         total += int(np.count_nonzero(keep))
@@ -191,18 +188,15 @@ class ClassificationTask:
         return count_params(self.model.net)
 
     def train_step(self, batch: Batch, lr: float) -> None:
-        import mxnet as mx
         from mxnet import autograd
 
-        ctx = self.env.ctx
-        x = mx.nd.array(batch.features, ctx=ctx)
-        y = mx.nd.array(batch.labels, ctx=ctx, dtype="float32")
+        batch = on_device(batch, self.env.ctx)
         # Only the batch holding padding rows needs the weights (one copy and op fewer).
         w = None
         if batch.num_real < len(batch.labels):
-            w = mx.nd.array(batch.mask, ctx=ctx).reshape((-1, 1))
+            w = to_ndarray(batch.mask, self.env.ctx).reshape((-1, 1))
         with autograd.record():
-            loss = self.loss_fn(self.model.net(x), y, w)
+            loss = self.loss_fn(self.model.net(batch.x), batch.y, w)
         loss.backward()
         self.model.step(len(batch.labels), lr)
         self._loss_sum += loss.sum()
@@ -221,8 +215,8 @@ class ClassificationTask:
             "_samples": totals[1],
         }
 
-    def evaluate(self, shard, split: str, tag: str) -> dict[str, float]:
-        return {f"{split}_accuracy": _accuracy(self.env, self.model.net, shard, tag)}
+    def evaluate(self, reader: ShardReader, split: str, tag: str) -> dict[str, float]:
+        return {f"{split}_accuracy": _accuracy(self.env, self.model.net, reader, tag)}
 
     def export(self, directory: str) -> dict:
         self.model.export(directory, "model")
@@ -279,19 +273,20 @@ class AdversarialTask:
         return count_params(self.g.net) + count_params(self.d.net)
 
     def _noise(self, n: int):
-        import mxnet as mx
 
-        return mx.nd.array(self._rng.standard_normal((n, self.latent)), ctx=self.env.ctx)
+        return to_ndarray(
+            self._rng.standard_normal((n, self.latent)).astype(np.float32), self.env.ctx
+        )
 
     def train_step(self, batch: Batch, lr: float) -> None:
         import mxnet as mx
         from mxnet import autograd
 
         ctx, n = self.env.ctx, len(batch.labels)
-        x = mx.nd.array(batch.features, ctx=ctx)
-        labels = mx.nd.array(batch.labels, ctx=ctx, dtype="float32")
-        onehot = mx.nd.one_hot(labels, self.classes)  # padding rows (label -1) -> all zeros
-        w = mx.nd.array(batch.mask, ctx=ctx).reshape((-1, 1))
+        batch = on_device(batch, ctx)
+        x = batch.x
+        onehot = mx.nd.one_hot(batch.y, self.classes)  # padding rows (label -1) -> all zeros
+        w = to_ndarray(batch.mask, ctx).reshape((-1, 1))
         ones, zeros = mx.nd.ones((n, 1), ctx=ctx), mx.nd.zeros((n, 1), ctx=ctx)
 
         fake = self.g.net(self._noise(n), onehot)
@@ -308,7 +303,7 @@ class AdversarialTask:
         self.g.step(n, lr)
 
         with autograd.record():  # judge: an ordinary classifier on real data
-            j_loss = self.ce(self.judge.net(x), labels, w)
+            j_loss = self.ce(self.judge.net(x), batch.y, w)
         j_loss.backward()
         self.judge.step(n, lr)
 
@@ -353,8 +348,8 @@ class AdversarialTask:
         summed = allreduce_sum(self.env.hvd, [correct, len(labels)], tag)
         return float(summed[0] / max(summed[1], 1))
 
-    def evaluate(self, shard, split: str, tag: str) -> dict[str, float]:
-        judge_acc = _accuracy(self.env, self.judge.net, shard, f"{tag}.judge")
+    def evaluate(self, reader: ShardReader, split: str, tag: str) -> dict[str, float]:
+        judge_acc = _accuracy(self.env, self.judge.net, reader, f"{tag}.judge")
         key = "generated_accuracy" if split == "test" else f"{split}_generated_accuracy"
         return {key: self.generated_accuracy(f"{tag}.gen"), f"judge_{split}_accuracy": judge_acc}
 

@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
 
-from pipeline.data.contract import make_schema
+from pipeline.data.contract import inspect_dataset, make_schema
 from pipeline.data.ingest import (
     PAD_LABEL,
-    _read_cached,
+    FileSource,
+    MemorySource,
+    ShardReader,
     arrow_to_batch,
     padding_rows,
     steps_per_epoch,
@@ -49,17 +54,97 @@ def test_arrow_to_batch_combines_chunks():
     np.testing.assert_array_equal(batch.features[3], [0, 1, 2, 3])
 
 
-def test_cached_read_pads_with_masked_rows(tmp_path):
-    import pyarrow.parquet as pq
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """3 files of 23, 40 and 7 rows in row groups of at most 10: uneven on purpose."""
+    root = tmp_path_factory.mktemp("shards")
+    (root / "train").mkdir()
+    start = 0
+    for i, n in enumerate((23, 40, 7)):
+        table = _table_of(n)
+        table = table.set_column(0, table.schema.field(0), pa.array(np.arange(n) + start))
+        pq.write_table(table, root / "train" / f"part-{i}.parquet", row_group_size=10)
+        start += n
+    return inspect_dataset(str(root), splits=("train",)).splits["train"]
 
-    paths = []
-    for i, n in enumerate((3, 4)):
-        path = tmp_path / f"part-{i}.parquet"
-        pq.write_table(_table_of(n), path)
-        paths.append(str(path))
-    tables = _read_cached(tuple(paths), None, world_size=4)
-    batch = arrow_to_batch(pa.concat_tables(tables), 4)
-    assert len(batch.labels) == 8  # 7 rows + 1 padding row
-    assert batch.num_real == 7
-    assert list(batch.labels).count(PAD_LABEL) == 1
-    assert batch.mask.sum() == 7
+
+def _reader(split, rank, world, memory=False, seed=7):
+    fs = pafs.LocalFileSystem()
+    source = MemorySource(split, fs) if memory else FileSource(split.files, fs, str)
+    return ShardReader(source, split, 4, rank, world, seed)
+
+
+def _epoch(split, world, epoch=0, **kw):
+    return [list(_reader(split, r, world).batches(epoch, 8, **kw)) for r in range(world)]
+
+
+def test_row_groups_come_from_the_footers(split):
+    assert split.rows == 70
+    assert split.row_groups == ((10, 10, 3), (10, 10, 10, 10), (7,))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("shuffle", [0, 16])
+def test_shards_are_disjoint_cover_every_row_and_run_equal_steps(split, world, shuffle):
+    ranks = _epoch(split, world, shuffle_rows=shuffle)
+    steps = steps_per_epoch(70, world, 8)
+    assert [len(batches) for batches in ranks] == [steps] * world
+    real = np.concatenate([b.ids[b.labels != PAD_LABEL] for bs in ranks for b in bs])
+    assert sorted(real) == list(range(70))
+    padding = sum(len(b) - b.num_real for bs in ranks for b in bs)
+    assert padding == padding_rows(70, world)
+    rows = [sum(len(b) for b in bs) for bs in ranks]
+    assert len(set(rows)) == 1
+
+
+def test_order_follows_seed_and_epoch(split):
+    def ids(epoch, seed=7):
+        return np.concatenate(
+            [b.ids for b in _reader(split, 0, 2, seed=seed).batches(epoch, 8, 16)]
+        )
+
+    np.testing.assert_array_equal(ids(0), ids(0))
+    assert not np.array_equal(ids(0), ids(1))
+    assert not np.array_equal(ids(0), ids(0, seed=8))
+    unshuffled = np.concatenate([b.ids for b in _reader(split, 0, 1).batches(0, 8)])
+    np.testing.assert_array_equal(unshuffled, np.arange(70))
+
+
+@pytest.mark.parametrize("skip", [0, 1, 2, 3, 5])
+def test_skipping_steps_resumes_exactly_where_the_epoch_stood(split, skip):
+    full = list(_reader(split, 1, 2).batches(3, 8, shuffle_rows=16))
+    resumed = list(_reader(split, 1, 2).batches(3, 8, shuffle_rows=16, skip_steps=skip))
+    assert len(resumed) == len(full) - skip
+    for a, b in zip(full[skip:], resumed, strict=True):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_memory_and_storage_give_the_same_batches(split):
+    for memory_batch, file_batch in zip(
+        _reader(split, 0, 3, memory=True).batches(2, 8, 16),
+        _reader(split, 0, 3).batches(2, 8, 16),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(memory_batch.ids, file_batch.ids)
+        np.testing.assert_array_equal(memory_batch.features, file_batch.features)
+
+
+def test_features_stay_with_their_ids(split):
+    starts = np.array([0, 23, 63])  # the files' first ids; features restart in every file
+    for batch in _reader(split, 0, 2).batches(1, 8, 16):
+        row_in_file = batch.ids - starts[np.searchsorted(starts, batch.ids, side="right") - 1]
+        np.testing.assert_array_equal(batch.features[:, 0], 4 * row_in_file)
+
+
+def test_a_read_error_names_the_file(split, tmp_path):
+    from pipeline.errors import DataError
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    import dataclasses
+
+    bad = dataclasses.replace(split, files=(str(broken), *split.files[1:]))
+    with pytest.raises(DataError, match=r"broken\.parquet: cannot read"):
+        list(_reader(bad, 0, 1).batches(0, 8))
