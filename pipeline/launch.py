@@ -120,7 +120,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
         ),
-        run_config=ray.train.RunConfig(
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # v2 RunConfig; stubs see v1
             name=f"{cfg.recipe}-{run_id[:8]}",
             storage_path=storage.path,
             storage_filesystem=storage.filesystem,

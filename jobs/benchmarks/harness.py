@@ -47,6 +47,22 @@ def median_time(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+def paired_times(
+    ours: Callable[[], object], baseline: Callable[[], object], reps: int
+) -> tuple[float, float]:
+    """Median wall times of two functions run in alternation (one warm-up each), so drift in
+    a shared machine's speed falls on both sides of the ratio alike."""
+    ours()
+    baseline()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(reps):
+        for fn, out in ((ours, times[0]), (baseline, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def ratio_figure(
     name: str, value: float, baseline: float, target: str, unit: str, note: str = ""
 ) -> Figure:

@@ -1,8 +1,9 @@
 """Training-loop figures, in this process with a 1-rank Horovod:
 
-* step_overhead_<model>: samples/s of our loop (the task's train_step: host batch -> NDArray,
-  DistributedTrainer with allreduce + gradient-norm tally + update) against a bare Gluon loop
-  (same model, batch and optimizer) on NDArrays already in memory;
+* step_overhead_<model>: samples/s of our loop (the shard reader over a data set held in
+  memory, as with data.cache=memory: shuffled windows, one device copy per window; then the
+  task's train_step: masked loss, DistributedTrainer, gradient-norm tally, update) against a
+  bare Gluon loop (same model, batch and optimizer) on NDArrays already in memory;
 * tracking_overhead: an epoch of our loop with rank 0's MLflow logging (one log_batch per
   epoch, sqlite store) against the same epoch without it.
 """
@@ -11,38 +12,40 @@ from __future__ import annotations
 
 import tempfile
 
-import numpy as np
-
-from jobs.benchmarks.harness import Figure, median_time, ratio_figure
+from jobs.benchmarks.harness import Figure, paired_times, ratio_figure
 from pipeline.config import load_job_config
-from pipeline.data.contract import DatasetInfo, SplitInfo
-from pipeline.data.ingest import Batch
 
 
-def _setup(recipe: str, steps: int, batch_size: int):
+def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
+    """A 1-rank task and a reader over a synthetic data set held in memory, as the loop has."""
     import horovod.mxnet as hvd
     import mxnet as mx
 
+    from pipeline.data.contract import inspect_dataset
+    from pipeline.data.ingest import ShardReader, open_source
+    from pipeline.data.prepare import synthetic_splits, write_dataset
     from pipeline.train.tasks import Env, make_task
 
     hvd.init()
-    cfg = load_job_config(recipe, [f"data.batch_size={batch_size}"])
-    info = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), steps * batch_size)})
-    rng = np.random.default_rng(0)
-    batches = [
-        Batch(
-            rng.random((batch_size, 64), dtype=np.float32),
-            rng.integers(0, 10, batch_size, dtype=np.int64),
-            np.arange(batch_size, dtype=np.int64),
-        )
-        for _ in range(steps)
-    ]
+    rows = steps * batch_size
+    splits, shape, classes = synthetic_splits(rows * 10 // 8 + 3, (1, 8, 8), 10, seed=0)
+    write_dataset(tmp, splits, shape, classes, rows_per_file=rows, row_group_size=1024)
+    info = inspect_dataset(tmp, splits=("train",))
+    cfg = load_job_config(recipe, [f"data.batch_size={batch_size}", f"data.uri={tmp}"])
+    reader = ShardReader(
+        open_source(info, "train", memory=True),
+        info.splits["train"],
+        info.num_features,
+        0,
+        1,
+        cfg.seed,
+    )
     mx.random.seed(0)
     task = make_task(Env(cfg, info, mx.cpu(), hvd, hvd.size(), hvd.rank()))
-    return cfg, info, batches, task
+    return cfg, reader, task
 
 
-def _bare(cfg, batches):
+def _bare(cfg, reader):
     import mxnet as mx
     from mxnet import autograd, gluon
 
@@ -57,7 +60,10 @@ def _bare(cfg, batches):
     kwargs["momentum" if o.optimizer in ("sgd", "nag") else "beta1"] = o.momentum
     trainer = gluon.Trainer(net.collect_params(), o.optimizer, kwargs)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    data = [(mx.nd.array(b.features), mx.nd.array(b.labels)) for b in batches]
+    data = [
+        (mx.nd.array(b.features), mx.nd.array(b.labels))
+        for b in reader.batches(0, cfg.data.batch_size)
+    ]
 
     def run():
         for x, y in data:
@@ -70,12 +76,16 @@ def _bare(cfg, batches):
     return run
 
 
-def _ours(task, batches, lr: float):
+def _ours(task, reader, cfg):
+    """An epoch as the loop runs it: the reader's shuffled batches (one device copy per
+    window) into the task's train_step."""
     import mxnet as mx
 
     def run():
-        for b in batches:
-            task.train_step(b, lr)
+        for b in reader.batches(
+            0, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, ctx=mx.cpu()
+        ):
+            task.train_step(b, cfg.optim.learning_rate)
         mx.nd.waitall()
 
     return run
@@ -84,10 +94,10 @@ def _ours(task, batches, lr: float):
 def figures(steps: int, batch_size: int, reps: int) -> tuple[list[Figure], dict]:
     out, extra = [], {}
     for recipe, label in (("digits-cnn", "cnn"), ("digits-fcn", "mlp")):
-        cfg, _info, batches, task = _setup(recipe, steps, batch_size)
-        samples = steps * batch_size
-        t_ours = median_time(_ours(task, batches, cfg.optim.learning_rate), reps)
-        t_bare = median_time(_bare(cfg, batches), reps)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg, reader, task = _setup(recipe, steps, batch_size, tmp)
+        samples = reader.split.rows
+        t_ours, t_bare = paired_times(_ours(task, reader, cfg), _bare(cfg, reader), reps)
         out.append(
             ratio_figure(
                 f"step_overhead_{label}",
@@ -98,19 +108,19 @@ def figures(steps: int, batch_size: int, reps: int) -> tuple[list[Figure], dict]
                 f"{recipe} model, batch {batch_size}, 1 thread",
             )
         )
-        extra[f"step_seconds_{label}"] = t_ours / steps
+        extra[f"step_seconds_{label}"] = t_ours / reader.steps(batch_size)
         extra[f"params_{label}"] = task.num_params()
         if label == "cnn":
-            out.append(_tracking(task, batches, cfg, reps))
+            out.append(_tracking(task, reader, cfg, reps))
     return out, extra
 
 
-def _tracking(task, batches, cfg, reps: int) -> Figure:
+def _tracking(task, reader, cfg, reps: int) -> Figure:
     from mlflow import MlflowClient
 
     from pipeline.tracking.mlflow_run import RunLogger
 
-    plain = _ours(task, batches, cfg.optim.learning_rate)
+    plain = _ours(task, reader, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/bench.db"
         client = MlflowClient(uri)
@@ -124,8 +134,7 @@ def _tracking(task, batches, cfg, reps: int) -> Figure:
                 {"train_loss": 0.5, "val_accuracy": 0.9, "grad_norm": 1.0}, step=next(epoch)
             )
 
-        t_logged = median_time(logged, reps)
-        t_plain = median_time(plain, reps)
+        t_logged, t_plain = paired_times(logged, plain, reps)
         logger.close()
     return ratio_figure(
         "tracking_overhead",
@@ -133,5 +142,5 @@ def _tracking(task, batches, cfg, reps: int) -> Figure:
         t_plain,
         "<= 1.01",
         "s/epoch",
-        f"{len(batches)} steps per epoch; one MLflow log_batch per epoch (sqlite)",
+        f"{reader.steps(cfg.data.batch_size)} steps per epoch; one MLflow log_batch per epoch",
     )

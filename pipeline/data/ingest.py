@@ -316,14 +316,16 @@ class ShardReader:
         batch_size: int,
         shuffle_rows: int = 0,
         skip_steps: int = 0,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         ctx=None,
     ) -> Iterator[Batch]:
         """The rank's batches of ``epoch``, starting after ``skip_steps`` batches.
 
         ``shuffle_rows`` > 0 permutes the row groups and windows of that many rows (rounded up
         to whole batches); ``prefetch`` windows are read ahead on a thread, so reading and
-        decoding overlap the step (pyarrow releases the GIL). With ``ctx``, each window goes
+        decoding overlap the step (pyarrow releases the GIL). By default only storage is read
+        ahead: from memory the thread only competes for the GIL (measured: 1-4% of an MLP's
+        step rate). With ``ctx``, each window goes
         to the device in one copy and the batches carry views of it (``Batch.x``/``y``).
         """
         shuffle = shuffle_rows > 0
@@ -331,6 +333,8 @@ class ShardReader:
         skip_rows = skip_steps * batch_size
         first = skip_rows // window
         windows = self._windows(epoch, shuffle, window, first)
+        if prefetch is None:
+            prefetch = 2 if isinstance(self.source, FileSource) else 0
         if prefetch:
             windows = _read_ahead(windows, prefetch)
         drop = skip_rows - first * window
