@@ -159,10 +159,19 @@ class ScalingConfig:
         1, "compute threads per worker (OMP and MXNet engine); 1 lets N workers share N cores"
     )
     use_gpu: bool = _opt(False, "one GPU per worker (mx.gpu(local_rank)); needs a GPU build")
+    max_failures: int = _opt(
+        3,
+        "worker-group failures survived (restart from the latest valid checkpoint); 0 = none",
+    )
 
     def __post_init__(self) -> None:
         _require(
             self.num_workers >= 1, "scaling.num_workers", f"must be >= 1, got {self.num_workers}"
+        )
+        _require(
+            self.max_failures >= 0,
+            "scaling.max_failures",
+            f"must be >= 0, got {self.max_failures}",
         )
         _require(
             self.cpus_per_worker > 0,
@@ -206,12 +215,20 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """What Ray Train keeps of the run's checkpoints."""
+    """When checkpoints are written and how many Ray Train keeps."""
 
     keep_last: int = _opt(2, "checkpoints kept in storage (older ones are deleted)")
+    every_steps: int = _opt(
+        0, "also checkpoint every N steps within an epoch (0 = at the end of each epoch only)"
+    )
 
     def __post_init__(self) -> None:
         _require(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        _require(
+            self.every_steps >= 0,
+            "checkpoint.every_steps",
+            f"must be >= 0, got {self.every_steps}",
+        )
 
 
 @dataclass(frozen=True)
@@ -271,6 +288,17 @@ class JobConfig:
     @property
     def registered_model_name(self) -> str:
         return self.tracking.model_name or self.recipe
+
+    def resume_key(self) -> str:
+        """A hash of what a checkpoint's weights and data position depend on: the model, the
+        data and its order. A run resumes only from checkpoints with the same key (optimizer
+        settings and the number of epochs may change)."""
+        import hashlib
+        import json
+
+        keep = ("model.", "data.uri", "data.batch_size", "data.shuffle_buffer", "seed")
+        picked = {k: v for k, v in self.to_dict().items() if k.startswith(keep)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         """Every field flattened to ``section.key`` -> value (what MLflow logs as params)."""

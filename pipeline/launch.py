@@ -101,6 +101,11 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         ray.shutdown()
 
 
+def run_name(cfg: JobConfig, run_id: str) -> str:
+    """Ray Train's name for the job: its checkpoints live under <storage>/<name>/."""
+    return f"{cfg.recipe}-{run_id[:8]}"
+
+
 def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     """Run the distributed training; return Ray Train's Result."""
     import ray.train
@@ -110,7 +115,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     from pipeline.train.loop import train_worker
 
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
-    payload = WorkerPayload(cfg, info, run_id, tracking_uri)
+    payload = WorkerPayload(cfg, info, run_id, tracking_uri, run_name(cfg, run_id))
     trainer = DataParallelTrainer(
         lambda config: train_worker(config["payload"]),
         train_loop_config={"payload": payload},
@@ -121,11 +126,12 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # v2 RunConfig; stubs see v1
-            name=f"{cfg.recipe}-{run_id[:8]}",
+            name=payload.run_name,
             storage_path=storage.path,
             storage_filesystem=storage.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # A failed worker group restarts from the newest valid checkpoint (loop._resume).
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             # Train logs a failed worker's traceback at INFO; run_job turns it into one line
             # (the full text stays in the Ray session's log files).
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),

@@ -148,6 +148,16 @@ class RunLogger:
                         flush=True,
                     )
 
+    def count_attempt(self) -> int:
+        """Count this start of the worker group in the run's tags (synchronously: it must
+        land before anything else): ``pipeline.attempts`` and ``pipeline.restarts``."""
+        client = _client(self.uri)
+        tags = client.get_run(self.run_id).data.tags
+        attempt = int(tags.get("pipeline.attempts", "0")) + 1
+        client.set_tag(self.run_id, "pipeline.attempts", str(attempt))
+        client.set_tag(self.run_id, "pipeline.restarts", str(attempt - 1))
+        return attempt
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import mlflow
 

@@ -19,7 +19,8 @@ import numpy as np
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
-from pipeline.tracking.mlflow_run import META_FILE
+from pipeline.errors import ConfigError
+from pipeline.tracking.mlflow_run import META_FILE, RunLogger
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at
 
@@ -32,6 +33,8 @@ class WorkerPayload:
     info: DatasetInfo
     run_id: str
     tracking_uri: str
+    #: Ray Train's name for the run: its checkpoints are under <storage>/<run_name>/.
+    run_name: str
 
 
 def _quiet_ray_train() -> None:
@@ -64,31 +67,33 @@ def train_worker(payload: WorkerPayload) -> None:
     import mxnet as mx
 
     from pipeline.distributed.device import worker_context
-    from pipeline.tracking.mlflow_run import RunLogger
 
-    cfg, info = payload.config, payload.info
+    cfg = payload.config
     _quiet_ray_train()
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
     is_chief = rank == 0
     ctx = worker_context(mx, cfg.scaling.use_gpu, hvd.local_rank())
-    mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     logger = RunLogger(payload.tracking_uri, payload.run_id) if is_chief else None
+    if logger:
+        logger.count_attempt()
 
     try:
-        _train(cfg, info, hvd, ctx, rank, world, logger)
+        _train(payload, hvd, ctx, rank, world, logger)
     finally:
         if logger:
             logger.close()
 
 
-def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, logger) -> None:
+def _train(
+    payload: WorkerPayload, hvd, ctx, rank: int, world: int, logger: RunLogger | None
+) -> None:
     import mxnet as mx
-    import ray.train
 
     from pipeline.train.tasks import Env, make_task
 
+    cfg, info = payload.config, payload.info
     is_chief = rank == 0
     task = make_task(Env(cfg, info, ctx, hvd, world, rank))
     if logger:
@@ -109,6 +114,7 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
         for split in ("train", "val", "test")
     }
     steps = readers["train"].steps(cfg.data.batch_size)
+    start_epoch, skip = _resume(payload, task, ctx, world, is_chief)
     tracer = trace.Tracer.from_env(rank)
     train_time = 0.0
     train_samples = 0
@@ -119,21 +125,35 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
             f"{optim.epochs} epochs, data from {'memory' if memory else 'storage'}",
             flush=True,
         )
-    for epoch in range(optim.epochs):
+    every = cfg.checkpoint.every_steps
+    for epoch in range(start_epoch, optim.epochs):
+        # Random draws (dropout, GAN noise) follow (seed, epoch, rank), so a run resumed at
+        # an epoch start trains exactly as the uninterrupted run did.
+        mx.random.seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
+        task.start_epoch(epoch)
         start = time.perf_counter()
-        n_steps = 0
+        first = skip if epoch == start_epoch else 0
+        n_steps = first
         seen: list[np.ndarray] = []
         batches = readers["train"].batches(
-            epoch, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, ctx=ctx
+            epoch,
+            cfg.data.batch_size,
+            shuffle_rows=cfg.data.shuffle_buffer,
+            skip_steps=first,
+            ctx=ctx,
         )
         for batch in batches:
             task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps))
-            if tracer and epoch == 0 and n_steps == 0:
+            if tracer and n_steps == first and epoch == start_epoch:
                 mx.nd.waitall()
                 tracer.event("first_step")
             n_steps += 1
             if tracer:
                 seen.append(batch.ids[batch.labels >= 0])
+            if every and n_steps % every == 0 and n_steps < steps:
+                if tracer:
+                    tracer.checkpoint(epoch, n_steps, np.concatenate(seen))
+                _report(payload, task, world, {"epoch": epoch, "step": n_steps}, epoch, n_steps)
         if n_steps != steps:
             raise RuntimeError(f"rank {rank}: shard gave {n_steps} batches, expected {steps}")
         metrics = task.end_epoch(epoch)
@@ -145,13 +165,14 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
         metrics["peak_rss_mb"] = _peak_rss_mb()
         metrics["epoch_time_s"] = epoch_time
+        metrics["world_size"] = world
         last = epoch == optim.epochs - 1
         if last:
             metrics.update(task.evaluate(readers["test"], "test", "test"))
             metrics["samples_per_sec"] = train_samples / train_time
         if tracer:
             ids = np.concatenate(seen) if seen else np.array([])
-            tracer.epoch(epoch, n_steps, ids, task.params)
+            tracer.epoch(epoch, n_steps - first, ids, task.params, start_step=first)
         if logger:
             logger.log_metrics(metrics, step=epoch)
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
@@ -159,14 +180,70 @@ def _train(cfg: JobConfig, info: DatasetInfo, hvd, ctx, rank: int, world: int, l
                 png = str(Path(pictures) / "samples.png")
                 if task.samples_png(png):
                     logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
-        report = {**metrics, "epoch": epoch}
+        _report(payload, task, world, {**metrics, "epoch": epoch}, epoch + 1, 0)
+    for reader in readers.values():
+        reader.source.close()
+
+
+def _report(
+    payload: WorkerPayload, task, world: int, metrics: dict, next_epoch: int, next_step: int
+) -> None:
+    """Every rank reports (Ray Train waits for all); rank 0 attaches the checkpoint: the
+    exported model at epoch ends, plus what resuming at (next_epoch, next_step) needs."""
+    import ray.train
+
+    from pipeline.train import checkpoint
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if next_step == 0:  # the registry logs the model of the final epoch's checkpoint
+            meta = task.export(tmp)
+            _write_meta(tmp, payload.info, next_epoch - 1, meta)
+        state = {
+            "next_epoch": next_epoch,
+            "next_step": next_step,
+            "world_size": world,
+            "seed": payload.config.seed,
+            "resume_key": payload.config.resume_key(),
+            "run_id": payload.run_id,
+        }
+        checkpoint.write(tmp, task.networks(), state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tuple[int, int]:
+    """(epoch, step) to start from: after the newest valid checkpoint of this run, if any."""
+    from pipeline.storage import resolve
+    from pipeline.train import checkpoint
+
+    def warn(message: str) -> None:
         if is_chief:
-            with tempfile.TemporaryDirectory() as tmp:
-                meta = task.export(tmp)
-                _write_meta(tmp, info, epoch, meta)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(report)
+            print(f"warning: {message}", flush=True)
+
+    cfg = payload.config
+    loc = resolve(cfg.storage.resolved_path(), cfg.s3)
+    run_dir = loc.join(payload.run_name)
+    state = checkpoint.resume(loc.filesystem, run_dir, task.networks(), ctx, warn)
+    if state is None:
+        return 0, 0
+    name = state["checkpoint"].rstrip("/").rsplit("/", 1)[-1]
+    if state.get("resume_key") != cfg.resume_key():
+        raise ConfigError(
+            f"checkpoint {name} was made with another model, data set, batch size, shuffle "
+            "buffer or seed; resume with the run's original settings or start a new run"
+        )
+    epoch, step = int(state["next_epoch"]), int(state["next_step"])
+    if step and int(state["world_size"]) != world:
+        warn(
+            f"checkpoint {name} is from step {step} of epoch {epoch + 1} with "
+            f"{state['world_size']} workers; with {world} the epoch restarts from its beginning"
+        )
+        step = 0
+    if is_chief:
+        print(f"resuming from checkpoint {name}: epoch {epoch + 1}, step {step}", flush=True)
+    return epoch, step
 
 
 def _peak_rss_mb() -> float:

@@ -226,6 +226,13 @@ class ClassificationTask:
 
         return count_params(self.model.net)
 
+    def networks(self) -> dict[str, Optimised]:
+        """What a checkpoint holds: each network with its trainer, by prefix."""
+        return {self.model.prefix: self.model}
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
     def train_step(self, batch: Batch, lr: float) -> None:
         from mxnet import autograd
 
@@ -306,6 +313,14 @@ class AdversarialTask:
         from models import count_params
 
         return count_params(self.g.net) + count_params(self.d.net)
+
+    def networks(self) -> dict[str, Optimised]:
+        return {o.prefix: o for o in (self.g, self.d, self.judge)}
+
+    def start_epoch(self, epoch: int) -> None:
+        """Noise drawn from (seed, epoch, rank): a run resumed at an epoch start draws what
+        the uninterrupted run drew."""
+        self._rng = np.random.default_rng([self.env.cfg.seed, epoch, self.env.rank])
 
     def _noise(self, n: int):
 

@@ -40,14 +40,27 @@ class Tracer:
         Path(directory).mkdir(parents=True, exist_ok=True)
         return cls(Path(directory) / f"rank-{rank}.jsonl", rank)
 
-    def epoch(self, epoch: int, steps: int, ids: np.ndarray, params) -> None:
-        record = {
-            "rank": self.rank,
-            "epoch": epoch,
-            "steps": steps,
-            "ids": [int(i) for i in ids],
-            "params_sha256": params_digest(params),
-        }
+    def epoch(self, epoch: int, steps: int, ids: np.ndarray, params, start_step: int = 0) -> None:
+        """A finished epoch: ``steps`` steps run from ``start_step`` (> 0 when resumed)."""
+        self._write(
+            {
+                "epoch": epoch,
+                "start_step": start_step,
+                "steps": steps,
+                "ids": [int(i) for i in ids],
+                "params_sha256": params_digest(params),
+            }
+        )
+
+    def checkpoint(self, epoch: int, step: int, ids: np.ndarray) -> None:
+        """A mid-epoch checkpoint after ``step`` steps, with the ids trained on so far in this
+        epoch by this process."""
+        self._write(
+            {"checkpoint": True, "epoch": epoch, "step": step, "ids": [int(i) for i in ids]}
+        )
+
+    def _write(self, record: dict) -> None:
+        record = {"rank": self.rank, "pid": os.getpid(), **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -55,7 +68,7 @@ class Tracer:
         """A timestamped event (e.g. the first training step) in events-rank-<r>.jsonl."""
         import time
 
-        record = {"rank": self.rank, "event": name, "t": time.time()}
+        record = {"rank": self.rank, "pid": os.getpid(), "event": name, "t": time.time()}
         with self.path.with_name(f"events-rank-{self.rank}.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,256 @@
+"""Checkpoints a job resumes from, written and read without pickle.
+
+One checkpoint is a directory::
+
+    params.nd       every network's parameters        MXNet NDArray-list format (mx.nd.save)
+    optimizer.nd    every optimizer state array       MXNet NDArray-list format
+    state.json      epoch, step, world size, seed, config hash, optimizer counters, RNG state
+    model-*         the exported model the registry logs (symbol JSON + NDArray params)
+    model.json      what the registry needs to know about that model
+    MANIFEST.json   written last: the SHA-256 of every other file
+
+MXNet's own ``Trainer.save_states`` pickles the optimizer, and unpickling runs whatever the
+file says; a checkpoint may come from storage others can write to. So every array here goes
+through MXNet's NDArray-list format (parsed by MXNet's C++ loader), everything else is JSON,
+and :func:`verify` refuses a file whose first bytes are not what its format demands before
+anything parses it.
+
+A checkpoint without a manifest (the writer died first) or with a mismatching checksum is
+skipped with a warning, and the one before it is used (:func:`resume`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+STATE = "state.json"
+PARAMS = "params.nd"
+OPTIMIZER = "optimizer.nd"
+#: First 8 bytes of an MXNet NDArray-list file (kMXAPINDArrayListMagic, little endian).
+NDARRAY_MAGIC = struct.pack("<Q", 0x112)
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that must not be used: incomplete, corrupt, or not in our format."""
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _flatten_state(state, key: str, out: dict) -> Any:
+    """An optimizer state (None, an NDArray or nested tuples of them) -> its layout for JSON,
+    with the arrays put into ``out`` under keys derived from ``key``."""
+    if state is None:
+        return None
+    if isinstance(state, list | tuple):
+        return [_flatten_state(s, f"{key}.{i}", out) for i, s in enumerate(state)]
+    out[key] = state
+    return key
+
+
+def write(directory: str, networks: dict, state: dict[str, Any]) -> None:
+    """Write a checkpoint of ``networks`` ({prefix: Optimised}) plus ``state`` into
+    ``directory`` (which may already hold the exported model); the manifest last."""
+    import mxnet as mx
+
+    params: dict = {}
+    optim_arrays: dict = {}
+    optim_meta: dict[str, Any] = {}
+    for prefix, opt in networks.items():
+        for name, p in _structural(opt.net).items():
+            params[f"{prefix}/{name}"] = p.data().copyto(mx.cpu())
+        names = _trainer_names(opt)
+        updater = opt.trainer._updaters[0]
+        optimizer = opt.trainer._optimizer
+        optim_meta[prefix] = {
+            "num_update": optimizer.num_update,
+            "index_update_count": {
+                names[i]: n for i, n in optimizer._index_update_count.items() if i in names
+            },
+            "states": {
+                names[i]: _flatten_state(state, f"{prefix}/{names[i]}", optim_arrays)
+                for i, state in updater.states.items()
+            },
+        }
+    mx.nd.save(os.path.join(directory, PARAMS), params)
+    mx.nd.save(
+        os.path.join(directory, OPTIMIZER), {k: v.copyto(mx.cpu()) for k, v in optim_arrays.items()}
+    )
+    full_state = {"format": FORMAT_VERSION, **state, "optimizers": optim_meta}
+    with open(os.path.join(directory, STATE), "w") as f:
+        json.dump(full_state, f)
+    files = sorted(n for n in os.listdir(directory) if n != MANIFEST)
+    manifest = {name: _sha256(os.path.join(directory, name)) for name in files}
+    tmp = os.path.join(directory, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": FORMAT_VERSION, "files": manifest}, f)
+    os.replace(tmp, os.path.join(directory, MANIFEST))
+
+
+def _structural(net) -> dict:
+    """Parameters by their place in the network ("features.0.weight"), as save_parameters
+    names them: Gluon's own names carry a per-process counter ("conv6_weight")."""
+    return net._collect_params_with_prefix()
+
+
+def _trainer_names(opt) -> dict[int, str]:
+    """The trainer's parameter index -> structural name. Optimizer states are kept by index,
+    and the trainer orders parameters by their Gluon names, which differ between processes."""
+    by_id = {id(p): name for name, p in _structural(opt.net).items()}
+    return {i: by_id[id(p)] for i, p in enumerate(opt.trainer._params)}
+
+
+def _count_dicts(optimizer) -> list[dict]:
+    return [
+        optimizer._index_update_count,
+        *getattr(optimizer, "_all_index_update_counts", {}).values(),
+    ]
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _json(path: str) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:1] == b"\x80":
+        raise CheckpointError(f"{os.path.basename(path)} holds a pickle, not JSON; refused")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{os.path.basename(path)} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{os.path.basename(path)} is not a JSON object")
+    return value
+
+
+def verify(directory: str) -> dict:
+    """Check the manifest, every checksum and every array file's header; return the state.
+
+    Raises CheckpointError (nothing has been unpickled or parsed by MXNet at that point)."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        raise CheckpointError("no MANIFEST.json (the writer stopped before finishing)")
+    files = _json(path).get("files")
+    if not isinstance(files, dict) or STATE not in files or PARAMS not in files:
+        raise CheckpointError("MANIFEST.json does not list state.json and params.nd")
+    for name, expected in files.items():
+        file = os.path.join(directory, os.path.basename(name))
+        if not os.path.exists(file):
+            raise CheckpointError(f"{name} is missing")
+        if _sha256(file) != expected:
+            raise CheckpointError(f"{name}: SHA-256 does not match MANIFEST.json")
+        if name.endswith((".nd", ".params")):
+            with open(file, "rb") as f:
+                head = f.read(8)
+            if head != NDARRAY_MAGIC:
+                kind = "a pickle" if head[:1] == b"\x80" else "not an MXNet NDArray file"
+                raise CheckpointError(f"{name} is {kind}; refused")
+    return _json(os.path.join(directory, STATE))
+
+
+def _unflatten_state(layout, arrays: dict, ctx):
+    if layout is None:
+        return None
+    if isinstance(layout, list):
+        return tuple(_unflatten_state(item, arrays, ctx) for item in layout)
+    return arrays[layout].as_in_context(ctx)
+
+
+def restore(directory: str, networks: dict, ctx) -> dict:
+    """Load a verified checkpoint into ``networks`` ({prefix: Optimised}); return its state."""
+    import mxnet as mx
+
+    state = verify(directory)
+    params = mx.nd.load(os.path.join(directory, PARAMS))
+    optim_arrays = mx.nd.load(os.path.join(directory, OPTIMIZER))
+    # An empty file loads as a list; a named one as a dict.
+    params = params if isinstance(params, dict) else {}
+    optim_arrays = optim_arrays if isinstance(optim_arrays, dict) else {}
+    for prefix, opt in networks.items():
+        for name, p in _structural(opt.net).items():
+            key = f"{prefix}/{name}"
+            if key not in params:
+                raise CheckpointError(f"params.nd has no {key}: a checkpoint of another model")
+            p.set_data(params[key].as_in_context(ctx))
+        meta = state["optimizers"][prefix]
+        index = {name: i for i, name in _trainer_names(opt).items()}
+        optimizer = opt.trainer._optimizer
+        optimizer.num_update = int(meta["num_update"])
+        counts = {index[name]: int(n) for name, n in meta["index_update_count"].items()}
+        # In place: the optimizer keeps per-device aliases of this dict.
+        for per_device in {id(d): d for d in _count_dicts(optimizer)}.values():
+            per_device.clear()
+            per_device.update(counts)
+        for updater in opt.trainer._updaters:
+            updater.states = {
+                index[name]: _unflatten_state(layout, optim_arrays, ctx)
+                for name, layout in meta["states"].items()
+            }
+            updater.states_synced = dict.fromkeys(updater.states, True)
+    return state
+
+
+# -- finding the newest usable checkpoint -------------------------------------------------------
+
+
+def candidates(filesystem, run_dir: str) -> list[str]:
+    """The run's checkpoint directories, newest first (Ray Train names them
+    ``checkpoint_<timestamp>``, so names sort by age)."""
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(run_dir, allow_not_found=True)
+    found = [
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+    ]
+    return sorted(found, reverse=True)
+
+
+@contextlib.contextmanager
+def local_copy(filesystem, path: str) -> Iterator[str]:
+    """``path`` as a local directory: itself on a local disk, else a temporary download."""
+    import pyarrow.fs as pafs
+
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        pafs.copy_files(path, tmp, source_filesystem=filesystem)
+        yield tmp
+
+
+def resume(filesystem, run_dir: str, networks: dict, ctx, warn=log.warning) -> dict | None:
+    """Restore the newest checkpoint of the run that verifies; skip (and warn about) the
+    others. Returns its state (with ``checkpoint``: its path), or None when there is none."""
+    for path in candidates(filesystem, run_dir):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        with local_copy(filesystem, path) as directory:
+            try:
+                state = restore(directory, networks, ctx)
+            except CheckpointError as exc:
+                warn(f"checkpoint {name} skipped: {exc}; using the one before it")
+                continue
+        return {**state, "checkpoint": path}
+    return None

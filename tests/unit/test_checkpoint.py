@@ -1,0 +1,169 @@
+"""Checkpoints: exact continuation, fallback past a corrupt or unfinished one, no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+from pipeline.config import load_job_config
+from pipeline.data.contract import DatasetInfo, SplitInfo
+from pipeline.data.ingest import Batch
+from pipeline.train import checkpoint
+from pipeline.train.trace import params_digest
+
+mx = pytest.importorskip("mxnet")
+
+
+@pytest.fixture(scope="module")
+def hvd():
+    import horovod.mxnet as hvd
+
+    hvd.init()  # one process: Horovod's single-rank mode
+    return hvd
+
+
+def _task(hvd, recipe: str, seed: int):
+    from pipeline.train.tasks import Env, make_task
+
+    cfg = load_job_config(recipe, ["data.batch_size=16"])
+    info = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
+    mx.random.seed(seed)
+    return make_task(Env(cfg, info, mx.cpu(), hvd, 1, 0))
+
+
+def _batches(n: int, seed: int) -> list[Batch]:
+    rng = np.random.default_rng(seed)
+    return [
+        Batch(
+            rng.random((16, 64), dtype=np.float32),
+            rng.integers(0, 10, 16, dtype=np.int64),
+            np.arange(16, dtype=np.int64),
+        )
+        for _ in range(n)
+    ]
+
+
+def _train(task, batches) -> None:
+    task.start_epoch(5)  # same noise on both sides
+    mx.random.seed(7)  # same dropout masks
+    for b in batches:
+        task.train_step(b, 0.01)
+    mx.nd.waitall()
+
+
+def _digest(task) -> str:
+    """By structural names: Gluon's own names differ between two instances of a model."""
+    return "".join(
+        params_digest(o.net._collect_params_with_prefix()) for o in task.networks().values()
+    )
+
+
+def _write(task, directory, **state) -> str:
+    os.makedirs(directory, exist_ok=True)
+    checkpoint.write(str(directory), task.networks(), {"next_epoch": 1, "next_step": 0, **state})
+    return str(directory)
+
+
+@pytest.mark.parametrize("recipe", ["digits-cnn", "digits-fcn", "digits-gan"])
+def test_restored_training_continues_exactly(hvd, tmp_path, recipe):
+    """Parameters and optimizer state (Adam moments and counts, SGD momentum) both come back:
+    a fresh task restored from the checkpoint trains on to the same bits."""
+    first, then = _batches(3, 0), _batches(3, 1)
+    original = _task(hvd, recipe, seed=0)
+    _train(original, first)
+    _write(original, tmp_path / "ckpt")
+    _train(original, then)
+
+    restored = _task(hvd, recipe, seed=1)  # different initial weights
+    assert _digest(restored) != _digest(original)
+    state = checkpoint.restore(str(tmp_path / "ckpt"), restored.networks(), mx.cpu())
+    assert state["next_epoch"] == 1
+    _train(restored, then)
+    assert _digest(restored) == _digest(original)
+
+
+def _flip(path, at: int = 200) -> None:
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(hvd, tmp_path):
+    task = _task(hvd, "digits-cnn", seed=0)
+    _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-01.000000", next_epoch=1)
+    older = _digest(task)
+    _train(task, _batches(2, 3))
+    newest = _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-02.000000", next_epoch=2)
+    _flip(os.path.join(newest, checkpoint.PARAMS))
+
+    fresh = _task(hvd, "digits-cnn", seed=1)
+    warnings: list[str] = []
+    state = checkpoint.resume(
+        pafs.LocalFileSystem(), str(tmp_path / "run"), fresh.networks(), mx.cpu(), warnings.append
+    )
+    assert state is not None and state["next_epoch"] == 1
+    assert _digest(fresh) == older
+    assert len(warnings) == 1
+    assert "00-00-02" in warnings[0] and "SHA-256 does not match" in warnings[0]
+
+
+def test_unfinished_checkpoint_is_skipped_and_none_means_start_fresh(hvd, tmp_path):
+    task = _task(hvd, "digits-fcn", seed=0)
+    only = _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-01.000000")
+    os.remove(os.path.join(only, checkpoint.MANIFEST))
+    warnings: list[str] = []
+    before = _digest(task)
+    state = checkpoint.resume(
+        pafs.LocalFileSystem(), str(tmp_path / "run"), task.networks(), mx.cpu(), warnings.append
+    )
+    assert state is None and _digest(task) == before
+    assert len(warnings) == 1 and "no MANIFEST.json" in warnings[0]
+    assert checkpoint.resume(pafs.LocalFileSystem(), str(tmp_path / "none"), {}, mx.cpu()) is None
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that a pickle was executed."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("victim", [checkpoint.OPTIMIZER, checkpoint.PARAMS, checkpoint.STATE])
+def test_a_pickle_in_a_checkpoint_is_refused_not_executed(hvd, tmp_path, victim):
+    task = _task(hvd, "digits-cnn", seed=0)
+    ckpt = _write(task, tmp_path / "ckpt")
+    marker = tmp_path / "executed"
+    with open(os.path.join(ckpt, victim), "wb") as f:
+        pickle.dump(_Payload(str(marker)), f)
+    # The attacker can rewrite the manifest too: the checksum alone must not be the guard.
+    manifest_path = Path(ckpt, checkpoint.MANIFEST)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][victim] = checkpoint._sha256(os.path.join(ckpt, victim))
+    manifest_path.write_text(json.dumps(manifest))
+
+    with pytest.raises(checkpoint.CheckpointError, match="pickle"):
+        checkpoint.restore(ckpt, task.networks(), mx.cpu())
+    assert not marker.exists()
+
+
+def test_no_checkpoint_file_is_a_pickle(hvd, tmp_path):
+    task = _task(hvd, "digits-gan", seed=0)
+    ckpt = _write(task, tmp_path / "ckpt")
+    for name in os.listdir(ckpt):
+        with open(os.path.join(ckpt, name), "rb") as f:
+            assert f.read(1) != b"\x80", name
+    assert set(json.loads(Path(ckpt, checkpoint.MANIFEST).read_text())["files"]) == {
+        checkpoint.PARAMS,
+        checkpoint.OPTIMIZER,
+        checkpoint.STATE,
+    }
