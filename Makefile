@@ -63,8 +63,8 @@ data: $(STAMP) ## Write the digits data set as Parquet to data/digits
 train: $(STAMP) $(DATA_DEP) ## Train RECIPE with 1 worker
 	$(BIN)/python -m jobs.train --recipe $(RECIPE) --data $(DATA) --workers 1 $(ARGS)
 
-train-distributed: $(STAMP) $(DATA_DEP) ## Train RECIPE with WORKERS Horovod workers on Ray (RAY_ADDRESS for a cluster)
-	$(BIN)/python -m jobs.train --recipe $(RECIPE) --data $(DATA) --workers $(WORKERS) $(ARGS)
+train-distributed: $(STAMP) $(DATA_DEP) ## Train RECIPE with WORKERS Horovod workers on Ray (RAY_ADDRESS for a cluster; RESUME=<run id> continues one)
+	$(BIN)/python -m jobs.train --recipe $(RECIPE) --data $(DATA) --workers $(WORKERS) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
 mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)

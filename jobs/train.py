@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one config value (repeatable)",
     )
     p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue an interrupted job (its driver was killed) under its MLflow run, from "
+        "its newest valid checkpoint; give the same recipe and --set values",
+    )
+    p.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved configuration and exit without training",
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pipeline.launch import run_job
 
-    result = run_job(cfg, progress=lambda msg: print(msg, flush=True))
+    result = run_job(cfg, progress=lambda msg: print(msg, flush=True), resume=args.resume)
     print_summary(result)
     return 0
 

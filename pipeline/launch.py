@@ -161,8 +161,11 @@ def _user_error(exc: BaseException) -> PipelineError | None:
     return None
 
 
-def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
-    """Train, track and register one job. Raises PipelineError for anything a user can fix."""
+def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = None) -> JobResult:
+    """Train, track and register one job. Raises PipelineError for anything a user can fix.
+
+    ``resume``: the MLflow run id of an interrupted job (its driver died) to continue, under
+    the same run, from that run's newest valid checkpoint."""
     start = time.perf_counter()
     info = preflight(cfg)
     progress(
@@ -175,8 +178,13 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
         # MLflow's S3 artifact store takes its endpoint from this variable only (rank 0 logs
         # sample images; ray_session passes it on to the workers).
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url(cfg.s3))
-    run_id = mlflow_run.start_run(cfg, info)
-    progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
+    if resume:
+        mlflow_run.reopen_run(cfg, resume)
+        run_id = resume
+        progress(f"resuming MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
+    else:
+        run_id = mlflow_run.start_run(cfg, info)
+        progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
     status = "FAILED"
     try:
         with ray_session(cfg, progress):
@@ -191,7 +199,10 @@ def run_job(cfg: JobConfig, progress: Progress = print) -> JobResult:
                     user_error = _user_error(exc)
                     if user_error is not None:  # bad data found by a worker: exit code 2
                         raise user_error from None
-                    raise TrainingError(f"training failed: {_worker_error(exc)}") from exc
+                    raise TrainingError(
+                        f"training failed (scaling.max_failures={cfg.scaling.max_failures} "
+                        f"restarts allowed): {_worker_error(exc)}"
+                    ) from exc
                 raise
         if result.checkpoint is None:
             raise TrainingError("training ended without a checkpoint; nothing to register")

@@ -26,6 +26,7 @@ from pipeline.errors import ConfigError, TrackingError
 TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
 TAG_WORLD_SIZE = "pipeline.world_size"
+TAG_RESUME_KEY = "pipeline.resume_key"
 
 #: The pyfunc model's code per kind of model, logged as a file (see gluon_pyfunc.py).
 PYFUNC_CODE = {
@@ -73,6 +74,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
                 TAG_RECIPE: cfg.recipe,
                 TAG_DATA_URI: cfg.data.uri,
                 TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
+                TAG_RESUME_KEY: cfg.resume_key(),
             },
         )
         params = [mlflow.entities.Param(k, _param_value(v)) for k, v in cfg.to_dict().items()]
@@ -90,6 +92,33 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
     except Exception as exc:  # any failure here is the tracking store's, not ours
         raise TrackingError(f"MLflow tracking at {uri} cannot be used: {_one_line(exc)}") from None
     return run.info.run_id
+
+
+def reopen_run(cfg: JobConfig, run_id: str) -> None:
+    """Mark an interrupted run RUNNING again so a resumed job continues it (``--resume``).
+
+    Refuses (ConfigError) a run that does not exist, already FINISHED, or was started with
+    settings its checkpoints do not fit."""
+    uri = cfg.tracking.resolved_uri()
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise ConfigError(
+            f"--resume {run_id}: no such MLflow run in {uri}; copy the run id from the "
+            "interrupted job's output or the MLflow UI"
+        ) from None
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"--resume {run_id}: the run already FINISHED; nothing to resume")
+    tags = run.data.tags
+    if tags.get(TAG_RESUME_KEY) != cfg.resume_key():
+        raise ConfigError(
+            f"--resume {run_id}: the run was started with another model, data set, batch "
+            f"size, shuffle buffer or seed (recipe {tags.get(TAG_RECIPE, '?')}); resume it "
+            "with the same recipe and --set values"
+        )
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "pipeline.resumes", str(int(tags.get("pipeline.resumes", "0")) + 1))
 
 
 def _param_value(value: Any) -> str:

@@ -55,7 +55,7 @@ def _not_a_user_error(record: logging.LogRecord) -> bool:
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) -> str:
-    hidden = ("learning_rate", "samples_per_sec", "epoch_time_s", "peak_rss_mb")
+    hidden = ("learning_rate", "samples_per_sec", "epoch_time_s", "peak_rss_mb", "world_size")
     shown = [k for k in metrics if not k.startswith("_") and k not in hidden]
     parts = [f"{k} {metrics[k]:.4f}" for k in shown]
     rate = f"  {samples_per_s:,.0f} samples/s"
@@ -77,7 +77,13 @@ def train_worker(payload: WorkerPayload) -> None:
     np.random.seed(cfg.seed)
     logger = RunLogger(payload.tracking_uri, payload.run_id) if is_chief else None
     if logger:
-        logger.count_attempt()
+        attempt = logger.count_attempt()
+        if attempt > 1:
+            print(
+                f"worker group restarted after a failure ({attempt - 1} of at most "
+                f"{cfg.scaling.max_failures} restarts)",
+                flush=True,
+            )
 
     try:
         _train(payload, hvd, ctx, rank, world, logger)

@@ -1,0 +1,254 @@
+"""Worker loss: a real Horovod worker process is SIGKILLed mid-run (the only fault injected),
+and the job either resumes from its checkpoints or, past max_failures, fails cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.train import trace
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 2
+#: digits-cnn: 1,439 train rows, batch 32, 2 workers -> 23 steps per epoch.
+COMMON = ("--set", f"optim.epochs={EPOCHS}", "--set", "optim.warmup_epochs=0")
+
+
+class Job:
+    """One `python -m jobs.train` run with its own storage, trace folder and MLflow store."""
+
+    def __init__(
+        self, root: Path, digits_uri: str, name: str, *overrides: str, new_session: bool = False
+    ):
+        self.dir = root / name
+        self.storage = self.dir / "runs"
+        self.trace = self.dir / "trace"
+        self.uri = f"sqlite:///{self.dir / 'mlflow.db'}"
+        self.dir.mkdir(parents=True)
+        args = ["--data", digits_uri, "--storage", str(self.storage), *COMMON]
+        for item in overrides:
+            args += ["--set", item]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.train", *args],
+            cwd=REPO,
+            env={
+                **os.environ,
+                "MXTRAIN_TRACE_DIR": str(self.trace),
+                "MLFLOW_TRACKING_URI": self.uri,
+            },
+            # Files, not pipes: a full pipe would stall the job while nobody reads it.
+            stdout=(self.dir / "stdout").open("w"),
+            stderr=(self.dir / "stderr").open("w"),
+            text=True,
+            start_new_session=new_session,
+        )
+        self.killed: list[int] = []
+
+    def kill_rank_after_first_checkpoint(self, rank: int = 1) -> None:
+        """SIGKILL rank ``rank``'s worker process once the first complete checkpoint exists."""
+
+        def watch() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if list(self.storage.glob("*/checkpoint_*/MANIFEST.json")):
+                    events = trace.read_events(self.trace)
+                    pids = [e["pid"] for e in events if e["rank"] == rank]
+                    if pids:
+                        os.kill(pids[0], signal.SIGKILL)
+                        self.killed.append(pids[0])
+                        return
+                time.sleep(0.05)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    def wait(self) -> subprocess.CompletedProcess:
+        self.proc.wait(timeout=600)
+        out, err = ((self.dir / name).read_text() for name in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+
+    def run(self):
+        client = MlflowClient(self.uri)
+        runs = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
+        assert len(runs) == 1, "a job keeps one MLflow run across restarts"
+        return client, runs[0]
+
+    def records(self) -> list[dict]:
+        return trace.read(self.trace)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_uri):
+    job = Job(tmp_path_factory.mktemp("ft"), digits_uri, "clean", "checkpoint.every_steps=10")
+    done = job.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return job
+
+
+def _final_digests(records: list[dict]) -> dict[int, str]:
+    last = max(r["epoch"] for r in records if "params_sha256" in r)
+    return {
+        r["rank"]: r["params_sha256"]
+        for r in records
+        if r.get("epoch") == last and "params_sha256" in r
+    }
+
+
+def test_killed_worker_resumes_mid_epoch_and_sees_each_sample_once(
+    tmp_path, digits_uri, uninterrupted
+):
+    job = Job(tmp_path, digits_uri, "killed", "checkpoint.every_steps=10")
+    job.kill_rank_after_first_checkpoint()
+    done = job.wait()
+    assert job.killed, "the fault was never injected"
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from checkpoint" in done.stdout
+
+    client, run = job.run()
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags["pipeline.restarts"]) >= 1
+    _, clean = uninterrupted.run()
+    assert abs(run.data.metrics["test_accuracy"] - clean.data.metrics["test_accuracy"]) <= 0.01
+    assert client.get_model_version_by_alias("digits-cnn", "candidate").run_id == run.info.run_id
+
+    all_ids = Counter(
+        i for r in uninterrupted.records() if r.get("epoch") == 0 and "steps" in r for i in r["ids"]
+    )
+    assert len(all_ids) == 1439 and set(all_ids.values()) == {1}
+    records = job.records()
+    survivors = {r["pid"] for r in records} - set(job.killed)
+    final = [r for r in records if "steps" in r and r["pid"] in survivors]
+    # The resumed epoch: the steps before the checkpoint (recorded by the first attempt when
+    # it wrote that checkpoint) plus the steps after it cover every row exactly once.
+    resumed = min(r["epoch"] for r in final)
+    start = {r["start_step"] for r in final if r["epoch"] == resumed}
+    assert len(start) == 1
+    (step,) = start
+    seen: Counter = Counter()
+    for r in final:
+        if r["epoch"] == resumed:
+            seen.update(r["ids"])
+    if step:
+        before = [
+            r
+            for r in records
+            if r.get("checkpoint") and r["epoch"] == resumed and r["step"] == step
+        ]
+        assert {r["rank"] for r in before} == {0, 1}
+        for r in before[-2:]:
+            seen.update(r["ids"])
+    assert seen == all_ids, "the interrupted epoch lost or repeated samples"
+    # Every later epoch is whole, and nothing ran past the last one.
+    for epoch in range(resumed + 1, EPOCHS):
+        assert Counter(i for r in final if r["epoch"] == epoch for i in r["ids"]) == all_ids
+
+
+def test_resume_from_an_epoch_checkpoint_gives_identical_weights(
+    tmp_path, digits_uri, uninterrupted
+):
+    job = Job(tmp_path, digits_uri, "epochs")  # checkpoints at epoch ends only
+    job.kill_rank_after_first_checkpoint()
+    done = job.wait()
+    assert job.killed and done.returncode == 0, done.stderr[-3000:]
+    _, run = job.run()
+    assert int(run.data.tags["pipeline.restarts"]) >= 1
+    survivors = {r["pid"] for r in job.records()} - set(job.killed)
+    final = [r for r in job.records() if r["pid"] in survivors]
+    assert {r["start_step"] for r in final if "steps" in r} == {0}
+    assert _final_digests(final) == _final_digests(uninterrupted.records())
+
+
+def test_failures_beyond_max_failures_fail_the_run_and_register_nothing(tmp_path, digits_uri):
+    job = Job(tmp_path, digits_uri, "fails", "scaling.max_failures=0")
+    job.kill_rank_after_first_checkpoint()
+    done = job.wait()
+    assert job.killed
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training failed") and "max_failures" in last, last
+    client, run = job.run()
+    assert run.info.status == "FAILED"
+    assert client.search_registered_models() == []
+
+
+def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path, digits_uri):
+    job = Job(tmp_path, digits_uri, "driver", "checkpoint.every_steps=10", new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(job.storage.glob("*/checkpoint_*/MANIFEST.json")):
+        assert time.monotonic() < deadline and job.proc.poll() is None, job.wait().stderr[-3000:]
+        time.sleep(0.05)
+    os.killpg(job.proc.pid, signal.SIGKILL)  # the driver, its local Ray and the workers
+    job.proc.wait()
+    client, run = job.run()
+    assert run.info.status == "RUNNING", "a killed driver must not leave the run FINISHED"
+
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            "--data",
+            digits_uri,
+            "--storage",
+            str(job.storage),
+            *COMMON,
+            "--set",
+            "checkpoint.every_steps=10",
+            "--resume",
+            run.info.run_id,
+        ],
+        cwd=REPO,
+        env={**os.environ, "MXTRAIN_TRACE_DIR": str(job.trace), "MLFLOW_TRACKING_URI": job.uri},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from checkpoint" in resumed.stdout
+    _, run = job.run()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pipeline.resumes"] == "1"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert {m.step for m in history} == set(range(EPOCHS))
+    assert client.get_model_version_by_alias("digits-cnn", "candidate").run_id == run.info.run_id
+
+
+def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_uri):
+    client, run = uninterrupted.run()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uninterrupted.uri}
+
+    def resume(*extra: str) -> str:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobs.train",
+                "--data",
+                digits_uri,
+                *extra,
+                "--resume",
+                run.info.run_id,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert "already FINISHED" in resume()
+    client.set_terminated(run.info.run_id, "KILLED")  # as if its driver had been stopped
+    assert "another model" in resume("--recipe", "digits-fcn")
+    assert client.get_run(run.info.run_id).info.status == "KILLED"  # left as it was
