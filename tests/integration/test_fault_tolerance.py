@@ -20,7 +20,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-EPOCHS = 2
+EPOCHS = 3
 #: digits-cnn: 1,439 train rows, batch 32, 2 workers -> 23 steps per epoch.
 COMMON = ("--set", f"optim.epochs={EPOCHS}", "--set", "optim.warmup_epochs=0")
 
