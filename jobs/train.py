@@ -13,6 +13,7 @@ import sys
 
 from jobs._cli import run_main
 from pipeline.config import JobConfig, describe_options, load_job_config
+from pipeline.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="data URI (folder, file:// or s3://); sets data.uri")
     p.add_argument(
-        "--workers", type=int, help="number of Horovod workers; sets scaling.num_workers"
+        "--workers",
+        metavar="N|MIN-MAX",
+        help="Horovod workers: N sets scaling.num_workers; MIN-MAX trains elastically with as "
+        "many as the cluster has slots for (scaling.min_workers, scaling.num_workers)",
     )
     p.add_argument(
         "--storage", help="run outputs and checkpoints (folder or s3://); sets storage.path"
@@ -63,12 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_workers(text: str) -> dict[str, int]:
+    """``--workers``/``WORKERS``: ``N`` or ``MIN-MAX``."""
+    low, sep, high = text.partition("-")
+    try:
+        if not sep:
+            return {"scaling.num_workers": int(text), "scaling.min_workers": 0}
+        return {"scaling.min_workers": int(low), "scaling.num_workers": int(high)}
+    except ValueError:
+        raise ConfigError(
+            f"--workers {text!r}: expected a number (2) or a range MIN-MAX (2-4)"
+        ) from None
+
+
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     extra = {}
     if args.data is not None:
         extra["data.uri"] = args.data
     if args.workers is not None:
-        extra["scaling.num_workers"] = args.workers
+        extra.update(parse_workers(args.workers))
     if args.storage is not None:
         extra["storage.path"] = args.storage
     return load_job_config(args.recipe, args.overrides, extra)

@@ -153,7 +153,14 @@ class OptimConfig:
 class ScalingConfig:
     """How many workers train and what each one gets."""
 
-    num_workers: int = _opt(2, "Horovod workers (one Ray Train worker each)")
+    num_workers: int = _opt(
+        2, "Horovod workers (one Ray Train worker each); the most, when min_workers is set"
+    )
+    min_workers: int = _opt(
+        0,
+        "elastic: start with as many workers as the cluster has slots for, at least this"
+        " many, at most num_workers (0 = always num_workers)",
+    )
     cpus_per_worker: float = _opt(1.0, "Ray CPUs reserved per worker")
     threads_per_worker: int = _opt(
         1, "compute threads per worker (OMP and MXNet engine); 1 lets N workers share N cores"
@@ -164,9 +171,18 @@ class ScalingConfig:
         "worker-group failures survived (restart from the latest valid checkpoint); 0 = none",
     )
 
+    @property
+    def elastic(self) -> bool:
+        return 0 < self.min_workers < self.num_workers
+
     def __post_init__(self) -> None:
         _require(
             self.num_workers >= 1, "scaling.num_workers", f"must be >= 1, got {self.num_workers}"
+        )
+        _require(
+            0 <= self.min_workers <= self.num_workers,
+            "scaling.min_workers",
+            f"must be between 0 and num_workers ({self.num_workers}), got {self.min_workers}",
         )
         _require(
             self.max_failures >= 0,

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo, inspect_dataset
@@ -114,6 +115,11 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     from pipeline.distributed.horovod_backend import HorovodConfig
     from pipeline.train.loop import train_worker
 
+    # (min, max): Ray Train v2 starts as many workers as fit and grows the group when it can;
+    # every start resumes from the newest checkpoint (loop._resume).
+    workers: Any = cfg.scaling.num_workers
+    if cfg.scaling.elastic:
+        workers = (cfg.scaling.min_workers, cfg.scaling.num_workers)  # stubs know only v1's int
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
     payload = WorkerPayload(cfg, info, run_id, tracking_uri, run_name(cfg, run_id))
     trainer = DataParallelTrainer(
@@ -121,7 +127,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
         train_loop_config={"payload": payload},
         backend_config=HorovodConfig(),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
+            num_workers=workers,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
         ),
