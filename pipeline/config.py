@@ -52,12 +52,15 @@ class DataConfig:
     batch_size: int = _opt(64, "samples per step on each worker; the global batch is x workers")
     eval_batch_size: int = _opt(512, "samples per batch when computing validation/test metrics")
     shuffle_buffer: int = _opt(
-        2048, "rows in each worker's local shuffle buffer (reshuffled every epoch); 0 = no shuffle"
+        2048,
+        "rows each worker shuffles together (the row groups' order is shuffled too), drawn"
+        " anew every epoch from (seed, epoch); 0 = no shuffle",
     )
     cache: str = _opt(
         "auto",
-        "memory: read the Parquet files once into Ray's object store and split that every"
-        " epoch; stream: read from storage every epoch (for data sets larger than memory);"
+        "memory: each worker reads the Parquet files once (checking their SHA-256) and slices"
+        " its shard from memory every epoch; stream: each worker reads its row groups from"
+        " storage every epoch (for data sets larger than memory);"
         " auto: memory when the files total at most cache_max_mb",
         choices=("auto", "memory", "stream"),
     )

@@ -78,14 +78,18 @@ def _bare(cfg, reader):
 
 def _ours(task, reader, cfg):
     """An epoch as the loop runs it: the reader's shuffled batches (one device copy per
-    window) into the task's train_step."""
+    window) into the task's train_step, with the loop's bound on steps queued ahead."""
     import mxnet as mx
 
+    from pipeline.train.loop import EngineThrottle
+
     def run():
-        for b in reader.batches(
+        throttle = EngineThrottle()
+        batches = reader.batches(
             0, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, ctx=mx.cpu()
-        ):
-            task.train_step(b, cfg.optim.learning_rate)
+        )
+        for b in batches:
+            throttle.add(task.train_step(b, cfg.optim.learning_rate))
         mx.nd.waitall()
 
     return run

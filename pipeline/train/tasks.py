@@ -233,7 +233,8 @@ class ClassificationTask:
     def start_epoch(self, epoch: int) -> None:
         pass
 
-    def train_step(self, batch: Batch, lr: float) -> None:
+    def train_step(self, batch: Batch, lr: float):
+        """One step; returns an NDArray that is ready once the step's forward pass ran."""
         from mxnet import autograd
 
         batch = on_device(batch, self.env.ctx)
@@ -243,6 +244,7 @@ class ClassificationTask:
         self.model.step(len(batch.labels), lr)
         self._losses.append(loss)
         self._real += batch.num_real
+        return loss
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
 
@@ -328,7 +330,7 @@ class AdversarialTask:
             self._rng.standard_normal((n, self.latent)).astype(np.float32), self.env.ctx
         )
 
-    def train_step(self, batch: Batch, lr: float) -> None:
+    def train_step(self, batch: Batch, lr: float):
         import mxnet as mx
         from mxnet import autograd
 
@@ -359,6 +361,7 @@ class AdversarialTask:
 
         self._sums += mx.nd.concat(d_loss.sum(), g_loss.sum(), j_loss.sum(), dim=0)
         self._real += batch.num_real
+        return j_loss
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         import mxnet as mx
