@@ -66,6 +66,8 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
     env = {
         **thread_env(cfg.scaling.threads_per_worker),
         "PYTHONWARNINGS": "ignore",
+        # A worker killed by a signal (an MXNet crash, say) leaves its Python stack in its log.
+        "PYTHONFAULTHANDLER": "1",
         # Ray Train re-routes print() through its logger, which shows every line twice.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
