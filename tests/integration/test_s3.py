@@ -145,3 +145,41 @@ def test_transient_faults_are_retried_and_rows_stay_exact(s3_env, seaweedfs, tmp
     for epoch in range(2):
         ids = [i for r in records if r["epoch"] == epoch for i in r["ids"]]
         assert len(ids) == rows and len(set(ids)) == rows
+
+
+def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env, tmp_path):
+    """The workers' own checkpoint search on object storage: list, download, verify, fall
+    back past a corrupt newest one."""
+    import mxnet as mx
+    import pyarrow.fs as pafs
+
+    from pipeline.storage import resolve
+    from pipeline.train import checkpoint
+    from tests.unit.test_checkpoint import _digest, _task, _write
+
+    import horovod.mxnet as hvd
+
+    hvd.init()
+    bucket, _ = s3_env
+    task = _task(hvd, "digits-cnn", seed=0)
+    older = tmp_path / "checkpoint_2026-01-01_00-00-01.000000"
+    newest = tmp_path / "checkpoint_2026-01-01_00-00-02.000000"
+    _write(task, older, next_epoch=1)
+    expected = _digest(task)
+    _write(task, newest, next_epoch=2)
+    params = newest / checkpoint.PARAMS
+    params.write_bytes(params.read_bytes()[:-16] + b"\0" * 16)  # a torn upload
+
+    loc = resolve(f"s3://{bucket}/runs/job-1")
+    for local in (older, newest):
+        pafs.copy_files(str(local), loc.join(local.name), destination_filesystem=loc.filesystem)
+
+    fresh = _task(hvd, "digits-cnn", seed=1)
+    warnings: list[str] = []
+    state = checkpoint.resume(
+        loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append
+    )
+    assert state is not None and state["next_epoch"] == 1
+    assert state["checkpoint"].endswith(older.name)
+    assert _digest(fresh) == expected
+    assert len(warnings) == 1 and newest.name in warnings[0]
