@@ -126,12 +126,18 @@ def scaling_figure(
     # all. What they lose against one run alone is the cost of sharing the cores.
     from concurrent.futures import ThreadPoolExecutor
 
-    args = ("jobs.benchmarks.hvd_train_worker", uri, recipe, str(epochs), str(batch))
+    # Plain processes (Horovod's single-process mode), not two horovodrun jobs on one host.
+    command = [sys.executable, "-m", "jobs.benchmarks.hvd_train_worker", uri, recipe]
+    command += [str(epochs), str(batch)]
+
+    def alone(_: int) -> float:
+        out = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=600, check=True
+        ).stdout
+        return _json_line(out, "HVDTRAIN ")["samples_per_s"]
+
     with ThreadPoolExecutor(2) as pool:
-        pair = [
-            _json_line(out, "HVDTRAIN ")["samples_per_s"]
-            for out, _ in pool.map(lambda _: _horovodrun(1, *args), range(2))
-        ]
+        pair = list(pool.map(alone, range(2)))
     side_by_side = sum(pair) / (2 * one["samples_per_s"])
     t_c = one["step_s"]
     t_a = _allreduce_time(seconds, grad_bytes)

@@ -78,20 +78,35 @@ def masked_loss_sum(loss):
     return block
 
 
+def _collective_on_copies(params: list, collective) -> None:
+    """Run an in-place Horovod collective on plain copies of ``params``' data, then copy back.
+
+    Every copy stays referenced until all collectives have finished (``waitall``) and only
+    then is read: a segfault in ``set_data`` (faulthandler: bench smoke, once) followed reading
+    each copy right after enqueueing its asynchronous collective and dropping it."""
+    import mxnet as mx
+
+    copies = [_plain_copy(p.data()) for p in params]
+    for i, copy in enumerate(copies):
+        collective(copy, i)
+    mx.nd.waitall()
+    for p, copy in zip(params, copies, strict=True):
+        p.set_data(copy)
+    mx.nd.waitall()
+
+
 def broadcast_from_root(hvd, params, prefix: str) -> None:
     """Every rank starts from rank 0's parameters (hvd.broadcast_parameters, via copies)."""
-    for i, (_, p) in enumerate(sorted(params.items())):
-        plain = _plain_copy(p.data())
-        hvd.broadcast_(plain, root_rank=0, name=f"{prefix}.init.{i}")
-        p.set_data(plain)
+    ordered = [p for _, p in sorted(params.items())]
+    _collective_on_copies(
+        ordered, lambda a, i: hvd.broadcast_(a, root_rank=0, name=f"{prefix}.init.{i}")
+    )
 
 
 def average_running_stats(hvd, params, name: str) -> None:
     """Batch-norm running means/variances are per rank; average them so replicas agree."""
-    for i, p in enumerate(p for p in params.values() if p.grad_req == "null"):
-        plain = _plain_copy(p.data())
-        hvd.allreduce_(plain, average=True, name=f"{name}.{i}")
-        p.set_data(plain)
+    stats = [p for p in params.values() if p.grad_req == "null"]
+    _collective_on_copies(stats, lambda a, i: hvd.allreduce_(a, average=True, name=f"{name}.{i}"))
 
 
 def allreduce_sum(hvd, values: list[float], name: str) -> np.ndarray:

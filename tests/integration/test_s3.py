@@ -150,14 +150,13 @@ def test_transient_faults_are_retried_and_rows_stay_exact(s3_env, seaweedfs, tmp
 def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env, tmp_path):
     """The workers' own checkpoint search on object storage: list, download, verify, fall
     back past a corrupt newest one."""
+    import horovod.mxnet as hvd
     import mxnet as mx
     import pyarrow.fs as pafs
 
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
     from tests.unit.test_checkpoint import _digest, _task, _write
-
-    import horovod.mxnet as hvd
 
     hvd.init()
     bucket, _ = s3_env
@@ -176,9 +175,7 @@ def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env
 
     fresh = _task(hvd, "digits-cnn", seed=1)
     warnings: list[str] = []
-    state = checkpoint.resume(
-        loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append
-    )
+    state = checkpoint.resume(loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append)
     assert state is not None and state["next_epoch"] == 1
     assert state["checkpoint"].endswith(older.name)
     assert _digest(fresh) == expected
