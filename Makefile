@@ -30,7 +30,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup data train train-distributed mlflow-ui object-store object-store-stop test test-all bench lint format clean
+.PHONY: help setup data train train-distributed submit mlflow-ui object-store object-store-stop test test-all bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -63,8 +63,15 @@ data: $(STAMP) ## Write the digits data set as Parquet to data/digits
 train: $(STAMP) $(DATA_DEP) ## Train RECIPE with 1 worker
 	$(BIN)/python -m jobs.train --recipe $(RECIPE) --data $(DATA) --workers 1 $(ARGS)
 
-train-distributed: $(STAMP) $(DATA_DEP) ## Train RECIPE with WORKERS Horovod workers on Ray (RAY_ADDRESS for a cluster; RESUME=<run id> continues one)
+train-distributed: $(STAMP) $(DATA_DEP) ## Train RECIPE with WORKERS Horovod workers on a local Ray, or submit it to RAY_ADDRESS; RESUME=<run id> continues one
+ifeq ($(RAY_ADDRESS),)
 	$(BIN)/python -m jobs.train --recipe $(RECIPE) --data $(DATA) --workers $(WORKERS) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+else
+	$(MAKE) --no-print-directory submit
+endif
+
+submit: $(STAMP) ## Submit the job to the Ray cluster at RAY_ADDRESS (http://head:8265) via the Ray Jobs API
+	$(BIN)/python -m jobs.submit -- --recipe $(RECIPE) --data $(if $(findstring ://,$(DATA)),$(DATA),$(abspath $(DATA))) --workers $(WORKERS) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
 mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)

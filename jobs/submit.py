@@ -1,0 +1,155 @@
+"""Submit the training job to a Ray cluster through the Ray Jobs API (`ray job submit`
+semantics): this folder as the job's working directory, ``python -m jobs.train ARGS`` as its
+entrypoint. The job's log is streamed here, and the exit code is the job's.
+
+    python -m jobs.submit --address http://head:8265 -- --recipe digits-cnn --workers 4
+    RAY_ADDRESS=http://head:8265 make submit RECIPE=digits-cnn WORKERS=4
+
+The cluster's nodes must hold the pinned stack (the images in infra/docker). Secrets stay on
+the cluster: only the non-secret settings named in FORWARDED travel with the job, and S3
+credentials come from the nodes' own AWS sources (instance profile, IRSA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from jobs._cli import run_main
+from jobs.train import build_parser as train_parser
+from jobs.train import config_from_args
+from pipeline.errors import ConfigError, PipelineError, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+#: Settings a job needs to find its services; never credentials.
+FORWARDED = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+#: Not uploaded with the working directory (gitignore patterns, "/" = the top level).
+EXCLUDES = ["/.git", "/.venv", "/data", "/runs", "/.bench", "/mlflow.db", "/mlruns", "*.parquet"]
+
+
+class SubmitError(PipelineError):
+    """The cluster cannot be reached or refused the job."""
+
+    exit_code = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.submit",
+        description="Submit `python -m jobs.train ARGS` to the Ray cluster at --address "
+        "through the Ray Jobs API, stream its log, and exit with the job's status "
+        "(0 when it SUCCEEDED).",
+        epilog="Everything after -- goes to jobs.train (see python -m jobs.train --help); it "
+        "is checked here first. Forwarded from this environment when set: "
+        + ", ".join(FORWARDED)
+        + ". Credentials are never forwarded: the cluster's nodes bring their own.",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="the cluster's dashboard address, e.g. http://head:8265 (default: $RAY_ADDRESS)",
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="print the job id and return without waiting"
+    )
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then jobs.train's options")
+    return p
+
+
+def _train_args(raw: list[str]) -> list[str]:
+    args = raw[1:] if raw[:1] == ["--"] else raw
+    config_from_args(train_parser().parse_args(args))  # a config error fails here, in a line
+    return args
+
+
+def _auth_headers() -> dict[str, str]:
+    """Ray clusters require a token by default since Ray 2.52: like `ray job submit`, send
+    the one in RAY_AUTH_TOKEN or ~/.ray/auth_token, if there is one."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def submit(address: str, train_args: list[str]) -> tuple[object, str]:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(address, headers=_auth_headers())
+    except Exception as exc:  # connection refused, bad scheme, auth
+        raise SubmitError(
+            f"cannot reach the Ray cluster at {address}: {_first_line(exc)}"
+        ) from None
+    env = {name: os.environ[name] for name in FORWARDED if os.environ.get(name)}
+    entrypoint = " ".join(["python", "-m", "jobs.train", *map(_quote, train_args)])
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env},
+        metadata={"submitted_by": "jobs.submit"},
+    )
+    return client, job_id
+
+
+def follow(client, job_id: str) -> str:
+    """Stream the job's log until it ends; return its final status."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            print(chunk, end="", flush=True)
+
+    asyncio.run(tail())
+    status = str(client.get_job_status(job_id))
+    while status in ("PENDING", "RUNNING"):  # the log can end a moment before the status
+        time.sleep(0.5)
+        status = str(client.get_job_status(job_id))
+    return status.rsplit(".", 1)[-1]
+
+
+def _last_error(logs: str) -> str:
+    lines = [ln.strip() for ln in logs.splitlines() if ln.strip()]
+    ours = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error:")]
+    others = [ln for ln in lines if "Error" in ln]
+    return (ours or others or lines or ["(no output)"])[-1]
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    train_args = _train_args(args.train_args)
+    if not args.address:
+        raise ConfigError("no cluster: set RAY_ADDRESS or --address (e.g. http://head:8265)")
+    client, job_id = submit(args.address, train_args)
+    print(f"submitted job {job_id} to {args.address}", flush=True)
+    if args.no_wait:
+        return 0
+    status = follow(client, job_id)
+    if status != "SUCCEEDED":
+        raise TrainingError(f"job {job_id} {status}: {_last_error(client.get_job_logs(job_id))}")
+    print(f"job {job_id} SUCCEEDED", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

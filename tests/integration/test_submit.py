@@ -1,0 +1,118 @@
+"""`make submit` against a real Ray head started here (`ray start --head` on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(address: str) -> bool:
+    """Whether the dashboard answers at all (token authentication may answer 401)."""
+    try:
+        urllib.request.urlopen(f"{address}/api/version", timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head of its own (own ports, own process group), stopped by process group: `ray
+    stop` would also stop any other Ray on the machine."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    port, dashboard = _free_port(), _free_port()
+    # Its own temp dir, so its address file (ray_current_cluster) does not outlive it in
+    # /tmp/ray, where every later ray.init() on this machine would try to join it. Short,
+    # because Ray's socket paths must fit in 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    log = (tmp_path_factory.mktemp("ray-head") / "head.log").open("w")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={
+            **os.environ,
+            # The job's entrypoint says `python`: on a cluster the image's; here this venv's.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "OMP_NUM_THREADS": "1",
+            "MXNET_CPU_WORKER_NTHREADS": "1",
+        },
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+
+    def stop() -> None:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(address):
+            assert head.poll() is None and time.monotonic() < deadline, "Ray head did not start"
+            time.sleep(0.5)
+        yield address
+    finally:
+        stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    log.close()
+
+
+def _submit(address: str, *train_args: str, mlflow_uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", "submit", f"RAY_ADDRESS={address}",
+         f"ARGS={' '.join(train_args)}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+    )  # fmt: skip
+
+
+def test_make_submit_runs_the_job_on_the_cluster(ray_head, digits_uri, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _submit(
+        ray_head, f"--data {digits_uri}", f"--storage {tmp_path / 'runs'}",
+        "--set optim.epochs=2 --set optim.warmup_epochs=0", mlflow_uri=uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "connecting to the Ray cluster" in done.stdout  # the job's log, streamed
+    assert "SUCCEEDED" in done.stdout.splitlines()[-1]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "world_size")] == [2, 2]
+
+
+def test_a_failing_job_fails_make_submit_with_its_last_error(ray_head, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _submit(ray_head, f"--data {tmp_path / 'nowhere'}", mlflow_uri=uri)
+    assert done.returncode != 0
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: job ")]
+    assert errors and "FAILED" in errors[0] and "no Parquet files under train/" in errors[0]

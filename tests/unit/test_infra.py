@@ -1,0 +1,108 @@
+"""infra/: the cluster config against Ray's own schema, the KubeRay manifest, the images."""
+
+from __future__ import annotations
+
+import configparser
+import copy
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+DOCKERFILE_INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
+    "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}  # fmt: skip
+
+
+def _yaml(path: str) -> dict:
+    return yaml.safe_load((INFRA / path).read_text())
+
+
+def test_ray_cluster_config_passes_rays_own_schema():
+    from jsonschema import ValidationError
+    from ray.autoscaler._private.util import validate_config
+
+    config = _yaml("aws/ray-cluster.yaml")
+    validate_config(config)
+    nodes = config["available_node_types"]
+    assert nodes[config["head_node_type"]]["resources"]["CPU"] == 0  # no training on the head
+    gpu = [n for n in nodes.values() if n["resources"].get("GPU", 0) > 0]
+    assert gpu and all("IamInstanceProfile" in n["node_config"] for n in nodes.values())
+
+    broken = copy.deepcopy(config)
+    broken["max_wokers"] = 3  # the schema must catch a misspelled key
+    with pytest.raises(ValidationError):
+        validate_config(broken)
+
+
+def test_rayjob_manifest_has_kuberays_fields_and_a_valid_entrypoint():
+    from jobs.train import build_parser, config_from_args
+
+    job = _yaml("k8s/rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["name"]
+    spec = job["spec"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == _pin("ray")
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        containers = group["template"]["spec"]["containers"]
+        assert containers and all(c["name"] and c["image"] for c in containers)
+    assert all(g["groupName"] for g in cluster["workerGroupSpecs"])
+    head_env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert all("valueFrom" in e for e in head_env), "secrets by reference only"
+
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["python", "-m", "jobs.train"]
+    cfg = config_from_args(build_parser().parse_args(argv[3:]))  # our own validation
+    assert cfg.scaling.use_gpu and cfg.data.uri.startswith("s3://")
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [ln.strip() for ln in text.splitlines()]
+    out = []
+    for line in lines:
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest))
+    return out
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_parse(name):
+    steps = _instructions(INFRA / "docker" / name)
+    assert steps[0][0] == "FROM"
+    unknown = [word for word, _ in steps if word not in DOCKERFILE_INSTRUCTIONS]
+    assert not unknown, unknown
+    assert any(word == "CMD" for word, _ in steps)
+
+
+def _pin(package: str) -> str:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    for line in cfg["options"]["install_requires"].splitlines():
+        match = re.match(rf"{re.escape(package)}(\[[^\]]*\])?==([\w.*]+)", line.strip())
+        if match:
+            return match.group(2)
+    raise AssertionError(f"{package} is not pinned with == in setup.cfg")
+
+
+def _image_pins(name: str) -> dict[str, str]:
+    text = (INFRA / "docker" / name).read_text()
+    return dict(re.findall(r"\b([a-z][\w-]*)==([\d.]+)", text))
+
+
+def test_cpu_image_pins_match_setup_cfg_and_the_makefile():
+    pins = _image_pins("Dockerfile.cpu")
+    assert pins["mxnet"] == _pin("mxnet")
+    assert pins["numpy"] == _pin("numpy")
+    makefile_horovod = re.search(r"horovod==([\d.]+)", (REPO / "Makefile").read_text())
+    assert makefile_horovod and pins["horovod"] == makefile_horovod.group(1)
+    gpu = _image_pins("Dockerfile.gpu")
+    assert gpu["mxnet-cu112"] == pins["mxnet"] and gpu["horovod"] == pins["horovod"]
+    assert gpu["numpy"] == pins["numpy"]
