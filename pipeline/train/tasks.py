@@ -82,8 +82,8 @@ def _collective_on_copies(params: list, collective) -> None:
     """Run an in-place Horovod collective on plain copies of ``params``' data, then copy back.
 
     Every copy stays referenced until all collectives have finished (``waitall``) and only
-    then is read: a segfault in ``set_data`` (faulthandler: bench smoke, once) followed reading
-    each copy right after enqueueing its asynchronous collective and dropping it."""
+    then is read. Defensive: a segfault in ``set_data`` right after ``broadcast_`` was seen
+    once, while another Horovod process outside the job ran on the same machine."""
     import mxnet as mx
 
     copies = [_plain_copy(p.data()) for p in params]
