@@ -81,6 +81,9 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         return
     if address:
         progress(f"connecting to the Ray cluster at {address}")
+        # Inside a submitted job, the job's runtime env already set some of these; Ray
+        # refuses the same key twice, so only what differs is passed again.
+        runtime_env = {"env_vars": {k: v for k, v in env.items() if os.environ.get(k) != v}}
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):

@@ -72,11 +72,12 @@ def s3_env(seaweedfs, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # run_job sets it in-process for MLflow's S3 store; set here, it is undone after the test.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", seaweedfs.endpoint)
     for key in (
         "AWS_PROFILE",
         "AWS_SESSION_TOKEN",
         "AWS_ENDPOINT_URL_S3",
-        "MLFLOW_S3_ENDPOINT_URL",
     ):
         monkeypatch.delenv(key, raising=False)
     bucket = f"t-{uuid.uuid4().hex[:12]}"
