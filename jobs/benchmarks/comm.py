@@ -143,7 +143,7 @@ def scaling_figure(
 def _side_by_side(recipe: str, batch: int, steps: int = 300) -> float:
     """The ceiling this machine sets: two bare Gluon loops (no Horovod, no communication at
     all) side by side, against twice one alone. What they lose is the cost of sharing the
-    cores. (Two Horovod processes on one host outside a common job crashed: SIGABRT.)"""
+    cores."""
     from concurrent.futures import ThreadPoolExecutor
 
     command = [sys.executable, "-m", "jobs.benchmarks.bare_worker", recipe, str(steps), str(batch)]

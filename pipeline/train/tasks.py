@@ -82,8 +82,7 @@ def _collective_on_copies(params: list, collective) -> None:
     """Run an in-place Horovod collective on plain copies of ``params``' data, then copy back.
 
     Every copy stays referenced until all collectives have finished (``waitall``) and only
-    then is read. Defensive: a segfault in ``set_data`` right after ``broadcast_`` was seen
-    once, while another Horovod process outside the job ran on the same machine."""
+    then is read."""
     import mxnet as mx
 
     copies = [_plain_copy(p.data()) for p in params]
@@ -96,11 +95,22 @@ def _collective_on_copies(params: list, collective) -> None:
 
 
 def broadcast_from_root(hvd, params, prefix: str) -> None:
-    """Every rank starts from rank 0's parameters (hvd.broadcast_parameters, via copies)."""
+    """Every rank starts from rank 0's parameters.
+
+    Built from an allreduce (rank 0 contributes its values, the others zeros: x + 0 is exact)
+    rather than ``hvd.broadcast_``. Horovod 0.28.1's MXNet broadcast reads the op's name after
+    queueing it, and by then a finished op has freed that name: a use-after-free that crashed
+    a process in about one of a few thousand broadcasts (SIGSEGV or SIGABRT). Its allreduce
+    logs before queueing and is safe. ``tests/unit/test_collectives.py`` runs both."""
     ordered = [p for _, p in sorted(params.items())]
-    _collective_on_copies(
-        ordered, lambda a, i: hvd.broadcast_(a, root_rank=0, name=f"{prefix}.init.{i}")
-    )
+    is_root = hvd.rank() == 0
+
+    def from_root(copy, i: int) -> None:
+        if not is_root:
+            copy[:] = 0
+        hvd.allreduce_(copy, op=hvd.Sum, name=f"{prefix}.init.{i}")
+
+    _collective_on_copies(ordered, from_root)
 
 
 def average_running_stats(hvd, params, name: str) -> None:
