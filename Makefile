@@ -30,7 +30,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup data train train-distributed submit mlflow-ui object-store object-store-stop test test-all bench lint format clean
+.PHONY: help setup postgres-package data train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,7 +43,7 @@ $(STAMP): setup.cfg
 	$(BIN)/pip install --quiet --upgrade "pip<26" wheel "setuptools<70"
 	@# mxnet and numpy first: horovod's build must see them (no build isolation).
 	$(BIN)/pip install --quiet mxnet==1.9.1 numpy==1.23.5
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,server]'
 	@if $(BIN)/horovodrun --check-build 2>/dev/null | grep -q '\[X\] MXNet'; then \
 		echo "horovod already built with MXNet"; \
 	else \
@@ -76,16 +76,32 @@ submit: $(STAMP) ## Submit the job to the Ray cluster at RAY_ADDRESS (http://hea
 mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
+mlflow-server: $(STAMP) ## Start a shared MLflow server (PostgreSQL, S3 artifacts, basic auth): infra/mlflow/README.md
+	$(BIN)/python -m infra.mlflow.server start --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) $(ARGS)
+
+mlflow-server-stop: $(STAMP) ## Stop the shared MLflow server (and its PostgreSQL)
+	$(BIN)/python -m infra.mlflow.server stop
+
 object-store: $(STAMP) ## Start a local S3 server (SeaweedFS) on 127.0.0.1:8333 with bucket s3://mxtrain
 	$(BIN)/python -m infra.local.seaweedfs start --dir .object-store --s3-port 8333 --bucket mxtrain
 
 object-store-stop: $(STAMP) ## Stop the local S3 server
 	$(BIN)/python -m infra.local.seaweedfs stop --dir .object-store
 
-test: $(STAMP) ## Unit and integration tests (real Ray, Horovod, MLflow); under 15 minutes
+# The MLflow server test runs Debian's PostgreSQL; installed here when missing (as root).
+# The package starts a default cluster of its own: stopped again, nothing is left running.
+postgres-package:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql for the MLflow server test"; \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; } >/dev/null \
+			|| echo "warning: could not install postgresql; the MLflow server test will say what is missing"; \
+		pg_ctlcluster --force $$(ls /usr/lib/postgresql) main stop 2>/dev/null || true; \
+	fi
+
+test: $(STAMP) postgres-package ## Unit and integration tests (real Ray, Horovod, MLflow); under 15 minutes
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## Every test, the slow ones included
+test-all: $(STAMP) postgres-package ## Every test, the slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Benchmarks: ratios against baselines from the same run -> .bench/results.json
@@ -101,5 +117,5 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 clean: ## Remove the venv, data, local runs and caches
-	rm -rf $(VENV) data runs mlruns mlflow.db .pytest_cache .mypy_cache .ruff_cache .bench .object-store
+	rm -rf $(VENV) data runs mlruns mlflow.db .mlflow-server .pytest_cache .mypy_cache .ruff_cache .bench .object-store
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

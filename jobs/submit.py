@@ -34,8 +34,12 @@ FORWARDED = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
 )
-#: Not uploaded with the working directory (gitignore patterns, "/" = the top level).
-EXCLUDES = ["/.git", "/.venv", "/data", "/runs", "/.bench", "/mlflow.db", "/mlruns", "*.parquet"]
+#: Not uploaded with the working directory (gitignore patterns, "/" = the top level): local
+#: state, data, and the secrets of a local MLflow server or object store.
+EXCLUDES = [
+    "/.git", "/.venv", "/data", "/runs", "/.bench", "/mlflow.db", "/mlruns", "*.parquet",
+    "/.mlflow-server", "/.object-store",
+]  # fmt: skip
 
 
 class SubmitError(PipelineError):

@@ -126,6 +126,16 @@ class OptimConfig:
     weight_decay: float = _opt(1e-4, "L2 weight decay")
     epochs: int = _opt(15, "passes over the training split")
     grad_clip_norm: float = _opt(0.0, "clip the global gradient norm to this value; 0 = off")
+    precision: str = _opt(
+        "float32",
+        "float32; float16: float16 parameters and compute, float32 master weights in the"
+        " optimizer, static loss scale; amp: MXNet AMP (float16 per op where safe, dynamic loss"
+        " scale). float16 and amp need scaling.use_gpu=true",
+        choices=("float32", "float16", "amp"),
+    )
+    loss_scale: float = _opt(
+        1024.0, "static loss scale for precision=float16 (a power of two divides out exactly)"
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -150,6 +160,12 @@ class OptimConfig:
             "optim.grad_clip_norm",
             f"must be >= 0, got {self.grad_clip_norm}",
         )
+        _require(
+            self.precision in ("float32", "float16", "amp"),
+            "optim.precision",
+            f"must be float32, float16 or amp, got {self.precision!r}",
+        )
+        _require(self.loss_scale > 0, "optim.loss_scale", f"must be > 0, got {self.loss_scale}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +185,11 @@ class ScalingConfig:
         1, "compute threads per worker (OMP and MXNet engine); 1 lets N workers share N cores"
     )
     use_gpu: bool = _opt(False, "one GPU per worker (mx.gpu(local_rank)); needs a GPU build")
+    fp16_allreduce: bool = _opt(
+        False,
+        "send gradients as float16 in the allreduce (Horovod Compression.fp16): half the bytes,"
+        " float16 rounding of the sums",
+    )
     max_failures: int = _opt(
         3,
         "worker-group failures survived (restart from the latest valid checkpoint); 0 = none",
@@ -303,6 +324,14 @@ class JobConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     s3: S3Config = field(default_factory=S3Config)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.optim.precision == "float32" or self.scaling.use_gpu,
+            "optim.precision",
+            f"{self.optim.precision} needs scaling.use_gpu=true: MXNet has no float16 matrix"
+            " products on the CPU",
+        )
 
     @property
     def registered_model_name(self) -> str:

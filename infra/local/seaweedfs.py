@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra.processes import free_port, stop_group
 
 HERE = Path(__file__).resolve().parent
 IDENTITIES = HERE / "s3-identities.json"
@@ -29,12 +29,6 @@ IDENTITIES = HERE / "s3-identities.json"
 def local_credentials() -> tuple[str, str]:
     ident = json.loads(IDENTITIES.read_text())["identities"][0]["credentials"][0]
     return ident["accessKey"], ident["secretKey"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weed() -> str:
@@ -59,24 +53,6 @@ class SeaweedFS:
 
     def stop(self, grace_s: float = 3.0) -> None:
         stop_group(self.pid, grace_s)
-
-
-def stop_group(pid: int, grace_s: float = 3.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
 
 
 def start(

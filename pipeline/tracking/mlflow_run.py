@@ -90,8 +90,26 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
     except ConfigError:
         raise
     except Exception as exc:  # any failure here is the tracking store's, not ours
-        raise TrackingError(f"MLflow tracking at {uri} cannot be used: {_one_line(exc)}") from None
+        raise TrackingError(_tracking_problem(uri, exc)) from None
     return run.info.run_id
+
+
+def _tracking_problem(uri: str, exc: Exception) -> str:
+    """One line; for a server with authentication, which variables to set."""
+    text = str(exc)
+    if "error code 401" in text:
+        return (
+            f"MLflow tracking at {uri} refused the credentials (401): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
+        )
+    if "error code 403" in text:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        return (
+            f"MLflow tracking at {uri}: user {user!r} may not write to experiment(s) it does "
+            "not own (403); ask the server's admin for EDIT permission or use another "
+            "tracking.experiment"
+        )
+    return f"MLflow tracking at {uri} cannot be used: {_one_line(exc)}"
 
 
 def reopen_run(cfg: JobConfig, run_id: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import Batch, ShardReader, to_ndarray
+from pipeline.train.precision import Precision
 
 
 @dataclass
@@ -34,6 +35,10 @@ class Env:
     hvd: Any
     world: int
     rank: int
+
+    @property
+    def precision(self) -> Precision:
+        return Precision.from_config(self.cfg)
 
 
 # -- helpers shared by the tasks ----------------------------------------------------------------
@@ -141,24 +146,42 @@ class Optimised:
         self.env = env
         self.net = net
         self.prefix = prefix
+        self.precision = precision = env.precision
         net.initialize(mx.init.Xavier(magnitude=2.0), ctx=env.ctx)
+        precision.cast_network(net)
         net.hybridize(static_alloc=True)
-        net(*sample_inputs)  # resolve deferred shapes
+        net(*(precision.inputs(x) for x in sample_inputs))  # resolve deferred shapes
         self.params = net.collect_params()
         broadcast_from_root(env.hvd, self.params, prefix)
         self.trainable = [p for p in self.params.values() if p.grad_req != "null"]
         optim = cfg.optim
-        kwargs: dict[str, Any] = {"learning_rate": optim.learning_rate, "wd": optim.weight_decay}
+        kwargs: dict[str, Any] = {
+            "learning_rate": optim.learning_rate,
+            "wd": optim.weight_decay,
+            **precision.optimizer_params(),
+        }
         if optim.optimizer in ("sgd", "nag"):
             kwargs["momentum"] = optim.momentum
         else:
             kwargs["beta1"] = optim.momentum
         self.trainer = env.hvd.DistributedTrainer(
-            self.params, mx.optimizer.create(optim.optimizer, **kwargs), prefix=prefix
+            self.params,
+            mx.optimizer.create(optim.optimizer, **kwargs),
+            compression=precision.compression(env.hvd),
+            prefix=prefix,
         )
+        precision.prepare(net, self.trainer)
         self._sq_sums: list = []  # per sampled step: each gradient's sum of squares
         self._sq_scales: list[float] = []
         self._steps = 0
+
+    def __call__(self, *inputs):
+        """The network's output, in float32 whatever it computes in."""
+        return self.precision.outputs(self.net(*(self.precision.inputs(x) for x in inputs)))
+
+    def backward(self, loss) -> None:
+        """The loss's backward pass, scaled as the precision mode needs."""
+        self.precision.backward(loss, self.trainer)
 
     def step(self, batch_size: int, lr: float) -> None:
         clip = self.env.cfg.optim.grad_clip_norm
@@ -166,10 +189,11 @@ class Optimised:
         self.trainer.allreduce_grads()
         self._steps += 1
         if clip > 0 or self._steps % GRAD_NORM_EVERY == 1:
-            self._tally_grad_norm(batch_size, clip)
-        self.trainer.update(batch_size)
+            scale = self.precision.gradient_scale(self.trainer)
+            self._tally_grad_norm(batch_size * scale, clip)
+        self.trainer.update(self.precision.update_divisor(batch_size))
 
-    def _tally_grad_norm(self, batch_size: int, clip: float) -> None:
+    def _tally_grad_norm(self, batch_size: float, clip: float) -> None:
         """After the allreduce every rank holds the same summed gradients; scaled like the
         update, their norm is the global gradient norm of the mean loss. One fused kernel,
         summed on the host at the end of the epoch: no sync unless clipping needs it."""
@@ -264,8 +288,8 @@ class ClassificationTask:
 
         batch = on_device(batch, self.env.ctx)
         with autograd.record():
-            loss = self.loss_fn(self.model.net(batch.x), batch.y)
-        loss.backward()
+            loss = self.loss_fn(self.model(batch.x), batch.y)
+        self.model.backward(loss)
         self.model.step(len(batch.labels), lr)
         self._losses.append(loss)
         self._real += batch.num_real
@@ -285,7 +309,7 @@ class ClassificationTask:
         }
 
     def evaluate(self, reader: ShardReader, split: str, tag: str) -> dict[str, float]:
-        return {f"{split}_accuracy": _accuracy(self.env, self.model.net, reader, tag)}
+        return {f"{split}_accuracy": _accuracy(self.env, self.model, reader, tag)}
 
     def export(self, directory: str) -> dict:
         self.model.export(directory, "model")
@@ -366,22 +390,22 @@ class AdversarialTask:
         w = to_ndarray(batch.mask, ctx).reshape((-1, 1))
         ones, zeros = mx.nd.ones((n, 1), ctx=ctx), mx.nd.zeros((n, 1), ctx=ctx)
 
-        fake = self.g.net(self._noise(n), onehot)
+        fake = self.g(self._noise(n), onehot)
         with autograd.record():  # discriminator: real -> 0.9 (one-sided smoothing), fake -> 0
-            d_loss = self.bce(self.d.net(x, onehot), ones * 0.9, w) + self.bce(
-                self.d.net(fake.detach(), onehot), zeros, w
+            d_loss = self.bce(self.d(x, onehot), ones * 0.9, w) + self.bce(
+                self.d(fake.detach(), onehot), zeros, w
             )
-        d_loss.backward()
+        self.d.backward(d_loss)
         self.d.step(n, lr)
 
         with autograd.record():  # generator: make the discriminator say "real"
-            g_loss = self.bce(self.d.net(self.g.net(self._noise(n), onehot), onehot), ones, w)
-        g_loss.backward()
+            g_loss = self.bce(self.d(self.g(self._noise(n), onehot), onehot), ones, w)
+        self.g.backward(g_loss)
         self.g.step(n, lr)
 
         with autograd.record():  # judge: an ordinary classifier on real data
-            j_loss = self.ce(self.judge.net(x), batch.y, w)
-        j_loss.backward()
+            j_loss = self.ce(self.judge(x), batch.y, w)
+        self.judge.backward(j_loss)
         self.judge.step(n, lr)
 
         self._sums += mx.nd.concat(d_loss.sum(), g_loss.sum(), j_loss.sum(), dim=0)
@@ -420,14 +444,14 @@ class AdversarialTask:
         for start in range(0, len(labels), 500):
             part = labels[start : start + 500]
             onehot = mx.nd.one_hot(mx.nd.array(part, ctx=self.env.ctx), self.classes)
-            images = self.g.net(self._noise(len(part)), onehot)
-            pred = self.judge.net(images).argmax(axis=1).asnumpy()
+            images = self.g(self._noise(len(part)), onehot)
+            pred = self.judge(images).argmax(axis=1).asnumpy()
             correct += int(np.count_nonzero(pred == part))
         summed = allreduce_sum(self.env.hvd, [correct, len(labels)], tag)
         return float(summed[0] / max(summed[1], 1))
 
     def evaluate(self, reader: ShardReader, split: str, tag: str) -> dict[str, float]:
-        judge_acc = _accuracy(self.env, self.judge.net, reader, f"{tag}.judge")
+        judge_acc = _accuracy(self.env, self.judge, reader, f"{tag}.judge")
         key = "generated_accuracy" if split == "test" else f"{split}_generated_accuracy"
         return {key: self.generated_accuracy(f"{tag}.gen"), f"judge_{split}_accuracy": judge_acc}
 
@@ -445,7 +469,7 @@ class AdversarialTask:
         labels = np.repeat(np.arange(self.classes), per_row)
         z = np.random.default_rng(12345).standard_normal((len(labels), self.latent))
         onehot = mx.nd.one_hot(mx.nd.array(labels, ctx=self.env.ctx), self.classes)
-        images = self.g.net(mx.nd.array(z, ctx=self.env.ctx), onehot).asnumpy()
+        images = self.g(mx.nd.array(z, ctx=self.env.ctx), onehot).asnumpy()
         images = images.reshape(self.classes, per_row, c, h, w)[:, :, 0]  # first channel
         grid = images.transpose(0, 2, 1, 3).reshape(self.classes * h, per_row * w)
         pixels = (np.clip(grid, 0, 1) * 255).astype(np.uint8)
@@ -458,4 +482,6 @@ class AdversarialTask:
 def make_task(env: Env):
     from models import ADVERSARIAL
 
+    env.precision.check_device(env.ctx)
+    env.precision.start()
     return AdversarialTask(env) if env.cfg.model.name in ADVERSARIAL else ClassificationTask(env)

@@ -99,6 +99,10 @@ def test_unreadable_data_fails_the_run_and_registers_nothing(digits_uri, tmp_pat
         "optim.epochs=1",
         "--set",
         "optim.warmup_epochs=0",
+        # Ray Train retries every worker failure, a data error too: 3 retries would only
+        # repeat it (test_fault_tolerance covers the retries).
+        "--set",
+        "scaling.max_failures=0",
         "--storage",
         str(tmp_path / "runs"),
     )

@@ -153,6 +153,7 @@ def test_killed_worker_resumes_mid_epoch_and_sees_each_sample_once(
         assert Counter(i for r in final if r["epoch"] == epoch for i in r["ids"]) == all_ids
 
 
+@pytest.mark.slow  # make test-all; tests/unit/test_checkpoint.py checks the same continuation
 def test_resume_from_an_epoch_checkpoint_gives_identical_weights(
     tmp_path, digits_uri, uninterrupted
 ):

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from infra.processes import free_port, stop_group
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_mlflow_ui_serves_on_loopback():
     import psutil
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "mlflow-ui", f"MLFLOW_PORT={port}"],
         cwd=REPO,
@@ -52,9 +45,4 @@ def test_make_mlflow_ui_serves_on_loopback():
         }
         assert listening == {"127.0.0.1"}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc.pid, grace_s=20, proc=proc)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,15 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from infra.processes import free_port, stop_group
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(address: str) -> bool:
@@ -44,7 +37,7 @@ def ray_head(tmp_path_factory):
     """A Ray head of its own (own ports, own process group), stopped by process group: `ray
     stop` would also stop any other Ray on the machine."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     # Its own temp dir, so its address file (ray_current_cluster) does not outlive it in
     # /tmp/ray, where every later ray.init() on this machine would try to join it. Short,
     # because Ray's socket paths must fit in 107 characters.
@@ -66,14 +59,6 @@ def ray_head(tmp_path_factory):
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
 
-    def stop() -> None:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-
     try:
         deadline = time.monotonic() + 120
         while not _answers(address):
@@ -81,7 +66,7 @@ def ray_head(tmp_path_factory):
             time.sleep(0.5)
         yield address
     finally:
-        stop()
+        stop_group(head.pid, grace_s=5, proc=head)  # its workers outlive SIGTERM
         shutil.rmtree(temp_dir, ignore_errors=True)
     log.close()
 

@@ -28,10 +28,10 @@ def hvd():
     return hvd
 
 
-def _task(hvd, recipe: str, seed: int):
+def _task(hvd, recipe: str, seed: int, overrides: list[str] | None = None):
     from pipeline.train.tasks import Env, make_task
 
-    cfg = load_job_config(recipe, ["data.batch_size=16"])
+    cfg = load_job_config(recipe, ["data.batch_size=16", *(overrides or [])])
     info = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
     mx.random.seed(seed)
     return make_task(Env(cfg, info, mx.cpu(), hvd, 1, 0))

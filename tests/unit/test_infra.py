@@ -106,3 +106,13 @@ def test_cpu_image_pins_match_setup_cfg_and_the_makefile():
     gpu = _image_pins("Dockerfile.gpu")
     assert gpu["mxnet-cu112"] == pins["mxnet"] and gpu["horovod"] == pins["horovod"]
     assert gpu["numpy"] == pins["numpy"]
+
+
+def test_check_private_accepts_private_networks_only():
+    from infra.mlflow.server import ServerError, check_private
+
+    for host in ("127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.20", "::1"):
+        check_private(host)
+    for host in ("0.0.0.0", "8.8.8.8", "mlflow.example.com", "::"):
+        with pytest.raises(ServerError):
+            check_private(host)

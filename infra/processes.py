@@ -1,0 +1,42 @@
+"""Helpers for the local services that code and tests start and must stop again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(pid: int, grace_s: float = 3.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group led by ``pid``, SIGKILL it after ``grace_s``.
+
+    Services are started with ``start_new_session=True`` so that this reaches every child
+    (Ray's raylet and workers, MLflow's gunicorn workers) and nothing else on the machine.
+    Pass ``proc`` when this process started it, so that it is also reaped."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # children that outlived their leader, too
+    if proc is not None:
+        proc.wait()
