@@ -180,6 +180,10 @@ def _auth_config(directory: Path, database_uri: str) -> Path:
         f"database_uri = {database_uri}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # A training job makes hundreds of requests; without a cache each one runs a
+        # deliberately slow password hash. A changed or revoked password takes effect on the
+        # other server workers within this many seconds.
+        "auth_cache_ttl_seconds = 30\n"
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -442,20 +442,24 @@ def _read_ahead(items: Iterator[Batch], depth: int) -> Iterator[Batch]:
     slots: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Put ``item`` unless the consumer has gone (then a blocking put would never end)."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            slots.put(done)
+            offer(done)
         except BaseException as exc:  # handed to the consumer
-            slots.put(exc)
+            offer(exc)
 
     thread = threading.Thread(target=produce, daemon=True, name="shard-read-ahead")
     thread.start()

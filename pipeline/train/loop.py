@@ -182,7 +182,15 @@ def _train(
             if every and n_steps % every == 0 and n_steps < steps:
                 if tracer:
                     tracer.checkpoint(epoch, n_steps, np.concatenate(seen))
-                _report(payload, task, world, {"epoch": epoch, "step": n_steps}, epoch, n_steps)
+                _report(
+                    payload,
+                    task,
+                    world,
+                    is_chief,
+                    {"epoch": epoch, "step": n_steps},
+                    epoch,
+                    n_steps,
+                )
         if n_steps != steps:
             raise RuntimeError(f"rank {rank}: shard gave {n_steps} batches, expected {steps}")
         metrics = task.end_epoch(epoch)
@@ -209,13 +217,19 @@ def _train(
                 png = str(Path(pictures) / "samples.png")
                 if task.samples_png(png):
                     logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
-        _report(payload, task, world, {**metrics, "epoch": epoch}, epoch + 1, 0)
+        _report(payload, task, world, is_chief, {**metrics, "epoch": epoch}, epoch + 1, 0)
     for reader in readers.values():
         reader.source.close()
 
 
 def _report(
-    payload: WorkerPayload, task, world: int, metrics: dict, next_epoch: int, next_step: int
+    payload: WorkerPayload,
+    task,
+    world: int,
+    is_chief: bool,
+    metrics: dict,
+    next_epoch: int,
+    next_step: int,
 ) -> None:
     """Every rank reports (Ray Train waits for all); rank 0 attaches the checkpoint: the
     exported model at epoch ends, plus what resuming at (next_epoch, next_step) needs."""
@@ -223,7 +237,7 @@ def _report(
 
     from pipeline.train import checkpoint
 
-    if ray.train.get_context().get_world_rank() != 0:
+    if not is_chief:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.train import trace
-from tests.conftest import REPO
+from tests.conftest import REPO, fresh_mlflow_store
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,8 @@ class Job:
         self.dir = root / name
         self.storage = self.dir / "runs"
         self.trace = self.dir / "trace"
-        self.uri = f"sqlite:///{self.dir / 'mlflow.db'}"
         self.dir.mkdir(parents=True)
+        self.uri = fresh_mlflow_store(self.dir)
         args = ["--data", digits_uri, "--storage", str(self.storage), *COMMON]
         for item in overrides:
             args += ["--set", item]

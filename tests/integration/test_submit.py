@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from infra.processes import free_port, stop_group
-from tests.conftest import REPO
+from tests.conftest import REPO, fresh_mlflow_store
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def _submit(address: str, *train_args: str, mlflow_uri: str) -> subprocess.Compl
 
 
 def test_make_submit_runs_the_job_on_the_cluster(ray_head, digits_uri, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "store")
     done = _submit(
         ray_head, f"--data {digits_uri}", f"--storage {tmp_path / 'runs'}",
         "--set optim.epochs=2 --set optim.warmup_epochs=0", mlflow_uri=uri,
@@ -96,7 +96,7 @@ def test_make_submit_runs_the_job_on_the_cluster(ray_head, digits_uri, tmp_path)
 
 
 def test_a_failing_job_fails_make_submit_with_its_last_error(ray_head, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "store")
     done = _submit(ray_head, f"--data {tmp_path / 'nowhere'}", mlflow_uri=uri)
     assert done.returncode != 0
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: job ")]

@@ -67,8 +67,9 @@ def test_prepare_data_is_deterministic(tmp_path):
 
 
 def test_prepare_data_refuses_to_overwrite(tmp_path):
-    assert run_cli("jobs.prepare_data", "--out", str(tmp_path), timeout=120).returncode == 0
-    proc = run_cli("jobs.prepare_data", "--out", str(tmp_path), timeout=120)
+    out = str(tmp_path / "out")
+    assert run_cli("jobs.prepare_data", "--out", out, timeout=120).returncode == 0
+    proc = run_cli("jobs.prepare_data", "--out", out, timeout=120)
     assert proc.returncode == 2
     assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
 
