@@ -132,8 +132,12 @@ class Postgres:
             "start",
         )  # fmt: skip
 
+    def running(self) -> bool:
+        status = [_pg_bin("pg_ctl"), "-D", str(self.pgdata), "status"]
+        return subprocess.run(_as_db_owner(status), capture_output=True).returncode == 0
+
     def stop(self) -> None:
-        if (self.pgdata / "postmaster.pid").exists():
+        if self.running():
             self._run(
                 [_pg_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], "stop"
             )
@@ -238,6 +242,11 @@ def start(
     if not backend:
         postgres = Postgres(pgdata.resolve() if pgdata else directory / "postgres", free_port())
         first = not (postgres.pgdata / "PG_VERSION").exists()
+        if first and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+            raise ServerError(
+                "set MLFLOW_AUTH_ADMIN_PASSWORD: the first start creates the user `admin` "
+                "with that password (later starts ignore it)"
+            )
         password = _secret_file(directory / "postgres-password", lambda: secrets.token_hex(24))
         if first:
             postgres.init(password)
@@ -278,6 +287,17 @@ def start(
     return server
 
 
+def _running(directory: Path) -> bool:
+    path = directory / "server.json"
+    if not path.exists():
+        return False
+    try:
+        os.killpg(json.loads(path.read_text())["pid"], 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop(directory: Path) -> bool:
     """Stop what ``start`` left running in ``directory``; False if nothing was."""
     path = directory / "server.json"
@@ -310,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "stop":
             print("stopped" if stop(args.dir) else f"no server running from {args.dir}")
             return 0
-        if (args.dir / "server.json").exists():
+        if _running(args.dir):
             raise ServerError(f"a server from {args.dir} is running: stop it first")
+        stop(args.dir)  # what a crashed server left behind (its PostgreSQL, say)
         server = start(args.dir, args.host, args.port, args.artifacts, args.pgdata, args.workers)
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

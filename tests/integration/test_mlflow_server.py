@@ -161,3 +161,11 @@ def test_refuses_a_public_interface(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --host 0.0.0.0 is not a private interface")
     assert not (tmp_path / "server.json").exists()
+
+
+def test_first_start_without_an_admin_password_says_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    proc = run_cli("infra.mlflow.server", "start", "--dir", str(tmp_path / "state"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: set MLFLOW_AUTH_ADMIN_PASSWORD")
+    assert not (tmp_path / "state" / "postgres" / "PG_VERSION").exists()  # nothing created
