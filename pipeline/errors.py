@@ -13,6 +13,11 @@ class PipelineError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = "") -> None:
+        # One line whatever a library's message held (pyarrow's hold newlines): the user's
+        # last line is the whole message, and a worker's log can recognise it.
+        super().__init__(" ".join(str(message).split()))
+
 
 class ConfigError(PipelineError):
     """A recipe or override names an unknown key, has the wrong type or a bad value."""

@@ -44,6 +44,7 @@ class JobResult:
 def preflight(cfg: JobConfig) -> DatasetInfo:
     """Everything that can be checked before a worker starts; raises a PipelineError."""
     info = inspect_dataset(cfg.data.uri, s3=cfg.s3)
+    _check_cached_files(cfg, info)
     for uri in (cfg.storage.path, cfg.tracking.artifact_uri):
         if uri:
             check_access(uri, cfg.s3)
@@ -56,6 +57,21 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
             f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
         ) from None
     return info
+
+
+def _check_cached_files(cfg: JobConfig, info: DatasetInfo) -> None:
+    """A local data set that the workers will cache is read and checked here (SHA-256, then
+    decoded) once. The workers would find a corrupt file too, but Ray Train retries every
+    worker failure, so the user would wait for max_failures restarts of the same error.
+    Objects on S3 and streamed data sets are checked by the workers only."""
+    import pyarrow.fs as pafs
+
+    from pipeline.data.ingest import open_source, should_cache
+
+    local = isinstance(resolve(cfg.data.uri, cfg.s3).filesystem, pafs.LocalFileSystem)
+    if local and should_cache(info, cfg.data.cache, cfg.data.cache_max_mb):
+        for split in info.splits:
+            open_source(info, split, memory=True).close()
 
 
 @contextlib.contextmanager

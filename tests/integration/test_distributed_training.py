@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -80,21 +83,40 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     assert accuracy == pytest.approx(test_accuracy, abs=1e-9)
 
 
-def test_unreadable_data_fails_the_run_and_registers_nothing(digits_uri, tmp_path):
-    import shutil
-
+def _corrupt_copy(digits_uri: str, tmp_path) -> tuple[Path, Path]:
+    """A copy of the data set with one training file's first data page garbled (its footer,
+    and so the data contract, stay valid)."""
     bad = tmp_path / "bad"
     shutil.copytree(digits_uri, bad)
     victim = sorted((bad / "train").iterdir())[3]
     data = bytearray(victim.read_bytes())
-    for i in range(8, 400):  # inside the first data page; the footer stays valid
+    for i in range(8, 400):
         data[i] ^= 0xFF
     victim.write_bytes(bytes(data))
+    return bad, victim
 
+
+def test_corrupt_local_data_is_refused_before_any_run(digits_uri, tmp_path):
+    """Small local data sets are checked by the driver: no Ray, no run, no retries."""
+    bad, victim = _corrupt_copy(digits_uri, tmp_path)
+    proc = run_cli("jobs.train", "--data", str(bad), "--storage", str(tmp_path / "runs"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and victim.name in last and "SHA-256" in last, last
+    assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout
+    assert MlflowClient().search_runs(["0"]) == []
+    assert MlflowClient().get_experiment_by_name("mxtrain") is None
+
+
+def test_unreadable_data_fails_the_run_and_registers_nothing(digits_uri, tmp_path):
+    """Streamed data is read by the workers only: the worker's error ends the run."""
+    bad, victim = _corrupt_copy(digits_uri, tmp_path)
     proc = run_cli(
         "jobs.train",
         "--data",
         str(bad),
+        "--set",
+        "data.cache=stream",
         "--set",
         "optim.epochs=1",
         "--set",
