@@ -45,8 +45,6 @@ EXCLUDES = [
 class SubmitError(PipelineError):
     """The cluster cannot be reached or refused the job."""
 
-    exit_code = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

@@ -106,6 +106,10 @@ class ModelConfig:
         )
 
 
+#: optim.precision's modes (see pipeline/train/precision.py).
+PRECISIONS = ("float32", "float16", "amp")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """The optimizer, its schedule and the length of training."""
@@ -131,7 +135,7 @@ class OptimConfig:
         "float32; float16: float16 parameters and compute, float32 master weights in the"
         " optimizer, static loss scale; amp: MXNet AMP (float16 per op where safe, dynamic loss"
         " scale). float16 and amp need scaling.use_gpu=true",
-        choices=("float32", "float16", "amp"),
+        choices=PRECISIONS,
     )
     loss_scale: float = _opt(
         1024.0, "static loss scale for precision=float16 (a power of two divides out exactly)"
@@ -161,9 +165,9 @@ class OptimConfig:
             f"must be >= 0, got {self.grad_clip_norm}",
         )
         _require(
-            self.precision in ("float32", "float16", "amp"),
+            self.precision in PRECISIONS,
             "optim.precision",
-            f"must be float32, float16 or amp, got {self.precision!r}",
+            f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
         _require(self.loss_scale > 0, "optim.loss_scale", f"must be > 0, got {self.loss_scale}")
 

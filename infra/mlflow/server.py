@@ -148,7 +148,6 @@ class Postgres:
 
 @dataclass
 class TrackingServer:
-    directory: Path
     host: str
     port: int
     pid: int
@@ -273,7 +272,7 @@ def start(
              "--artifacts-destination", artifacts],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    server = TrackingServer(directory, host, port, proc.pid, postgres)
+    server = TrackingServer(host, port, proc.pid, postgres)
     try:
         _wait_healthy(server, proc, log, timeout_s)
     except BaseException:
@@ -305,7 +304,7 @@ def stop(directory: Path) -> bool:
         return False
     state = json.loads(path.read_text())
     postgres = Postgres(Path(state["pgdata"]), state["pgport"]) if "pgdata" in state else None
-    TrackingServer(directory, state["host"], state["port"], state["pid"], postgres).stop()
+    TrackingServer(state["host"], state["port"], state["pid"], postgres).stop()
     path.unlink()
     return True
 

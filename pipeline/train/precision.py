@@ -28,8 +28,6 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-MODES = ("float32", "float16", "amp")
-
 
 @dataclass(frozen=True)
 class Precision:
@@ -65,8 +63,8 @@ class Precision:
     def compression(self, hvd):
         return hvd.Compression.fp16 if self.fp16_allreduce else hvd.Compression.none
 
-    def prepare(self, net, trainer) -> None:
-        """After the network has its parameters and the trainer exists."""
+    def prepare(self, trainer) -> None:
+        """Once the trainer exists: AMP hooks its dynamic loss scale into it."""
         if self.mode == "amp":
             from mxnet.contrib import amp
 

@@ -170,7 +170,7 @@ class Optimised:
             compression=precision.compression(env.hvd),
             prefix=prefix,
         )
-        precision.prepare(net, self.trainer)
+        precision.prepare(self.trainer)
         self._sq_sums: list = []  # per sampled step: each gradient's sum of squares
         self._sq_scales: list[float] = []
         self._steps = 0

@@ -57,7 +57,7 @@ def _train(precision: Precision, steps: int = 5, scales: list | None = None) -> 
     net = gluon.nn.Dense(4, in_units=8)
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
-    precision.prepare(net, trainer)
+    precision.prepare(trainer)
     rng = np.random.default_rng(0)
     for _ in range(steps):
         x = mx.nd.array(rng.standard_normal((16, 8)))
