@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo, inspect_dataset
-from pipeline.distributed.context import thread_env
+from pipeline.distributed.threads import thread_env
 from pipeline.errors import ConfigError, PipelineError, TrainingError
 from pipeline.storage import check_access, endpoint_url, resolve
 from pipeline.tracking import mlflow_run
@@ -43,6 +43,7 @@ class JobResult:
 
 def preflight(cfg: JobConfig) -> DatasetInfo:
     """Everything that can be checked before a worker starts; raises a PipelineError."""
+    _check_local_machine(cfg)
     info = inspect_dataset(cfg.data.uri, s3=cfg.s3)
     _check_cached_files(cfg, info)
     for uri in (cfg.storage.path, cfg.tracking.artifact_uri):
@@ -57,6 +58,35 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
             f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
         ) from None
     return info
+
+
+def _check_local_machine(cfg: JobConfig) -> None:
+    """On a local Ray (no RAY_ADDRESS) the workers run on this machine, so what they would
+    miss is found here: without a GPU, Ray would wait forever for GPU slots; without the named
+    interface, Gloo would time out at rendezvous."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    nic = cfg.scaling.network_interface
+    if nic:
+        import psutil
+
+        names = sorted(psutil.net_if_addrs())
+        if nic not in names:
+            raise ConfigError(
+                f"scaling.network_interface={nic}: this machine has no such interface (it has "
+                f"{', '.join(names)}); name one of them or leave the key empty"
+            )
+    if cfg.scaling.use_gpu:
+        import mxnet as mx
+
+        needed = cfg.scaling.min_workers if cfg.scaling.elastic else cfg.scaling.num_workers
+        found = mx.context.num_gpus()
+        if found < needed:
+            raise ConfigError(
+                f"scaling.use_gpu=true needs a GPU per worker ({needed}) but MXNet sees {found} "
+                "on this machine; set scaling.use_gpu=false, or run on a GPU cluster "
+                "(RAY_ADDRESS) with a CUDA build of MXNet (infra/docker)"
+            )
 
 
 def _check_cached_files(cfg: JobConfig, info: DatasetInfo) -> None:
@@ -146,7 +176,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     trainer = DataParallelTrainer(
         lambda config: train_worker(config["payload"]),
         train_loop_config={"payload": payload},
-        backend_config=HorovodConfig(),
+        backend_config=HorovodConfig.from_scaling(cfg.scaling),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
             use_gpu=cfg.scaling.use_gpu,

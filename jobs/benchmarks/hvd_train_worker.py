@@ -18,7 +18,8 @@ def main() -> None:
     from pipeline.config import load_job_config
     from pipeline.data.contract import inspect_dataset
     from pipeline.data.ingest import arrow_to_batch
-    from pipeline.train.tasks import Env, make_task
+    from pipeline.train.context import WorkerContext
+    from pipeline.train.tasks import make_task
 
     uri, recipe, epochs, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     hvd.init()
@@ -30,7 +31,7 @@ def main() -> None:
     batch = arrow_to_batch(table.slice(rank * per_rank, per_rank), info.num_features)
     steps = per_rank // batch_size
     mx.random.seed(0)
-    task = make_task(Env(cfg, info, mx.cpu(), hvd, world, rank))
+    task = make_task(WorkerContext(cfg, info, mx.cpu(), hvd, world, rank))
     first_step = None
     times = []
     for _ in range(epochs):

@@ -24,7 +24,8 @@ def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
     from pipeline.data.contract import inspect_dataset
     from pipeline.data.ingest import ShardReader, open_source
     from pipeline.data.prepare import synthetic_splits, write_dataset
-    from pipeline.train.tasks import Env, make_task
+    from pipeline.train.context import WorkerContext
+    from pipeline.train.tasks import make_task
 
     hvd.init()
     rows = steps * batch_size
@@ -41,7 +42,7 @@ def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
         cfg.seed,
     )
     mx.random.seed(0)
-    task = make_task(Env(cfg, info, mx.cpu(), hvd, hvd.size(), hvd.rank()))
+    task = make_task(WorkerContext(cfg, info, mx.cpu(), hvd, hvd.size(), hvd.rank()))
     return cfg, reader, task
 
 

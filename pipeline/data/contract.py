@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import DataError, StorageError
 from pipeline.config import S3Config
+from pipeline.errors import DataError, StorageError
 from pipeline.storage import Location, check_access, resolve
 
 ID = "id"

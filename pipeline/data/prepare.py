@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.config import S3Config
 from pipeline.data.contract import (
     CONTRACT_VERSION,
     FEATURES,
@@ -29,7 +30,6 @@ from pipeline.data.contract import (
     make_schema,
 )
 from pipeline.errors import DataError, StorageError
-from pipeline.config import S3Config
 from pipeline.storage import Location, check_access, resolve
 
 
@@ -91,8 +91,11 @@ def synthetic_splits(
     ids = np.arange(rows, dtype=np.int64)
     n_test = int(rows * test_fraction)
     n_val = int(rows * val_fraction)
-    cuts = {"test": slice(0, n_test), "val": slice(n_test, n_test + n_val),
-            "train": slice(n_test + n_val, rows)}
+    cuts = {
+        "test": slice(0, n_test),
+        "val": slice(n_test, n_test + n_val),
+        "train": slice(n_test + n_val, rows),
+    }
     splits = {k: Split(features[c], labels[c], ids[c]) for k, c in cuts.items()}
     return splits, tuple(feature_shape), num_classes
 

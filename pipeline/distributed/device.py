@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.errors import ConfigError
+
 
 def worker_context(mx: Any, use_gpu: bool, local_rank: int) -> Any:
     """``mx.gpu(local_rank)`` for GPU workers, else ``mx.cpu()``.
 
-    Raises RuntimeError when a GPU is asked for but this MXNet build sees none.
+    Raises ConfigError when a GPU is asked for but this MXNet build sees none.
     """
     if not use_gpu:
         return mx.cpu()
     available = mx.context.num_gpus()
     if local_rank >= available:
-        raise RuntimeError(
-            f"scaling.use_gpu is set but MXNet sees {available} GPU(s) for local rank "
-            f"{local_rank}; install a CUDA build (mxnet-cu11x) or set scaling.use_gpu=false"
+        raise ConfigError(
+            f"scaling.use_gpu=true but MXNet sees {available} GPU(s) for local rank "
+            f"{local_rank}: run on nodes with a GPU per worker and a CUDA build of MXNet "
+            "(mxnet-cu112..cu117, see infra/docker), or set scaling.use_gpu=false"
         )
     return mx.gpu(local_rank)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from ray.train.backend import Backend, BackendConfig
 
+from pipeline.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -30,7 +32,8 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass
 class HorovodConfig(BackendConfig):
-    """Settings of the Horovod backend.
+    """Settings of the Horovod backend (from ``scaling.gloo_timeout_s`` and
+    ``scaling.network_interface``).
 
     Attributes:
         timeout_s: how long Gloo waits for all ranks at rendezvous and in collectives.
@@ -38,8 +41,13 @@ class HorovodConfig(BackendConfig):
             (or loopback when every worker runs on the driver's node).
     """
 
-    timeout_s: int = int(os.environ.get("MXTRAIN_GLOO_TIMEOUT_S", "300"))
+    timeout_s: int = 300
     nic: str = ""
+
+    @classmethod
+    def from_scaling(cls, scaling) -> HorovodConfig:
+        """From the job's ``scaling`` section (:class:`pipeline.config.ScalingConfig`)."""
+        return cls(timeout_s=scaling.gloo_timeout_s, nic=scaling.network_interface)
 
     @property
     def backend_cls(self):
@@ -119,7 +127,11 @@ def _interface_for(ip: str) -> str:
     for name, addrs in psutil.net_if_addrs().items():
         if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
             return name
-    raise RuntimeError(f"no network interface holds {ip}; set HorovodConfig.nic")
+    names = ", ".join(sorted(psutil.net_if_addrs()))
+    raise ConfigError(
+        f"no network interface on {socket.gethostname()} holds its Ray IP {ip}; set"
+        f" scaling.network_interface to the one Gloo should use (this node has: {names})"
+    )
 
 
 def _set_env(env: dict) -> None:

@@ -28,7 +28,7 @@ class GluonGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         self._ctx = mx.cpu()
         self._net = mx.gluon.SymbolBlock.imports(
             context.artifacts["symbol"],
-            ["data0", "data1"],
+            meta.get("inputs", ["data0", "data1"]),
             context.artifacts["params"],
             ctx=self._ctx,
         )

@@ -2,7 +2,8 @@
 
 MLflow dropped its Gluon flavor in 2.20, so a trained network is logged as a pyfunc whose
 artifacts are MXNet's own export files (``-symbol.json`` graph + ``.params`` weights, no pickle)
-and a small JSON with the input width and class count.
+and ``model.json`` with the input names, the input width and the class count (the bundle
+format of ``pipeline/tracking/bundle.py``).
 
 This file is logged as the model's code ("models from code"): MLflow stores the file itself,
 not a pickle of an object, and runs it on load. It must import nothing from this project,
@@ -29,7 +30,10 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         self._num_features = int(meta["num_features"])
         self._ctx = mx.cpu()
         self._net = mx.gluon.SymbolBlock.imports(
-            context.artifacts["symbol"], ["data"], context.artifacts["params"], ctx=self._ctx
+            context.artifacts["symbol"],
+            meta.get("inputs", ["data"]),
+            context.artifacts["params"],
+            ctx=self._ctx,
         )
 
     def predict(self, context, model_input, params=None):

@@ -22,22 +22,13 @@ from typing import Any
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.errors import ConfigError, TrackingError
+from pipeline.tracking import bundle
+from pipeline.tracking.bundle import Bundle
 
 TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
 TAG_WORLD_SIZE = "pipeline.world_size"
 TAG_RESUME_KEY = "pipeline.resume_key"
-
-#: The pyfunc model's code per kind of model, logged as a file (see gluon_pyfunc.py).
-PYFUNC_CODE = {
-    "classifier": Path(__file__).with_name("gluon_pyfunc.py"),
-    "generator": Path(__file__).with_name("gluon_generator_pyfunc.py"),
-}
-
-#: Files a checkpoint holds for the model (written by the worker, read here).
-SYMBOL_FILE = "model-symbol.json"
-PARAMS_FILE = "model-0000.params"
-META_FILE = "model.json"
 
 
 def _client(uri: str):
@@ -255,34 +246,32 @@ def _tracking_uri_scope(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = old_env
 
 
-def _signature(kind: str, meta: dict, artifacts: dict, feature_example):
+def model_signature(model: Bundle, feature_example):
     """(signature, input example) of the logged model, computed by running the export."""
     import mxnet as mx
     import numpy as np
     import pandas as pd
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    if kind == "generator":
-        from mlflow.models import ModelSignature
-
+    meta = model.meta
+    if meta.kind == "generator":
         signature = ModelSignature(
             inputs=Schema([ColSpec("long", "label")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(meta["num_features"])))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_features))]),
             params=ParamSchema([ParamSpec("seed", "long", 0)]),
         )
-        example = pd.DataFrame({"label": np.arange(int(meta["num_classes"]), dtype=np.int64)})
+        example = pd.DataFrame({"label": np.arange(meta.num_classes, dtype=np.int64)})
         return signature, example
     example = np.asarray(feature_example, dtype=np.float32)
-    net = mx.gluon.SymbolBlock.imports(artifacts["symbol"], ["data"], artifacts["params"])
-    probs = mx.nd.softmax(net(mx.nd.array(example))).asnumpy()
+    probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
     return infer_signature(example, probs), example
 
 
 def log_and_register_model(
     cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
 ) -> int | None:
-    """Log the checkpoint's network as a pyfunc model; register it and move the alias.
+    """Log the checkpoint's model bundle as a pyfunc model; register it and move the alias.
 
     Returns the new model version, or None when registration is off.
     """
@@ -301,19 +290,15 @@ def log_and_register_model(
         # hints we do not use (the signature says it all). Neither is actionable.
         warnings.simplefilter("ignore")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        artifacts = {}
-        for key, fname in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("meta", META_FILE)):
-            shutil.copy(Path(checkpoint_dir) / fname, Path(tmp) / fname)
-            artifacts[key] = str(Path(tmp) / fname)
-        meta = json.loads(Path(artifacts["meta"]).read_text())
-        kind = meta.get("kind", "classifier")
-        signature, example = _signature(kind, meta, artifacts, input_example)
+        # Only the bundle's own files are logged (the checkpoint holds more).
+        model = bundle.read(checkpoint_dir).copy_to(tmp)
+        signature, example = model_signature(model, input_example)
         name = cfg.registered_model_name if cfg.tracking.register else None
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(PYFUNC_CODE[kind]),
-                artifacts=artifacts,
+                python_model=str(model.pyfunc_code),
+                artifacts=model.artifacts(),
                 signature=signature,
                 input_example=example,
                 pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],

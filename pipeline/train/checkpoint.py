@@ -5,8 +5,8 @@ One checkpoint is a directory::
     params.nd       every network's parameters        MXNet NDArray-list format (mx.nd.save)
     optimizer.nd    every optimizer state array       MXNet NDArray-list format
     state.json      epoch, step, world size, seed, config hash, optimizer counters, RNG state
-    model-*         the exported model the registry logs (symbol JSON + NDArray params)
-    model.json      what the registry needs to know about that model
+    model-*         the exported model bundle the registry logs (pipeline/tracking/bundle.py)
+    model.json      the bundle's description (kind, inputs, data shape)
     MANIFEST.json   written last: the SHA-256 of every other file
 
 MXNet's own ``Trainer.save_states`` pickles the optimizer, and unpickling runs whatever the
@@ -61,7 +61,7 @@ def _flatten_state(state, key: str, out: dict) -> Any:
 
 
 def write(directory: str, networks: dict, state: dict[str, Any]) -> None:
-    """Write a checkpoint of ``networks`` ({prefix: Optimised}) plus ``state`` into
+    """Write a checkpoint of ``networks`` ({prefix: DistributedNetwork}) plus ``state`` into
     ``directory`` (which may already hold the exported model); the manifest last."""
     import mxnet as mx
 
@@ -178,7 +178,8 @@ def _unflatten_state(layout, arrays: dict, ctx):
 
 
 def restore(directory: str, networks: dict, ctx) -> dict:
-    """Load a verified checkpoint into ``networks`` ({prefix: Optimised}); return its state."""
+    """Load a verified checkpoint into ``networks`` ({prefix: DistributedNetwork}); return
+    its state."""
     import mxnet as mx
 
     state = verify(directory)

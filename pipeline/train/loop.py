@@ -7,7 +7,6 @@ MLflow and writes checkpoints (the ``is_chief`` flag gates both).
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -21,7 +20,8 @@ from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.errors import ConfigError
-from pipeline.tracking.mlflow_run import META_FILE, RunLogger
+from pipeline.tracking.images import write_grid_png
+from pipeline.tracking.mlflow_run import RunLogger
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at
 
@@ -117,11 +117,12 @@ def _train(
 ) -> None:
     import mxnet as mx
 
-    from pipeline.train.tasks import Env, make_task
+    from pipeline.train.context import WorkerContext
+    from pipeline.train.tasks import make_task
 
     cfg, info = payload.config, payload.info
     is_chief = rank == 0
-    task = make_task(Env(cfg, info, ctx, hvd, world, rank))
+    task = make_task(WorkerContext(cfg, info, ctx, hvd, world, rank))
     if logger:
         logger.log_params({"model.num_params": task.num_params()})
 
@@ -213,9 +214,11 @@ def _train(
         if logger:
             logger.log_metrics(metrics, step=epoch)
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
-            with tempfile.TemporaryDirectory() as pictures:  # not in the checkpoint
-                png = str(Path(pictures) / "samples.png")
-                if task.samples_png(png):
+            images = task.sample_images()
+            if images is not None:
+                with tempfile.TemporaryDirectory() as pictures:  # not in the checkpoint
+                    png = str(Path(pictures) / "samples.png")
+                    write_grid_png(images, png)
                     logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
         _report(payload, task, world, is_chief, {**metrics, "epoch": epoch}, epoch + 1, 0)
     for reader in readers.values():
@@ -242,8 +245,7 @@ def _report(
         return
     with tempfile.TemporaryDirectory() as tmp:
         if next_step == 0:  # the registry logs the model of the final epoch's checkpoint
-            meta = task.export(tmp)
-            _write_meta(tmp, payload.info, next_epoch - 1, meta)
+            task.export(tmp, next_epoch - 1)
         state = {
             "next_epoch": next_epoch,
             "next_step": next_step,
@@ -294,17 +296,3 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _write_meta(directory: str, info: DatasetInfo, epoch: int, extra: dict) -> None:
-    Path(directory, META_FILE).write_text(
-        json.dumps(
-            {
-                "epoch": epoch,
-                "num_features": info.num_features,
-                "feature_shape": list(info.feature_shape),
-                "num_classes": info.num_classes,
-                **extra,
-            }
-        )
-    )

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import load_job_config
-from pipeline.distributed.context import thread_env
+from pipeline.distributed.threads import thread_env
 from pipeline.train.schedule import lr_at
 
 pytestmark = pytest.mark.integration

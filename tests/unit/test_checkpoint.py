@@ -29,12 +29,13 @@ def hvd():
 
 
 def _task(hvd, recipe: str, seed: int, overrides: list[str] | None = None):
-    from pipeline.train.tasks import Env, make_task
+    from pipeline.train.context import WorkerContext
+    from pipeline.train.tasks import make_task
 
     cfg = load_job_config(recipe, ["data.batch_size=16", *(overrides or [])])
     info = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
     mx.random.seed(seed)
-    return make_task(Env(cfg, info, mx.cpu(), hvd, 1, 0))
+    return make_task(WorkerContext(cfg, info, mx.cpu(), hvd, 1, 0))
 
 
 def _batches(n: int, seed: int) -> list[Batch]:

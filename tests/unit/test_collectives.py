@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed.context import thread_env
+from pipeline.distributed.threads import thread_env
 
 pytest.importorskip("mxnet")
 pytest.importorskip("horovod.mxnet")
@@ -27,7 +27,7 @@ WORKER = textwrap.dedent(
     import mxnet as mx
     import numpy as np
     from mxnet import gluon
-    from pipeline.train.tasks import broadcast_from_root
+    from pipeline.distributed.collectives import broadcast_from_root
 
     hvd.init()
     rounds, per_round = int(sys.argv[1]), int(sys.argv[2])

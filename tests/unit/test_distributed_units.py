@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import OptimConfig
+from pipeline.config import OptimConfig, load_job_config
 from pipeline.distributed.device import worker_context
-from pipeline.distributed.horovod_backend import plan_slots, slot_env
+from pipeline.distributed.horovod_backend import (
+    HorovodConfig,
+    _interface_for,
+    plan_slots,
+    slot_env,
+)
+from pipeline.errors import ConfigError
 from pipeline.train.schedule import lr_at, scaled_lr
 
 
@@ -59,7 +65,7 @@ def test_device_follows_local_rank():
 
 
 def test_device_without_gpu_is_a_clear_error():
-    with pytest.raises(RuntimeError, match=r"scaling\.use_gpu"):
+    with pytest.raises(ConfigError, match=r"scaling\.use_gpu=true but MXNet sees 1 GPU"):
         worker_context(_FakeMX(gpus=1), use_gpu=True, local_rank=1)
 
 
@@ -80,3 +86,19 @@ def test_learning_rate_scales_with_workers_and_warms_up():
     assert lr_at(optim, 2, 99, steps) < 0.01  # cosine decays to ~0
     rates = [lr_at(optim, 2, s, steps) for s in range(20, 100)]
     assert rates == sorted(rates, reverse=True)
+
+
+def test_gloo_settings_come_from_the_scaling_section():
+    scaling = load_job_config(
+        None, ["scaling.gloo_timeout_s=77", "scaling.network_interface=eth9"]
+    ).scaling
+    backend = HorovodConfig.from_scaling(scaling)
+    assert (backend.timeout_s, backend.nic) == (77, "eth9")
+    slot = plan_slots(["a"])[0]
+    assert slot_env(slot, "127.0.0.1", 1, backend.timeout_s)["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "77"
+
+
+def test_interface_lookup_names_the_key_and_the_interfaces():
+    assert _interface_for("127.0.0.1") == "lo"
+    with pytest.raises(ConfigError, match=r"set scaling\.network_interface .*\blo\b"):
+        _interface_for("203.0.113.7")  # TEST-NET-3: on no interface of this machine

@@ -1,0 +1,357 @@
+"""The job's configuration schema: typed, validated, frozen sections -> :class:`JobConfig`.
+
+Every field carries a ``help`` text and, where it has one, its range (``ge``/``gt``/``lt``
+metadata, see :mod:`pipeline.config.fields`), both printed by ``python -m jobs.train --help``.
+Each section checks its bounds when it is built (:class:`Section`); ``__post_init__`` of a
+section holds only the rules that relate fields to each other. A bad value raises
+:class:`~pipeline.errors.ConfigError` with a one-line message that names the key.
+
+This module must stay cheap to import (no MXNet, Ray or MLflow): config errors are reported
+before any heavy machinery starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from models.config import MODEL_CONFIGS
+from pipeline.config.fields import check_bounds, option, require
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = REPO_ROOT / "jobs" / "recipes"
+
+
+class Section:
+    """Base of the config sections: bounds are checked once, from the fields' metadata, when
+    a section is built; :meth:`check` adds the rules across fields."""
+
+    #: The section's name in recipes and ``--set`` keys (``data``, ``optim``, ...).
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_bounds(self, self.KEY)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that relate fields; raise ConfigError through :func:`require`."""
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """Where the training data lives and how it is fed to the workers."""
+
+    KEY = "data"
+
+    uri: str = option(
+        "data/digits",
+        "prepared data set: a folder, file:// or s3://bucket/prefix holding train/, val/, test/",
+    )
+    batch_size: int = option(
+        64, "samples per step on each worker; the global batch is x workers", ge=1
+    )
+    eval_batch_size: int = option(
+        512, "samples per batch when computing validation/test metrics", ge=1
+    )
+    shuffle_buffer: int = option(
+        2048,
+        "rows each worker shuffles together (the row groups' order is shuffled too), drawn"
+        " anew every epoch from (seed, epoch); 0 = no shuffle",
+        ge=0,
+    )
+    cache: str = option(
+        "auto",
+        "memory: each worker reads the Parquet files once (checking their SHA-256) and slices"
+        " its shard from memory every epoch; stream: each worker reads its row groups from"
+        " storage every epoch (for data sets larger than memory);"
+        " auto: memory when the files total at most cache_max_mb",
+        choices=("auto", "memory", "stream"),
+    )
+    cache_max_mb: int = option(
+        1024, "largest data set (stored Parquet bytes) that auto caches", ge=0
+    )
+
+    def check(self) -> None:
+        require(bool(self.uri.strip()), "data.uri", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model family (``model.name``) and its architecture settings (the other keys,
+    declared with their bounds in ``models/config.py``)."""
+
+    name: str = option("cnn", "model family", choices=tuple(MODEL_CONFIGS))
+    arch: Any = None
+
+    def __post_init__(self) -> None:
+        require(
+            self.name in MODEL_CONFIGS,
+            "model.name",
+            f"unknown model family {self.name!r}; choose one of {', '.join(MODEL_CONFIGS)}",
+        )
+        if self.arch is None:
+            object.__setattr__(self, "arch", MODEL_CONFIGS[self.name]())
+        require(
+            isinstance(self.arch, MODEL_CONFIGS[self.name]),
+            "model",
+            f"settings of type {type(self.arch).__name__} do not belong to family {self.name!r}",
+        )
+        check_bounds(self.arch, "model")
+
+
+#: optim.precision's modes (see pipeline/train/precision.py).
+PRECISIONS = ("float32", "float16", "amp")
+
+
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    """The optimizer, its schedule and the length of training."""
+
+    KEY = "optim"
+
+    optimizer: str = option("sgd", "update rule", choices=("sgd", "nag", "adam"))
+    learning_rate: float = option(0.05, "base learning rate for one worker (see lr_scaling)", gt=0)
+    lr_scaling: str = option(
+        "linear",
+        "linear: multiply the learning rate by the number of workers (the global batch grows"
+        " with them); none: keep it",
+        choices=("linear", "none"),
+    )
+    lr_schedule: str = option(
+        "cosine", "learning rate over the epochs", choices=("cosine", "constant")
+    )
+    warmup_epochs: int = option(
+        1,
+        "epochs of linear warm-up from 0 to the (scaled) learning rate; fewer than epochs",
+        ge=0,
+    )
+    momentum: float = option(0.9, "momentum (sgd, nag) or beta1 (adam)", ge=0, lt=1)
+    weight_decay: float = option(1e-4, "L2 weight decay", ge=0)
+    epochs: int = option(15, "passes over the training split", ge=1)
+    grad_clip_norm: float = option(
+        0.0,
+        "clip the global gradient norm to this value (grad_clipped_fraction logs how often it"
+        " did); 0 = off",
+        ge=0,
+    )
+    precision: str = option(
+        "float32",
+        "float32; float16: float16 parameters and compute, float32 master weights in the"
+        " optimizer, static loss scale; amp: MXNet AMP (float16 per op where safe, dynamic loss"
+        " scale). float16 and amp need scaling.use_gpu=true",
+        choices=PRECISIONS,
+    )
+    loss_scale: float = option(
+        1024.0,
+        "static loss scale for precision=float16 (a power of two divides out exactly)",
+        gt=0,
+    )
+
+    def check(self) -> None:
+        require(
+            self.warmup_epochs < self.epochs,
+            "optim.warmup_epochs",
+            f"must be in [0, optim.epochs), got {self.warmup_epochs}",
+        )
+
+
+@dataclass(frozen=True)
+class ScalingConfig(Section):
+    """How many workers train, what each one gets and how they reach each other."""
+
+    KEY = "scaling"
+
+    num_workers: int = option(
+        2, "Horovod workers (one Ray Train worker each); the most, when min_workers is set", ge=1
+    )
+    min_workers: int = option(
+        0,
+        "elastic: start with as many workers as the cluster has slots for, at least this"
+        " many, at most num_workers (0 = always num_workers)",
+        ge=0,
+    )
+    cpus_per_worker: float = option(1.0, "Ray CPUs reserved per worker", gt=0)
+    threads_per_worker: int = option(
+        1,
+        "compute threads per worker (OMP and MXNet engine); 1 lets N workers share N cores",
+        ge=1,
+    )
+    use_gpu: bool = option(False, "one GPU per worker (mx.gpu(local_rank)); needs a GPU build")
+    fp16_allreduce: bool = option(
+        False,
+        "send gradients as float16 in the allreduce (Horovod Compression.fp16): half the bytes,"
+        " float16 rounding of the sums",
+    )
+    max_failures: int = option(
+        3,
+        "worker-group failures survived (restart from the latest valid checkpoint); 0 = none",
+        ge=0,
+    )
+    gloo_timeout_s: int = option(
+        300,
+        "seconds Gloo waits for every rank, at rendezvous and in each collective; raise it"
+        " when one rank is slow to reach a collective (a large shard to cache, a busy node)",
+        ge=1,
+    )
+    network_interface: str = option(
+        "",
+        "network interface Gloo uses on every node (eth0, ens5, ...); empty = the interface"
+        " holding the node's Ray IP, or loopback when every worker runs on one node",
+    )
+
+    @property
+    def elastic(self) -> bool:
+        return 0 < self.min_workers < self.num_workers
+
+    def check(self) -> None:
+        require(
+            self.min_workers <= self.num_workers,
+            "scaling.min_workers",
+            f"must be between 0 and num_workers ({self.num_workers}), got {self.min_workers}",
+        )
+        require(
+            self.network_interface == self.network_interface.strip()
+            and " " not in self.network_interface,
+            "scaling.network_interface",
+            f"must be one interface name like eth0, got {self.network_interface!r}",
+        )
+
+
+@dataclass(frozen=True)
+class TrackingConfig(Section):
+    """Where MLflow records the run and registers the model."""
+
+    KEY = "tracking"
+
+    uri: str = option(
+        "",
+        "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db",
+    )
+    experiment: str = option("mxtrain", "MLflow experiment the run is recorded in")
+    register: bool = option(True, "register the trained model in the MLflow model registry")
+    model_name: str = option("", "registered model name; empty = the recipe's name")
+    alias: str = option("candidate", "registry alias pointed at the new model version")
+    artifact_uri: str = option(
+        "",
+        "where a new experiment stores artifacts (folder or s3://bucket/prefix); empty = the"
+        " tracking server's default",
+    )
+
+    def check(self) -> None:
+        require(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
+        require(bool(self.alias.strip()), "tracking.alias", "must not be empty")
+
+    def resolved_uri(self) -> str:
+        if self.uri:
+            return self.uri
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class CheckpointConfig(Section):
+    """When checkpoints are written and how many Ray Train keeps."""
+
+    KEY = "checkpoint"
+
+    keep_last: int = option(2, "checkpoints kept in storage (older ones are deleted)", ge=1)
+    every_steps: int = option(
+        0,
+        "also checkpoint every N steps within an epoch (0 = at the end of each epoch only)",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True)
+class StorageConfig(Section):
+    """Where run outputs (checkpoints, Ray Train state) are written."""
+
+    KEY = "storage"
+
+    path: str = option("", "run outputs: a folder or s3://bucket/prefix; empty = <repo>/runs")
+
+    def resolved_path(self) -> str:
+        return self.path or str(REPO_ROOT / "runs")
+
+
+@dataclass(frozen=True)
+class S3Config(Section):
+    """How S3 is reached. Credentials never go here: they come from the standard AWS sources
+    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE and the shared
+    config files, or the instance's IAM role)."""
+
+    KEY = "s3"
+
+    endpoint_url: str = option(
+        "", "S3 endpoint for S3-compatible servers; empty = $AWS_ENDPOINT_URL, else AWS"
+    )
+    region: str = option("", "S3 region; empty = $AWS_REGION / $AWS_DEFAULT_REGION / the profile")
+    max_attempts: int = option(
+        5, "attempts per S3 request (retry mode standard, with backoff)", ge=1
+    )
+    connect_timeout_s: float = option(5.0, "seconds to wait for a TCP connection to S3", gt=0)
+
+    def check(self) -> None:
+        require(
+            not self.endpoint_url or "://" in self.endpoint_url,
+            "s3.endpoint_url",
+            f"must be a URL like http://host:port, got {self.endpoint_url!r}",
+        )
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one training job needs; built by :func:`load_job_config`."""
+
+    recipe: str = option("custom", "recipe name; also the default registered model name")
+    seed: int = option(0, "seed for initialisation and shuffling", ge=0, le=2**32 - 1)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    s3: S3Config = field(default_factory=S3Config)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "")
+        require(
+            self.optim.precision == "float32" or self.scaling.use_gpu,
+            "optim.precision",
+            f"{self.optim.precision} needs scaling.use_gpu=true: MXNet has no float16 matrix"
+            " products on the CPU",
+        )
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.model_name or self.recipe
+
+    def resume_key(self) -> str:
+        """A hash of what a checkpoint's weights and data position depend on: the model, the
+        data and its order. A run resumes only from checkpoints with the same key (optimizer
+        settings and the number of epochs may change)."""
+        import hashlib
+        import json
+
+        keep = ("model.", "data.uri", "data.batch_size", "data.shuffle_buffer", "seed")
+        picked = {k: v for k, v in self.to_dict().items() if k.startswith(keep)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field flattened to ``section.key`` -> value (what MLflow logs as params)."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ModelConfig):
+                flat["model.name"] = value.name
+                for af in dataclasses.fields(value.arch):
+                    flat[f"model.{af.name}"] = getattr(value.arch, af.name)
+            elif dataclasses.is_dataclass(value):
+                for sf in dataclasses.fields(value):
+                    flat[f"{f.name}.{sf.name}"] = getattr(value, sf.name)
+            else:
+                flat[f.name] = value
+        return flat
