@@ -177,10 +177,11 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
         lambda config: train_worker(config["payload"]),
         train_loop_config={"payload": payload},
         backend_config=HorovodConfig.from_scaling(cfg.scaling),
-        scaling_config=ray.train.ScalingConfig(
+        scaling_config=ray.train.ScalingConfig(  # type: ignore[call-arg]  # v2; stubs see v1
             num_workers=workers,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            elastic_resize_monitor_interval_s=cfg.scaling.elastic_resize_interval_s,
         ),
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # v2 RunConfig; stubs see v1
             name=payload.run_name,

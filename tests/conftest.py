@@ -13,6 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: What each recipe, run as shipped, promises: (metric, lowest value). The recipe files' "Target:"
+#: lines and the README's recipe table say the same (tests/unit/test_recipe_targets.py checks).
+RECIPE_TARGETS = {
+    "digits-fcn": ("test_accuracy", 0.97),
+    "digits-cnn": ("test_accuracy", 0.98),
+    "digits-rnn": ("test_accuracy", 0.95),
+    "digits-attention": ("test_accuracy", 0.95),
+    "digits-gan": ("generated_accuracy", 0.80),
+}
+
 
 _TEMPLATE: list[Path] = []
 
@@ -56,6 +66,47 @@ def digits_uri(tmp_path_factory) -> str:
     splits, shape, classes = load_digits_splits(seed=0)
     write_dataset(str(out), splits, shape, classes, rows_per_file=128, row_group_size=64)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def hvd():
+    """``horovod.mxnet``, initialised in this process: Horovod's single-rank mode."""
+    import horovod.mxnet as hvd
+
+    hvd.init()
+    return hvd
+
+
+def one_rank_task(hvd, recipe: str, seed: int, overrides: list[str] | None = None):
+    """The recipe's task as one rank builds it (batches of 16 8x8 images, 10 classes)."""
+    import mxnet as mx
+
+    from pipeline.config import load_job_config
+    from pipeline.data.contract import DatasetInfo, SplitInfo
+    from pipeline.train.context import WorkerContext
+    from pipeline.train.tasks import make_task
+
+    cfg = load_job_config(recipe, ["data.batch_size=16", *(overrides or [])])
+    info = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
+    mx.random.seed(seed)
+    return make_task(WorkerContext(cfg, info, mx.cpu(), hvd, 1, 0))
+
+
+def random_batches(n: int, seed: int) -> list:
+    """``n`` batches of 16 random rows with random labels, for one_rank_task."""
+    import numpy as np
+
+    from pipeline.data.ingest import Batch
+
+    rng = np.random.default_rng(seed)
+    return [
+        Batch(
+            rng.random((16, 64), dtype=np.float32),
+            rng.integers(0, 10, 16, dtype=np.int64),
+            np.arange(16, dtype=np.int64),
+        )
+        for _ in range(n)
+    ]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -173,6 +173,12 @@ class ScalingConfig(Section):
         " many, at most num_workers (0 = always num_workers)",
         ge=0,
     )
+    elastic_resize_interval_s: float = option(
+        60.0,
+        "elastic: how often a running group checks for more free slots (or fewer) and, when"
+        " the count changed, restarts with it from the newest checkpoint",
+        ge=0,
+    )
     cpus_per_worker: float = option(1.0, "Ray CPUs reserved per worker", gt=0)
     threads_per_worker: int = option(
         1,

@@ -7,47 +7,14 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.config import load_job_config
-from pipeline.data.contract import DatasetInfo, SplitInfo
-from pipeline.data.ingest import Batch
 from pipeline.train import checkpoint
 from pipeline.train.trace import params_digest
+from tests.conftest import one_rank_task, random_batches
 
 mx = pytest.importorskip("mxnet")
-
-
-@pytest.fixture(scope="module")
-def hvd():
-    import horovod.mxnet as hvd
-
-    hvd.init()  # one process: Horovod's single-rank mode
-    return hvd
-
-
-def _task(hvd, recipe: str, seed: int, overrides: list[str] | None = None):
-    from pipeline.train.context import WorkerContext
-    from pipeline.train.tasks import make_task
-
-    cfg = load_job_config(recipe, ["data.batch_size=16", *(overrides or [])])
-    info = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
-    mx.random.seed(seed)
-    return make_task(WorkerContext(cfg, info, mx.cpu(), hvd, 1, 0))
-
-
-def _batches(n: int, seed: int) -> list[Batch]:
-    rng = np.random.default_rng(seed)
-    return [
-        Batch(
-            rng.random((16, 64), dtype=np.float32),
-            rng.integers(0, 10, 16, dtype=np.int64),
-            np.arange(16, dtype=np.int64),
-        )
-        for _ in range(n)
-    ]
 
 
 def _train(task, batches) -> None:
@@ -75,13 +42,13 @@ def _write(task, directory, **state) -> str:
 def test_restored_training_continues_exactly(hvd, tmp_path, recipe):
     """Parameters and optimizer state (Adam moments and counts, SGD momentum) both come back:
     a fresh task restored from the checkpoint trains on to the same bits."""
-    first, then = _batches(3, 0), _batches(3, 1)
-    original = _task(hvd, recipe, seed=0)
+    first, then = random_batches(3, 0), random_batches(3, 1)
+    original = one_rank_task(hvd, recipe, seed=0)
     _train(original, first)
     _write(original, tmp_path / "ckpt")
     _train(original, then)
 
-    restored = _task(hvd, recipe, seed=1)  # different initial weights
+    restored = one_rank_task(hvd, recipe, seed=1)  # different initial weights
     assert _digest(restored) != _digest(original)
     state = checkpoint.restore(str(tmp_path / "ckpt"), restored.networks(), mx.cpu())
     assert state["next_epoch"] == 1
@@ -97,14 +64,14 @@ def _flip(path, at: int = 200) -> None:
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(hvd, tmp_path):
-    task = _task(hvd, "digits-cnn", seed=0)
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
     _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-01.000000", next_epoch=1)
     older = _digest(task)
-    _train(task, _batches(2, 3))
+    _train(task, random_batches(2, 3))
     newest = _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-02.000000", next_epoch=2)
     _flip(os.path.join(newest, checkpoint.PARAMS))
 
-    fresh = _task(hvd, "digits-cnn", seed=1)
+    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
     warnings: list[str] = []
     state = checkpoint.resume(
         pafs.LocalFileSystem(), str(tmp_path / "run"), fresh.networks(), mx.cpu(), warnings.append
@@ -116,7 +83,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(hvd, tmp_path):
 
 
 def test_unfinished_checkpoint_is_skipped_and_none_means_start_fresh(hvd, tmp_path):
-    task = _task(hvd, "digits-fcn", seed=0)
+    task = one_rank_task(hvd, "digits-fcn", seed=0)
     only = _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-01.000000")
     os.remove(os.path.join(only, checkpoint.MANIFEST))
     warnings: list[str] = []
@@ -141,7 +108,7 @@ class _Payload:
 
 @pytest.mark.parametrize("victim", [checkpoint.OPTIMIZER, checkpoint.PARAMS, checkpoint.STATE])
 def test_a_pickle_in_a_checkpoint_is_refused_not_executed(hvd, tmp_path, victim):
-    task = _task(hvd, "digits-cnn", seed=0)
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
     ckpt = _write(task, tmp_path / "ckpt")
     marker = tmp_path / "executed"
     with open(os.path.join(ckpt, victim), "wb") as f:
@@ -158,7 +125,7 @@ def test_a_pickle_in_a_checkpoint_is_refused_not_executed(hvd, tmp_path, victim)
 
 
 def test_no_checkpoint_file_is_a_pickle(hvd, tmp_path):
-    task = _task(hvd, "digits-gan", seed=0)
+    task = one_rank_task(hvd, "digits-gan", seed=0)
     ckpt = _write(task, tmp_path / "ckpt")
     for name in os.listdir(ckpt):
         with open(os.path.join(ckpt, name), "rb") as f:

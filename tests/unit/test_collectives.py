@@ -1,5 +1,5 @@
 """Parameter collectives: every rank gets rank 0's exact bits, and thousands of them in a row do
-not crash the process (Horovod 0.28.1's own MXNet broadcast did, about 1 in a few thousand)."""
+not crash either rank (Horovod 0.28.1's own MXNet broadcast did, about 1 in a few thousand)."""
 
 from __future__ import annotations
 
@@ -93,28 +93,24 @@ def _lines(stdout: str, tag: str) -> list[list[str]]:
     return [line.split(marker, 1)[1].split() for line in stdout.splitlines() if marker in line]
 
 
-def test_thousands_of_parameter_broadcasts_in_one_process(tmp_path):
-    """18,000 collectives. Through hvd.broadcast_, 3000 crashed 3 runs out of 3."""
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    (result,) = _lines(
-        _run([sys.executable, "-X", "faulthandler", str(script), "300", "10"]), "RESULT"
-    )
-    rank, after, root = result
-    assert rank == "0" and after == root
+#: 150 rounds of 10 blocks x 6 parameters: 9,000 collectives on each of the 2 ranks. Through
+#: hvd.broadcast_, 6,000 of them crashed a rank (SIGSEGV) in 1 of 3 runs.
+ROUNDS, BLOCKS = "150", "10"
 
 
-def test_every_rank_starts_from_rank_0s_exact_bits(tmp_path):
+def test_thousands_of_broadcasts_give_every_rank_rank_0s_exact_bits(tmp_path):
+    """Two ranks over Gloo, as in training: the use-after-free needs a collective that finishes
+    before Horovod logs its name, and rank 1 must end with rank 0's values, not its own."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     horovodrun = Path(sys.executable).with_name("horovodrun")
     launcher = [str(horovodrun), "-np", "2", "--gloo"]
-    command = [*launcher, sys.executable, "-X", "faulthandler", str(script), "20", "3"]
+    command = [*launcher, sys.executable, "-X", "faulthandler", str(script), ROUNDS, BLOCKS]
     stdout = _run(command)
     results = _lines(stdout, "RESULT")
     assert sorted(r[0] for r in results) == ["0", "1"]
     for _, after, root in results:
-        assert after == root  # rank 1 had different values before
+        assert after == root  # rank 1 had different values before every round
 
     # float16 gradients on the wire: both ranks still agree bit for bit, and the weights are
     # close to the float32 run's but not equal to them (the rounding happened).

@@ -132,13 +132,10 @@ def test_float32_master_weights_keep_updates_that_float16_loses():
     assert np.all(kept < 1.0)
 
 
-def test_fp16_allreduce_reaches_the_distributed_trainer():
-    import horovod.mxnet as hvd
+def test_fp16_allreduce_reaches_the_distributed_trainer(hvd):
+    from tests.conftest import one_rank_task
 
-    from tests.unit.test_checkpoint import _task
-
-    hvd.init()
-    compressed = _task(hvd, "digits-fcn", seed=0, overrides=["scaling.fp16_allreduce=true"])
+    compressed = one_rank_task(hvd, "digits-fcn", seed=0, overrides=["scaling.fp16_allreduce=true"])
     assert compressed.model.trainer._compression is hvd.Compression.fp16
-    plain = _task(hvd, "digits-fcn", seed=0)
+    plain = one_rank_task(hvd, "digits-fcn", seed=0)
     assert plain.model.trainer._compression is hvd.Compression.none
