@@ -38,12 +38,16 @@ def test_elastic_group_grows_when_a_node_joins_and_the_lr_follows(
     from jobs.train import parse_workers
     from pipeline.launch import run_job
 
-    epochs = 6
+    # Small batches make epochs long enough (about 7 s here) that the resize, a node's start
+    # plus a resize check, lands well before the job ends.
+    epochs = 5
     cfg = load_job_config(
         "digits-cnn",
         [
             f"optim.epochs={epochs}",
             "optim.warmup_epochs=0",
+            "data.batch_size=8",
+            "checkpoint.every_steps=20",
             "scaling.elastic_resize_interval_s=2",
         ],
         {"data.uri": digits_uri, "storage.path": str(tmp_path / "runs"), **parse_workers("2-3")},

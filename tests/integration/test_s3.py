@@ -162,11 +162,12 @@ def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env
 
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
-    from tests.unit.test_checkpoint import _digest, _task, _write
+    from tests.conftest import one_rank_task
+    from tests.unit.test_checkpoint import _digest, _write
 
     hvd.init()
     bucket, _ = s3_env
-    task = _task(hvd, "digits-cnn", seed=0)
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
     older = tmp_path / "checkpoint_2026-01-01_00-00-01.000000"
     newest = tmp_path / "checkpoint_2026-01-01_00-00-02.000000"
     _write(task, older, next_epoch=1)
@@ -179,7 +180,7 @@ def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env
     for local in (older, newest):
         pafs.copy_files(str(local), loc.join(local.name), destination_filesystem=loc.filesystem)
 
-    fresh = _task(hvd, "digits-cnn", seed=1)
+    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
     warnings: list[str] = []
     state = checkpoint.resume(loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append)
     assert state is not None and state["next_epoch"] == 1
