@@ -265,7 +265,7 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
         if result.checkpoint is None:
             raise TrainingError("training ended without a checkpoint; nothing to register")
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-        with result.checkpoint.as_directory() as ckpt:
+        with verified_checkpoint(result.checkpoint) as ckpt:
             example = _input_example(info, cfg)
             version = mlflow_run.log_and_register_model(cfg, run_id, ckpt, example)
         status = "FINISHED"
@@ -284,6 +284,24 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
         alias=cfg.tracking.alias,
         seconds=time.perf_counter() - start,
     )
+
+
+@contextlib.contextmanager
+def verified_checkpoint(final) -> Iterator[str]:
+    """The final checkpoint (a ``ray.train.Checkpoint``) as a local folder, fetched file by
+    file from its manifest and verified before its model is registered: storage may have
+    been written by someone else since the worker wrote it."""
+    from pipeline.train import checkpoint
+
+    name = final.path.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        with checkpoint.local_copy(final.filesystem, final.path) as directory:
+            checkpoint.verify(directory)
+            yield directory
+    except checkpoint.CheckpointError as exc:
+        raise TrainingError(
+            f"the final checkpoint {name} does not verify ({exc}); nothing was registered"
+        ) from None
 
 
 def _input_example(info: DatasetInfo, cfg: JobConfig):

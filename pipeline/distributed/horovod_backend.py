@@ -134,6 +134,34 @@ def _interface_for(ip: str) -> str:
     )
 
 
+def start_rendezvous(host: str):
+    """Horovod's Gloo rendezvous server, listening on ``host`` only; returns (server, port).
+
+    Horovod's own ``RendezvousServer.start`` binds ``('', port)``: every interface of the
+    machine, on a laptop too. What it serves is an unauthenticated HTTP key-value store that
+    every rank trusts, so it listens only on the address the workers are given (loopback when
+    they all run on this node)."""
+    from horovod.runner.http.http_server import (
+        RendezvousHandler,
+        RendezvousHTTPServer,
+        RendezvousServer,
+    )
+    from horovod.runner.util.threads import in_thread
+
+    class BoundRendezvousServer(RendezvousServer):
+        def start(self, handler_cls=RendezvousHandler) -> int:
+            self._httpd = RendezvousHTTPServer((host, 0), handler_cls, self._verbose)
+            self._listen_thread = in_thread(target=self._httpd.serve_forever)
+            return self._httpd.server_address[1]
+
+        def stop(self) -> None:
+            super().stop()
+            self._httpd.server_close()
+
+    server = BoundRendezvousServer(verbose=0)
+    return server, server.start()
+
+
 def _set_env(env: dict) -> None:
     """Runs on a worker, before the training function (and before hvd.init)."""
     os.environ.update(env)
@@ -146,7 +174,6 @@ class HorovodBackend(Backend):
         assert isinstance(backend_config, HorovodConfig)
         import ray
         from horovod.runner.common.util.hosts import SlotInfo
-        from horovod.runner.http.http_server import RendezvousServer
 
         self._stop_server()
         workers = worker_group.get_workers()
@@ -157,8 +184,7 @@ class HorovodBackend(Backend):
         single_node = set(node_ids) == {controller_node}
         addr = LOOPBACK if single_node else ray.util.get_node_ip_address()
 
-        server = RendezvousServer(verbose=0)
-        port = server.start()
+        server, port = start_rendezvous(addr)
         server.init(
             [
                 SlotInfo(

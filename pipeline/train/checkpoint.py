@@ -144,6 +144,30 @@ def _json(path: str) -> dict:
     return value
 
 
+def _is_file_name(name: object) -> bool:
+    """A plain file name: no folder part, not ``.``/``..``, not absolute (on any system)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and ":" not in name
+        and "\0" not in name
+    )
+
+
+def manifest_files(path: str) -> dict[str, str]:
+    """The manifest's {file name: SHA-256}; CheckpointError unless every name is a plain file
+    name (a name like ``../../x`` would make a reader write or read outside the folder)."""
+    files = _json(path).get("files")
+    if not isinstance(files, dict) or STATE not in files or PARAMS not in files:
+        raise CheckpointError("MANIFEST.json does not list state.json and params.nd")
+    bad = [name for name in files if not _is_file_name(name)]
+    if bad:
+        raise CheckpointError(f"MANIFEST.json names {bad[0]!r}, not a file name; refused")
+    return files
+
+
 def verify(directory: str) -> dict:
     """Check the manifest, every checksum and every array file's header; return the state.
 
@@ -151,11 +175,9 @@ def verify(directory: str) -> dict:
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
         raise CheckpointError("no MANIFEST.json (the writer stopped before finishing)")
-    files = _json(path).get("files")
-    if not isinstance(files, dict) or STATE not in files or PARAMS not in files:
-        raise CheckpointError("MANIFEST.json does not list state.json and params.nd")
+    files = manifest_files(path)
     for name, expected in files.items():
-        file = os.path.join(directory, os.path.basename(name))
+        file = os.path.join(directory, name)
         if not os.path.exists(file):
             raise CheckpointError(f"{name} is missing")
         if _sha256(file) != expected:
@@ -229,16 +251,36 @@ def candidates(filesystem, run_dir: str) -> list[str]:
     return sorted(found, reverse=True)
 
 
+def _download(filesystem, folder: str, name: str, target: str) -> None:
+    """``folder/name`` from ``filesystem`` into ``target/name``; ``name`` is a file name."""
+    try:
+        with (
+            filesystem.open_input_stream(f"{folder.rstrip('/')}/{name}") as src,
+            open(os.path.join(target, name), "wb") as out,
+        ):
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+    except FileNotFoundError:
+        raise CheckpointError(f"{name} is missing") from None
+
+
 @contextlib.contextmanager
 def local_copy(filesystem, path: str) -> Iterator[str]:
-    """``path`` as a local directory: itself on a local disk, else a temporary download."""
+    """``path`` as a local directory: itself on a local disk; from object storage, a
+    temporary folder holding the manifest and the files it names, nothing else.
+
+    Storage keys are never turned into local paths (a key like ``ckpt/../../x`` would write
+    outside the folder): the manifest is read first, its names must be plain file names, and
+    each is fetched by that name. Raises CheckpointError before anything is parsed."""
     import pyarrow.fs as pafs
 
     if isinstance(filesystem, pafs.LocalFileSystem):
         yield path
         return
     with tempfile.TemporaryDirectory() as tmp:
-        pafs.copy_files(path, tmp, source_filesystem=filesystem)
+        _download(filesystem, path, MANIFEST, tmp)
+        for name in manifest_files(os.path.join(tmp, MANIFEST)):
+            _download(filesystem, path, name, tmp)
         yield tmp
 
 
@@ -247,11 +289,11 @@ def resume(filesystem, run_dir: str, networks: dict, ctx, warn=log.warning) -> d
     others. Returns its state (with ``checkpoint``: its path), or None when there is none."""
     for path in candidates(filesystem, run_dir):
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        with local_copy(filesystem, path) as directory:
-            try:
+        try:
+            with local_copy(filesystem, path) as directory:
                 state = restore(directory, networks, ctx)
-            except CheckpointError as exc:
-                warn(f"checkpoint {name} skipped: {exc}; using the one before it")
-                continue
+        except CheckpointError as exc:
+            warn(f"checkpoint {name} skipped: {exc}; using the one before it")
+            continue
         return {**state, "checkpoint": path}
     return None

@@ -177,6 +177,7 @@ def _train(
             if tracer and n_steps == first and epoch == start_epoch:
                 mx.nd.waitall()
                 tracer.event("first_step")
+                tracer.rendezvous_listeners()
             n_steps += 1
             if tracer:
                 seen.append(batch.ids[batch.labels >= 0])

@@ -64,13 +64,26 @@ class Tracer:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def event(self, name: str) -> None:
+    def event(self, name: str, **fields) -> None:
         """A timestamped event (e.g. the first training step) in events-rank-<r>.jsonl."""
         import time
 
         record = {"rank": self.rank, "pid": os.getpid(), "event": name, "t": time.time()}
         with self.path.with_name(f"events-rank-{self.rank}.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, **fields}) + "\n")
+
+    def rendezvous_listeners(self) -> None:
+        """Where the Gloo rendezvous server listens while this rank trains: the local address
+        of every listening TCP socket on this machine with its port (an ``event``)."""
+        import psutil
+
+        port = int(os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT", "0"))
+        listening = {
+            c.laddr.ip
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        }
+        self.event("rendezvous", port=port, listen=sorted(listening))
 
 
 def read_events(directory: str | Path) -> list[dict]:

@@ -49,6 +49,11 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
         assert ranks[0]["steps"] == ranks[1]["steps"] > 0
         assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
 
+    # Horovod's rendezvous server (an unauthenticated key-value store) listened on loopback
+    # only while the workers trained, not on every interface.
+    listeners = [e for e in trace.read_events(tmp_path / "trace") if e["event"] == "rendezvous"]
+    assert listeners and all(e["listen"] == ["127.0.0.1"] for e in listeners), listeners
+
     # Tracking: one FINISHED run with every config field, per-epoch metrics and the tags.
     client = MlflowClient()
     run = client.get_run(result.run_id)

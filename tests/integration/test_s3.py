@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -187,3 +189,53 @@ def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env
     assert state["checkpoint"].endswith(older.name)
     assert _digest(fresh) == expected
     assert len(warnings) == 1 and newest.name in warnings[0]
+
+
+def test_a_planted_key_writes_nothing_outside_and_resume_falls_back(s3_env, tmp_path, monkeypatch):
+    """Someone with write access to the bucket names ``../escaped.bin`` in the newest
+    checkpoint's manifest and puts that object where the name points: the download writes
+    nothing outside its temporary folder, and the run resumes from the checkpoint before.
+    (SeaweedFS refuses keys that hold ``..``, which AWS S3 accepts; test_checkpoint.py plants
+    such a key in a filesystem that keeps it.)"""
+    import tempfile
+
+    import boto3
+    import horovod.mxnet as hvd
+    import mxnet as mx
+    import pyarrow.fs as pafs
+
+    from pipeline.storage import resolve
+    from pipeline.train import checkpoint
+    from tests.conftest import one_rank_task
+    from tests.unit.test_checkpoint import _write
+
+    hvd.init()
+    bucket, _ = s3_env
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
+    older = tmp_path / "local" / "checkpoint_2026-01-01_00-00-01.000000"
+    newest = tmp_path / "local" / "checkpoint_2026-01-01_00-00-02.000000"
+    _write(task, older, next_epoch=1)
+    _write(task, newest, next_epoch=2)
+    payload = b"written where a key pointed"
+    manifest_path = newest / checkpoint.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../escaped.bin"] = hashlib.sha256(payload).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+    loc = resolve(f"s3://{bucket}/runs/job-1")
+    for local in (older, newest):
+        pafs.copy_files(str(local), loc.join(local.name), destination_filesystem=loc.filesystem)
+    key = "runs/job-1/escaped.bin"  # where checkpoint_.../../escaped.bin points
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=payload)
+
+    # Temporary folders three levels deep inside tmp_path: an escape lands in tmp_path.
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
+    warnings: list[str] = []
+    state = checkpoint.resume(loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append)
+    assert state is not None and state["next_epoch"] == 1
+    assert len(warnings) == 1 and newest.name in warnings[0]
+    assert list(tmp_path.rglob("escaped.bin")) == []
+    assert not Path("/escaped.bin").exists()

@@ -135,3 +135,62 @@ def test_no_checkpoint_file_is_a_pickle(hvd, tmp_path):
         checkpoint.OPTIMIZER,
         checkpoint.STATE,
     }
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/outside.bin", "sub/inner.bin", ".."])
+def test_a_manifest_naming_a_path_is_refused_and_resume_falls_back(hvd, tmp_path, name):
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
+    run = tmp_path / "run"
+    _write(task, run / "checkpoint_2026-01-01_00-00-01.000000", next_epoch=1)
+    newest = _write(task, run / "checkpoint_2026-01-01_00-00-02.000000", next_epoch=2)
+    manifest_path = Path(newest, checkpoint.MANIFEST)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][name] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+
+    with pytest.raises(checkpoint.CheckpointError, match="not a file name"):
+        checkpoint.verify(newest)
+    warnings: list[str] = []
+    state = checkpoint.resume(
+        pafs.LocalFileSystem(), str(run), task.networks(), mx.cpu(), warnings.append
+    )
+    assert state is not None and state["next_epoch"] == 1
+    assert len(warnings) == 1 and "not a file name" in warnings[0]
+
+
+def test_a_planted_key_outside_the_manifest_is_never_written(hvd, tmp_path, monkeypatch):
+    """Object stores accept keys like ``checkpoint_X/../../escaped.bin`` (AWS S3 does); turned
+    into a local path, such a key writes outside the download folder. Here an in-memory
+    filesystem (fsspec, which keeps such keys as S3 does) holds the run."""
+    import tempfile
+
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
+    memory = fsspec.filesystem("memory")
+    run = f"/bucket-{tmp_path.name}/run"
+    for name, epoch in (
+        ("checkpoint_2026-01-01_00-00-01.000000", 1),
+        ("checkpoint_2026-01-01_00-00-02.000000", 2),
+    ):
+        local = _write(task, tmp_path / name, next_epoch=epoch)
+        for file in os.listdir(local):
+            memory.pipe(f"{run}/{name}/{file}", Path(local, file).read_bytes())
+    newest = f"{run}/checkpoint_2026-01-01_00-00-02.000000"
+    memory.pipe(f"{newest}/../../escaped.bin", b"written where a key pointed")
+    manifest = json.loads(memory.cat(f"{newest}/{checkpoint.MANIFEST}"))
+    manifest["files"]["../../escaped.bin"] = "0" * 64
+    memory.pipe(f"{newest}/{checkpoint.MANIFEST}", json.dumps(manifest).encode())
+
+    deep = tmp_path / "a" / "b" / "c"  # temporary folders here: an escape lands in tmp_path
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
+    warnings: list[str] = []
+    state = checkpoint.resume(
+        PyFileSystem(FSSpecHandler(memory)), run, fresh.networks(), mx.cpu(), warnings.append
+    )
+    assert state is not None and state["next_epoch"] == 1
+    assert len(warnings) == 1 and "not a file name" in warnings[0]
+    assert list(tmp_path.rglob("escaped.bin")) == []

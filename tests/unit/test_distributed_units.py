@@ -102,3 +102,26 @@ def test_interface_lookup_names_the_key_and_the_interfaces():
     assert _interface_for("127.0.0.1") == "lo"
     with pytest.raises(ConfigError, match=r"set scaling\.network_interface .*\blo\b"):
         _interface_for("203.0.113.7")  # TEST-NET-3: on no interface of this machine
+
+
+def test_rendezvous_server_listens_only_where_it_is_told():
+    import socket
+
+    import psutil
+
+    from pipeline.distributed.horovod_backend import start_rendezvous
+
+    server, port = start_rendezvous("127.0.0.1")
+    try:
+        listening = {
+            c.laddr.ip
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+        assert listening == {"127.0.0.1"}
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # and it serves there
+    finally:
+        server.stop()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # stopped means closed
