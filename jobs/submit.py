@@ -23,6 +23,7 @@ from jobs._cli import run_main
 from jobs.train import build_parser as train_parser
 from jobs.train import config_from_args
 from pipeline.errors import ConfigError, PipelineError, TrainingError
+from pipeline.redact import has_password, redact
 
 REPO = Path(__file__).resolve().parents[1]
 #: Settings a job needs to find its services; never credentials.
@@ -75,6 +76,19 @@ def _train_args(raw: list[str]) -> list[str]:
     return args
 
 
+def _refuse_passwords(env: dict[str, str], train_args: list[str]) -> None:
+    """A job's env and command line are stored by the cluster and shown in its dashboard:
+    a URI with a password in either is refused, not sent."""
+    where = [name for name, value in env.items() if has_password(value)]
+    where += [f"argument {redact(a)!r}" for a in train_args if has_password(a)]
+    if where:
+        raise ConfigError(
+            f"{where[0]} holds a password in a URI, and credentials are never sent with a job:"
+            " drop user:password@ from the URI and give the cluster MLFLOW_TRACKING_USERNAME /"
+            " MLFLOW_TRACKING_PASSWORD (see infra/k8s/rayjob.yaml)"
+        )
+
+
 def _auth_headers() -> dict[str, str]:
     """Ray clusters require a token by default since Ray 2.52: like `ray job submit`, send
     the one in RAY_AUTH_TOKEN or ~/.ray/auth_token, if there is one."""
@@ -88,13 +102,14 @@ def _auth_headers() -> dict[str, str]:
 def submit(address: str, train_args: list[str]) -> tuple[object, str]:
     from ray.job_submission import JobSubmissionClient
 
+    env = {name: os.environ[name] for name in FORWARDED if os.environ.get(name)}
+    _refuse_passwords(env, train_args)
     try:
         client = JobSubmissionClient(address, headers=_auth_headers())
     except Exception as exc:  # connection refused, bad scheme, auth
         raise SubmitError(
             f"cannot reach the Ray cluster at {address}: {_first_line(exc)}"
         ) from None
-    env = {name: os.environ[name] for name in FORWARDED if os.environ.get(name)}
     entrypoint = " ".join(["python", "-m", "jobs.train", *map(_quote, train_args)])
     job_id = client.submit_job(
         entrypoint=entrypoint,

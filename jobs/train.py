@@ -14,6 +14,7 @@ import sys
 from jobs._cli import run_main
 from pipeline.config import JobConfig, describe_options, load_job_config
 from pipeline.errors import ConfigError
+from pipeline.redact import redact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +115,7 @@ def print_summary(result) -> None:
             f"  registered {result.model_name} version {result.model_version} "
             f"(alias @{result.alias}): models:/{result.model_name}@{result.alias}"
         )
-    lines.append(f"  tracking {result.tracking_uri}, experiment {result.experiment!r}")
+    lines.append(f"  tracking {redact(result.tracking_uri)}, experiment {result.experiment!r}")
     lines.append("  open the UI: make mlflow-ui  ->  http://127.0.0.1:5000")
     print("\n".join(lines), flush=True)
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     if args.print_config:
         for key, value in cfg.to_dict().items():
-            print(f"{key} = {value!r}")
+            print(redact(f"{key} = {value!r}"))
         return 0
     from pipeline.launch import run_job
 

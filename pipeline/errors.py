@@ -7,6 +7,8 @@ Anything that is not a ``PipelineError`` is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pipeline.redact import redact
+
 
 class PipelineError(Exception):
     """Base class for failures caused by input or environment, not by our code."""
@@ -15,8 +17,9 @@ class PipelineError(Exception):
 
     def __init__(self, message: str = "") -> None:
         # One line whatever a library's message held (pyarrow's hold newlines): the user's
-        # last line is the whole message, and a worker's log can recognise it.
-        super().__init__(" ".join(str(message).split()))
+        # last line is the whole message, and a worker's log can recognise it. A URI's
+        # password never reaches it, wherever the text came from.
+        super().__init__(redact(" ".join(str(message).split())))
 
 
 class ConfigError(PipelineError):

@@ -22,6 +22,7 @@ from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo, inspect_dataset
 from pipeline.distributed.threads import thread_env
 from pipeline.errors import ConfigError, PipelineError, TrainingError
+from pipeline.redact import redact
 from pipeline.storage import check_access, endpoint_url, resolve
 from pipeline.tracking import mlflow_run
 from pipeline.train.loop import WorkerPayload
@@ -227,7 +228,7 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
     start = time.perf_counter()
     info = preflight(cfg)
     progress(
-        f"data {cfg.data.uri}: "
+        f"data {redact(cfg.data.uri)}: "
         + ", ".join(f"{s} {i.rows} rows/{len(i.files)} files" for s, i in info.splits.items())
         + f"; feature_shape {list(info.feature_shape)}, {info.num_classes} classes"
     )
@@ -239,10 +240,12 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
     if resume:
         mlflow_run.reopen_run(cfg, resume)
         run_id = resume
-        progress(f"resuming MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
+        progress(
+            f"resuming MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {redact(uri)})"
+        )
     else:
         run_id = mlflow_run.start_run(cfg, info)
-        progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {uri})")
+        progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {redact(uri)})")
     status = "FAILED"
     try:
         with ray_session(cfg, progress):

@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.errors import ConfigError, TrackingError
+from pipeline.redact import has_password, redact
 from pipeline.tracking import bundle
 from pipeline.tracking.bundle import Bundle
 
@@ -63,7 +64,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
             run_name=f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={
                 TAG_RECIPE: cfg.recipe,
-                TAG_DATA_URI: cfg.data.uri,
+                TAG_DATA_URI: redact(cfg.data.uri),
                 TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
                 TAG_RESUME_KEY: cfg.resume_key(),
             },
@@ -131,7 +132,8 @@ def reopen_run(cfg: JobConfig, run_id: str) -> None:
 
 
 def _param_value(value: Any) -> str:
-    return "" if value is None else str(value)
+    """As MLflow records it: a URI's password replaced (see pipeline/redact.py)."""
+    return "" if value is None else redact(str(value))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,7 +183,7 @@ class RunLogger:
                 if not self._warned:
                     self._warned = True
                     print(
-                        f"warning: MLflow logging to {self.uri} failed: {_one_line(exc)}",
+                        redact(f"warning: MLflow logging to {self.uri} failed: {_one_line(exc)}"),
                         file=sys.stderr,
                         flush=True,
                     )
@@ -281,6 +283,8 @@ def log_and_register_model(
 
     uri = cfg.tracking.resolved_uri()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if has_password(uri):  # MLflow prints "View run at: <tracking URI>", password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with (
         _tracking_uri_scope(uri),
         tempfile.TemporaryDirectory() as tmp,

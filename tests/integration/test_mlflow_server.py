@@ -156,6 +156,54 @@ def test_a_job_with_a_wrong_password_stops_with_one_line(tracking_server, digits
     assert "Traceback" not in proc.stderr
 
 
+def test_a_password_in_the_tracking_uri_is_shown_nowhere(
+    tracking_server, digits_uri, tmp_path, monkeypatch
+):
+    """``http://user:password@host`` as the tracking URI works (MLflow sends it as basic auth)
+    and the password appears in no output line, param, tag or Ray log; with a wrong password
+    the one error line does not show it either."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.server.auth.client import AuthServiceClient
+
+    uri = tracking_server["uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    secret = "uri-password-7f3a"
+    AuthServiceClient(uri).create_user("uriuser", secret)
+    with_password = uri.replace("http://", f"http://uriuser:{secret}@")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name)
+
+    started = time.time()
+    args = ["jobs.train", "--recipe", "digits-fcn", "--data", digits_uri,
+            "--storage", str(tmp_path / "runs"), "--set", "optim.epochs=1",
+            "--set", "optim.warmup_epochs=0", "--set", "tracking.experiment=uri-test"]  # fmt: skip
+    proc = run_cli(*args, "--set", f"tracking.uri={with_password}", env=tracking_server["s3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+    assert "uriuser:***@" in proc.stdout  # the URI is shown, redacted
+
+    client = MlflowClient(uri.replace("http://", f"http://admin:{ADMIN_PASSWORD}@"))
+    (run,) = client.search_runs([client.get_experiment_by_name("uri-test").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.uri"] == with_password.replace(secret, "***")
+    assert all(secret not in v for v in [*run.data.params.values(), *run.data.tags.values()])
+    sessions = [p for p in Path("/tmp/ray").glob("session_2*") if p.stat().st_ctime >= started]
+    logs = [f for s in sessions for f in (s / "logs").rglob("*") if f.is_file()]
+    assert any(f.name.startswith("worker-") for f in logs), sessions  # the job's own logs
+    for path in logs:
+        assert secret.encode() not in path.read_bytes(), path
+
+    wrong = with_password.replace(secret, "not-the-password-9")
+    proc = run_cli(*args, "--set", f"tracking.uri={wrong}", env=tracking_server["s3"])
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "not-the-password-9" not in proc.stdout + proc.stderr
+
+
 def test_refuses_a_public_interface(tmp_path):
     proc = run_cli("infra.mlflow.server", "start", "--dir", str(tmp_path), "--host", "0.0.0.0")
     assert proc.returncode == 2
