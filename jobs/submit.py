@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -107,9 +108,13 @@ def submit(address: str, train_args: list[str]) -> tuple[object, str]:
     try:
         client = JobSubmissionClient(address, headers=_auth_headers())
     except Exception as exc:  # connection refused, bad scheme, auth
-        raise SubmitError(
-            f"cannot reach the Ray cluster at {address}: {_first_line(exc)}"
-        ) from None
+        text = _first_line(exc)
+        if re.search(r"\b40[13]\b|[Uu]nauthori[sz]ed|[Aa]uthentication", str(exc)):
+            raise SubmitError(
+                f"the Ray cluster at {address} refused the request without a valid token: set"
+                " RAY_AUTH_TOKEN (or put the cluster's token in ~/.ray/auth_token)"
+            ) from None
+        raise SubmitError(f"cannot reach the Ray cluster at {address}: {text}") from None
     entrypoint = " ".join(["python", "-m", "jobs.train", *map(_quote, train_args)])
     job_id = client.submit_job(
         entrypoint=entrypoint,

@@ -54,7 +54,8 @@ def test_rayjob_manifest_has_kuberays_fields_and_a_valid_entrypoint():
         assert containers and all(c["name"] and c["image"] for c in containers)
     assert all(g["groupName"] for g in cluster["workerGroupSpecs"])
     head_env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
-    assert all("valueFrom" in e for e in head_env), "secrets by reference only"
+    secrets = [e for e in head_env if re.search(r"TOKEN|PASSWORD|USERNAME", e["name"])]
+    assert len(secrets) == 3 and all("valueFrom" in e for e in secrets), "by reference only"
 
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", "jobs.train"]
@@ -116,3 +117,32 @@ def test_check_private_accepts_private_networks_only():
     for host in ("0.0.0.0", "8.8.8.8", "mlflow.example.com", "::"):
         with pytest.raises(ServerError):
             check_private(host)
+
+
+def _containers(job: dict) -> list[dict]:
+    cluster = job["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    pods = [g["template"]["spec"] for g in groups] + [job["spec"]["submitterPodTemplate"]["spec"]]
+    return [c for pod in pods for c in pod["containers"]]
+
+
+def test_rayjob_runs_ray_with_token_auth_and_no_secret_in_plain_text():
+    job = _yaml("k8s/rayjob.yaml")
+    for container in _containers(job):
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", container["name"]
+        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], container["name"]
+        for name, entry in env.items():
+            if re.search(r"TOKEN|PASSWORD|SECRET|KEY", name):
+                assert "value" not in entry, f"{container['name']}: {name} in plain text"
+
+
+def test_ray_cluster_config_starts_every_node_with_token_auth_on_loopback_dashboard():
+    config = _yaml("aws/ray-cluster.yaml")
+    head = " ".join(config["head_start_ray_commands"])
+    workers = " ".join(config["worker_start_ray_commands"])
+    for commands in (head, workers):
+        assert "export RAY_AUTH_MODE=token;" in commands
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert not re.search(r"(?i)(password|secret|token)\s*[=:]\s*\S", head + workers)
