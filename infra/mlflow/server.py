@@ -92,8 +92,8 @@ class Postgres:
     def uri(self, database: str, password: str) -> str:
         return f"postgresql://{ROLE}:{password}@127.0.0.1:{self.port}/{database}"
 
-    def _run(self, cmd: list[str], what: str) -> str:
-        proc = subprocess.run(_as_db_owner(cmd), capture_output=True, text=True)
+    def _run(self, cmd: list[str], what: str, stdin: str | None = None) -> str:
+        proc = subprocess.run(_as_db_owner(cmd), capture_output=True, text=True, input=stdin)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ServerError(f"PostgreSQL {what} failed: {tail[0]} (log: {self.pgdata}/log)")
@@ -115,13 +115,14 @@ class Postgres:
         escaped = password.replace("'", "''")
         statements = [f"CREATE ROLE {ROLE} LOGIN PASSWORD '{escaped}'"]
         statements += [f"CREATE DATABASE {db} OWNER {ROLE}" for db in DATABASES]
-        for sql in statements:
-            self._run(self._psql(sql), "setup")
+        for sql in statements:  # on stdin: a command line is visible to every user (ps)
+            self._run(self._psql(), "setup", stdin=sql)
 
-    def _psql(self, sql: str) -> list[str]:
+    def _psql(self) -> list[str]:
+        """psql reading its SQL from stdin."""
         return [
             _pg_bin("psql"), "-h", str(self.pgdata), "-p", str(self.port), "-U", "postgres",
-            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql,
+            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-f", "-",
         ]  # fmt: skip
 
     def start(self) -> None:

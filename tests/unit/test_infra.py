@@ -146,3 +146,61 @@ def test_ray_cluster_config_starts_every_node_with_token_auth_on_loopback_dashbo
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
     assert not re.search(r"(?i)(password|secret|token)\s*[=:]\s*\S", head + workers)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_images_run_as_an_unprivileged_user(name):
+    users = [
+        rest.split()[0] for word, rest in _instructions(INFRA / "docker" / name) if word == "USER"
+    ]
+    assert users and users[-1] not in ("root", "0"), users
+
+
+def test_docker_context_leaves_out_local_state_and_keys():
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", "data", "runs", "mlflow.db", ".git"} <= ignored
+    keys = {"infra/local/object-store.env", "infra/local/s3-identities.json"}
+    assert keys <= ignored, "the local object store's keys would be in every image"
+
+
+def test_postgres_password_is_never_on_a_command_line():
+    """The first start of the MLflow server creates its PostgreSQL role with a password: every
+    command it runs (real initdb, pg_ctl, psql) is recorded, and none holds the password."""
+    import secrets
+    import shutil
+    import subprocess
+    import tempfile
+
+    import psycopg
+
+    from infra.mlflow import server
+    from infra.processes import free_port
+
+    commands: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording_run(cmd, *args, **kwargs):
+        commands.append([str(c) for c in cmd])
+        return real_run(cmd, *args, **kwargs)
+
+    password = f"pw-{secrets.token_hex(8)}"
+    pgdata = Path(tempfile.mkdtemp(prefix="mxtrain-pg-", dir="/tmp"))  # postgres user reaches it
+    postgres = server.Postgres(pgdata, free_port())
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(server.subprocess, "run", recording_run)
+            postgres.init(password)
+        assert any("psql" in " ".join(c) for c in commands)
+        assert not [c for c in commands if any(password in arg for arg in c)]
+        with psycopg.connect(  # and the role has that password
+            host="127.0.0.1", port=postgres.port, user="mlflow", password=password,
+            dbname="mlflow",
+        ):  # fmt: skip
+            pass
+    finally:
+        postgres.stop()
+        shutil.rmtree(pgdata, ignore_errors=True)
