@@ -55,6 +55,26 @@ class SeaweedFS:
         stop_group(self.pid, grace_s)
 
 
+def _write_security_config(directory: Path) -> None:
+    """``security.toml`` for this server: random keys that sign every read and write on the
+    volume and filer HTTP ports (JWT). Only SeaweedFS's own components hold them, so a local
+    user who talks to those ports directly, bypassing the S3 gateway's signatures, is refused.
+    (The master still hands out write tokens for new files: it listens on loopback only.)"""
+    import secrets
+
+    path = directory / "security.toml"
+    keys = {
+        section: secrets.token_hex(32)
+        for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing",
+                        "jwt.filer_signing.read")
+    }  # fmt: skip
+    text = "".join(f'[{section}]\nkey = "{key}"\nexpires_after_seconds = 10\n\n'
+                   for section, key in keys.items())  # fmt: skip
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def start(
     directory: Path, s3_port: int | None = None, bucket: str | None = None, timeout_s: float = 120.0
 ) -> SeaweedFS:
@@ -69,6 +89,7 @@ def start(
     # Iceberg and Lance catalogs (on by default, fixed ports) are not needed.
     ports = {name: free_port() for name in ("master", "volume", "filer")}
     grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    _write_security_config(directory)
     log = open(directory / "weed.log", "ab")  # noqa: SIM115 - owned by the child process
     proc = subprocess.Popen(
         [
@@ -97,6 +118,7 @@ def start(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        cwd=directory,  # weed reads ./security.toml
     )
     server = SeaweedFS(directory, s3_port, proc.pid)
     access, secret = local_credentials()

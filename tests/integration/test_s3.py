@@ -239,3 +239,29 @@ def test_a_planted_key_writes_nothing_outside_and_resume_falls_back(s3_env, tmp_
     assert len(warnings) == 1 and newest.name in warnings[0]
     assert list(tmp_path.rglob("escaped.bin")) == []
     assert not Path("/escaped.bin").exists()
+
+
+def test_seaweedfs_own_ports_refuse_requests_that_bypass_s3_auth(s3_env, seaweedfs):
+    """The filer's HTTP port serves every bucket's files without S3 signatures; with the keys
+    of security.toml (readable by its owner only) it refuses unsigned reads, lists and writes."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    import boto3
+    import psutil
+
+    bucket, _ = s3_env
+    boto3.client("s3").put_object(Bucket=bucket, Key="x/secret.txt", Body=b"private")
+    cmdline = " ".join(psutil.Process(seaweedfs.pid).cmdline())
+    filer = re.search(r"-filer\.port=(\d+)", cmdline).group(1)
+    base = f"http://127.0.0.1:{filer}/buckets/{bucket}/x/"
+    for request in (
+        urllib.request.Request(base),
+        urllib.request.Request(f"{base}secret.txt"),
+        urllib.request.Request(f"{base}planted.txt", data=b"evil", method="PUT"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401, request.full_url
+    assert (seaweedfs.directory / "security.toml").stat().st_mode & 0o077 == 0
