@@ -179,7 +179,9 @@ def test_a_password_in_the_tracking_uri_is_shown_nowhere(
     started = time.time()
     args = ["jobs.train", "--recipe", "digits-fcn", "--data", digits_uri,
             "--storage", str(tmp_path / "runs"), "--set", "optim.epochs=1",
-            "--set", "optim.warmup_epochs=0", "--set", "tracking.experiment=uri-test"]  # fmt: skip
+            "--set", "optim.warmup_epochs=0", "--set", "tracking.experiment=uri-test",
+            # Its own model: another user registered digits-fcn in this server already.
+            "--set", "tracking.model_name=uri-test-model"]  # fmt: skip
     proc = run_cli(*args, "--set", f"tracking.uri={with_password}", env=tracking_server["s3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert secret not in proc.stdout + proc.stderr
