@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
-from pipeline.errors import ConfigError, TrackingError
+from pipeline.errors import ConfigError, PipelineError, TrackingError
 from pipeline.redact import has_password, redact
 from pipeline.tracking import bundle
 from pipeline.tracking.bundle import Bundle
@@ -270,13 +270,38 @@ def model_signature(model: Bundle, feature_example):
     return infer_signature(example, probs), example
 
 
+def _user(uri: str) -> str:
+    """The MLflow user a request goes as: the URI's own, else MLFLOW_TRACKING_USERNAME."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+
+
 def log_and_register_model(
     cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
 ) -> int | None:
     """Log the checkpoint's model bundle as a pyfunc model; register it and move the alias.
 
-    Returns the new model version, or None when registration is off.
-    """
+    Returns the new model version, or None when registration is off. A refusal by the
+    tracking server is a one-line TrackingError that says what to change."""
+    try:
+        return _log_and_register_model(cfg, run_id, checkpoint_dir, input_example)
+    except (PipelineError, bundle.BundleError):
+        raise
+    except Exception as exc:  # the tracking store's or registry's answer
+        uri = cfg.tracking.resolved_uri()
+        if "error code 403" in str(exc):
+            raise TrackingError(
+                f"MLflow tracking at {uri}: user {_user(uri)!r} may not log or register model "
+                f"{cfg.registered_model_name!r} (403): ask the server's admin for EDIT "
+                "permission on it, or register under another name (tracking.model_name)"
+            ) from None
+        raise TrackingError(_tracking_problem(uri, exc)) from None
+
+
+def _log_and_register_model(
+    cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
+) -> int | None:
     import mlflow
     import mxnet as mx
     import numpy as np

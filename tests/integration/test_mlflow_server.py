@@ -206,6 +206,22 @@ def test_a_password_in_the_tracking_uri_is_shown_nowhere(
     assert "not-the-password-9" not in proc.stdout + proc.stderr
 
 
+def test_registering_a_model_another_user_owns_is_one_line(tracking_server, digits_uri):
+    """`trainer` registered digits-fcn (test above); `uriuser` may not add versions to it."""
+    uri = tracking_server["uri"].replace("http://", "http://uriuser:uri-password-7f3a@")
+    proc = run_cli(
+        "jobs.train", "--recipe", "digits-fcn", "--data", digits_uri, "--workers", "1",
+        "--set", "optim.epochs=1", "--set", "optim.warmup_epochs=0",
+        "--set", "tracking.experiment=uri-test", "--set", f"tracking.uri={uri}",
+        env=tracking_server["s3"],
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "(403)" in lines[-1], lines[-3:]
+    assert "'uriuser'" in lines[-1] and "tracking.model_name" in lines[-1]
+    assert "Traceback" not in proc.stderr and "uri-password-7f3a" not in proc.stderr
+
+
 def test_refuses_a_public_interface(tmp_path):
     proc = run_cli("infra.mlflow.server", "start", "--dir", str(tmp_path), "--host", "0.0.0.0")
     assert proc.returncode == 2
