@@ -40,13 +40,16 @@ PYFUNC_CODE: dict[str, Path] = {
 }
 
 
+#: A bundle's kind -> its graph's input names, as ``HybridBlock.export`` names them (one input
+#: is ``data``; several are ``data0``, ``data1``...): features; noise and one-hot label.
+INPUTS: dict[str, tuple[str, ...]] = {
+    "classifier": ("data",),
+    "generator": ("data0", "data1"),
+}
+
+
 class BundleError(Exception):
     """A folder that is not a readable bundle (a file missing, ``model.json`` malformed)."""
-
-
-def input_names(count: int) -> tuple[str, ...]:
-    """The names ``HybridBlock.export`` gives a graph's inputs: ``data``, or ``data0``..."""
-    return ("data",) if count == 1 else tuple(f"data{i}" for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,10 @@ class BundleMeta:
     latent_dim: int = 0
 
     @classmethod
-    def for_data(
-        cls, kind: str, num_inputs: int, epoch: int, info: DatasetInfo, latent_dim: int = 0
-    ) -> BundleMeta:
+    def for_data(cls, kind: str, epoch: int, info: DatasetInfo, latent_dim: int = 0) -> BundleMeta:
         return cls(
             kind=kind,
-            inputs=input_names(num_inputs),
+            inputs=INPUTS[kind],
             epoch=epoch,
             num_features=info.num_features,
             feature_shape=tuple(info.feature_shape),
@@ -86,7 +87,7 @@ class BundleMeta:
         )
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "inputs": list(self.inputs)}, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> BundleMeta:
@@ -95,9 +96,7 @@ class BundleMeta:
             meta = cls(
                 kind=str(raw["kind"]),
                 # Bundles written before "inputs" was recorded: the kind implies them.
-                inputs=tuple(
-                    raw.get("inputs") or input_names(2 if raw["kind"] == "generator" else 1)
-                ),
+                inputs=tuple(raw.get("inputs") or INPUTS.get(raw["kind"], ())),
                 epoch=int(raw["epoch"]),
                 num_features=int(raw["num_features"]),
                 feature_shape=tuple(int(d) for d in raw["feature_shape"]),

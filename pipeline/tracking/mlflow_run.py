@@ -86,6 +86,13 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
     return run.info.run_id
 
 
+def _user(uri: str) -> str:
+    """The MLflow user a request goes as: the URI's own, else MLFLOW_TRACKING_USERNAME."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+
+
 def _tracking_problem(uri: str, exc: Exception) -> str:
     """One line; for a server with authentication, which variables to set."""
     text = str(exc)
@@ -95,9 +102,8 @@ def _tracking_problem(uri: str, exc: Exception) -> str:
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
         )
     if "error code 403" in text:
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
         return (
-            f"MLflow tracking at {uri}: user {user!r} may not write to experiment(s) it does "
+            f"MLflow tracking at {uri}: user {_user(uri)!r} may not write to experiment(s) it does "
             "not own (403); ask the server's admin for EDIT permission or use another "
             "tracking.experiment"
         )
@@ -268,13 +274,6 @@ def model_signature(model: Bundle, feature_example):
     example = np.asarray(feature_example, dtype=np.float32)
     probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
     return infer_signature(example, probs), example
-
-
-def _user(uri: str) -> str:
-    """The MLflow user a request goes as: the URI's own, else MLFLOW_TRACKING_USERNAME."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
 
 
 def log_and_register_model(

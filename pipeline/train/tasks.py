@@ -137,7 +137,7 @@ class ClassificationTask:
 
     def export(self, directory: str, epoch: int) -> None:
         """The classifier as a model bundle (the registry's format) in ``directory``."""
-        meta = bundle.BundleMeta.for_data(self.kind, 1, epoch, self.context.info)
+        meta = bundle.BundleMeta.for_data(self.kind, epoch, self.context.info)
         bundle.write(directory, self.model.net, meta)
 
     def sample_images(self) -> np.ndarray | None:
@@ -287,7 +287,7 @@ class AdversarialTask:
     def export(self, directory: str, epoch: int) -> None:
         """The generator (noise, one-hot label -> image row) as a model bundle."""
         meta = bundle.BundleMeta.for_data(
-            self.kind, 2, epoch, self.context.info, latent_dim=self.latent
+            self.kind, epoch, self.context.info, latent_dim=self.latent
         )
         bundle.write(directory, self.g.net, meta)
 

@@ -50,7 +50,7 @@ def test_classifier_bundle_round_trip_through_its_pyfunc(tmp_path):
     x = mx.nd.random.uniform(shape=(6, INFO.num_features))
     reference = mx.nd.softmax(_ready(net, x)).asnumpy()
 
-    meta = bundle.BundleMeta.for_data("classifier", 1, 4, INFO)
+    meta = bundle.BundleMeta.for_data("classifier", 4, INFO)
     bundle.write(tmp_path / "b", net, meta)
     model = bundle.read(tmp_path / "b")
     assert model.meta == meta and model.meta.inputs == ("data",)
@@ -69,7 +69,7 @@ def test_generator_bundle_round_trip_through_its_pyfunc(tmp_path):
     g, _, _ = build_gan(cfg, INFO.feature_shape, 10)
     _ready(g, mx.nd.zeros((2, 8)), mx.nd.zeros((2, 10)))
 
-    meta = bundle.BundleMeta.for_data("generator", 2, 0, INFO, latent_dim=8)
+    meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=8)
     model = bundle.write(tmp_path / "b", g, meta)
     assert bundle.read(tmp_path / "b").meta.inputs == ("data0", "data1")
 
@@ -86,7 +86,7 @@ def test_generator_bundle_round_trip_through_its_pyfunc(tmp_path):
 def test_bundles_written_before_inputs_were_recorded_still_read(tmp_path):
     net = build_model("mlp", MLPConfig(width=4, depth=1), INFO.feature_shape, 10)
     _ready(net, mx.nd.zeros((2, INFO.num_features)))
-    bundle.write(tmp_path, net, bundle.BundleMeta.for_data("classifier", 1, 0, INFO))
+    bundle.write(tmp_path, net, bundle.BundleMeta.for_data("classifier", 0, INFO))
     raw = json.loads((tmp_path / bundle.META_FILE).read_text())
     del raw["inputs"]
     (tmp_path / bundle.META_FILE).write_text(json.dumps(raw))
@@ -110,7 +110,7 @@ def test_bundles_written_before_inputs_were_recorded_still_read(tmp_path):
 def test_a_damaged_bundle_is_refused_by_name(tmp_path, damage, message):
     net = build_model("mlp", MLPConfig(width=4, depth=1), INFO.feature_shape, 10)
     _ready(net, mx.nd.zeros((2, INFO.num_features)))
-    bundle.write(tmp_path, net, bundle.BundleMeta.for_data("classifier", 1, 0, INFO))
+    bundle.write(tmp_path, net, bundle.BundleMeta.for_data("classifier", 0, INFO))
     damage(tmp_path)
     with pytest.raises(bundle.BundleError, match=message):
         bundle.read(tmp_path)
