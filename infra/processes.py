@@ -17,6 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses on which some process of this machine listens on TCP ``port``
+    (``{"127.0.0.1"}`` for a service on loopback only; ``0.0.0.0`` means every interface)."""
+    import psutil
+
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
+
+
 def stop_group(pid: int, grace_s: float = 3.0, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group led by ``pid``, SIGKILL it after ``grace_s``.
 

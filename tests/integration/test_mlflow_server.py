@@ -71,18 +71,14 @@ def tracking_server(seaweedfs, tmp_path_factory):
 
 
 def test_requests_without_or_with_wrong_credentials_get_401(tracking_server):
-    import psutil
+    from infra.processes import listening_addresses
 
     uri = tracking_server["uri"]
     assert _status(uri) == 401
     assert _status(uri, ("admin", "wrong")) == 401
     assert _status(uri, ("admin", ADMIN_PASSWORD)) == 200
     port = int(uri.rsplit(":", 1)[1])
-    listening = {
-        c.laddr.ip
-        for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-    }
+    listening = listening_addresses(port)
     assert listening == {"127.0.0.1"}
 
 

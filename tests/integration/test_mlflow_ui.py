@@ -9,15 +9,13 @@ import urllib.request
 
 import pytest
 
-from infra.processes import free_port, stop_group
+from infra.processes import free_port, listening_addresses, stop_group
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
 
 def test_make_mlflow_ui_serves_on_loopback():
-    import psutil
-
     port = free_port()
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "mlflow-ui", f"MLFLOW_PORT={port}"],
@@ -38,11 +36,7 @@ def test_make_mlflow_ui_serves_on_loopback():
                 assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
                 time.sleep(1)
         assert status == 200
-        listening = {
-            c.laddr.ip
-            for c in psutil.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-        }
+        listening = listening_addresses(port)
         assert listening == {"127.0.0.1"}
     finally:
         stop_group(proc.pid, grace_s=20, proc=proc)

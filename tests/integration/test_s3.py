@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -155,88 +154,80 @@ def test_transient_faults_are_retried_and_rows_stay_exact(s3_env, seaweedfs, tmp
         assert len(ids) == rows and len(set(ids)) == rows
 
 
-def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(s3_env, tmp_path):
-    """The workers' own checkpoint search on object storage: list, download, verify, fall
-    back past a corrupt newest one."""
-    import horovod.mxnet as hvd
-    import mxnet as mx
+def _two_checkpoints_in_bucket(hvd, bucket: str, local, tamper) -> tuple:
+    """An older and a newest checkpoint of one run, the newest changed by ``tamper(folder)``
+    before both are uploaded to ``s3://bucket/runs/job-1``. Returns (location, digest of the
+    weights in the older one)."""
     import pyarrow.fs as pafs
 
     from pipeline.storage import resolve
-    from pipeline.train import checkpoint
     from tests.conftest import one_rank_task
-    from tests.unit.test_checkpoint import _digest, _write
+    from tests.unit.test_checkpoint import NEWEST, OLDER, _digest, _write
 
-    hvd.init()
-    bucket, _ = s3_env
     task = one_rank_task(hvd, "digits-cnn", seed=0)
-    older = tmp_path / "checkpoint_2026-01-01_00-00-01.000000"
-    newest = tmp_path / "checkpoint_2026-01-01_00-00-02.000000"
-    _write(task, older, next_epoch=1)
+    _write(task, local / OLDER, next_epoch=1)
     expected = _digest(task)
-    _write(task, newest, next_epoch=2)
-    params = newest / checkpoint.PARAMS
-    params.write_bytes(params.read_bytes()[:-16] + b"\0" * 16)  # a torn upload
-
+    _write(task, local / NEWEST, next_epoch=2)
+    tamper(local / NEWEST)
     loc = resolve(f"s3://{bucket}/runs/job-1")
-    for local in (older, newest):
-        pafs.copy_files(str(local), loc.join(local.name), destination_filesystem=loc.filesystem)
+    for name in (OLDER, NEWEST):
+        pafs.copy_files(str(local / name), loc.join(name), destination_filesystem=loc.filesystem)
+    return loc, expected
 
-    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
-    warnings: list[str] = []
-    state = checkpoint.resume(loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append)
+
+def test_resume_reads_checkpoints_from_the_bucket_and_skips_a_corrupt_one(hvd, s3_env, tmp_path):
+    """The workers' own checkpoint search on object storage: list, download, verify, fall
+    back past a corrupt newest one."""
+    from pipeline.train import checkpoint
+    from tests.unit.test_checkpoint import NEWEST, OLDER, _digest, _resume_fresh
+
+    def torn_upload(folder) -> None:
+        params = folder / checkpoint.PARAMS
+        params.write_bytes(params.read_bytes()[:-16] + b"\0" * 16)
+
+    bucket, _ = s3_env
+    loc, expected = _two_checkpoints_in_bucket(hvd, bucket, tmp_path, torn_upload)
+
+    fresh, state, warnings = _resume_fresh(hvd, loc.filesystem, loc.path)
     assert state is not None and state["next_epoch"] == 1
-    assert state["checkpoint"].endswith(older.name)
+    assert state["checkpoint"].endswith(OLDER)
     assert _digest(fresh) == expected
-    assert len(warnings) == 1 and newest.name in warnings[0]
+    assert len(warnings) == 1 and NEWEST in warnings[0]
 
 
-def test_a_planted_key_writes_nothing_outside_and_resume_falls_back(s3_env, tmp_path, monkeypatch):
+def test_a_planted_key_writes_nothing_outside_and_resume_falls_back(
+    hvd, s3_env, tmp_path, monkeypatch
+):
     """Someone with write access to the bucket names ``../escaped.bin`` in the newest
     checkpoint's manifest and puts that object where the name points: the download writes
     nothing outside its temporary folder, and the run resumes from the checkpoint before.
     (SeaweedFS refuses keys that hold ``..``, which AWS S3 accepts; test_checkpoint.py plants
     such a key in a filesystem that keeps it.)"""
-    import tempfile
-
     import boto3
-    import horovod.mxnet as hvd
-    import mxnet as mx
-    import pyarrow.fs as pafs
 
-    from pipeline.storage import resolve
-    from pipeline.train import checkpoint
-    from tests.conftest import one_rank_task
-    from tests.unit.test_checkpoint import _write
+    from tests.unit.test_checkpoint import (
+        NEWEST,
+        _downloads_nested_in,
+        _name_in_manifest,
+        _resume_fresh,
+    )
 
-    hvd.init()
     bucket, _ = s3_env
-    task = one_rank_task(hvd, "digits-cnn", seed=0)
-    older = tmp_path / "local" / "checkpoint_2026-01-01_00-00-01.000000"
-    newest = tmp_path / "local" / "checkpoint_2026-01-01_00-00-02.000000"
-    _write(task, older, next_epoch=1)
-    _write(task, newest, next_epoch=2)
     payload = b"written where a key pointed"
-    manifest_path = newest / checkpoint.MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"]["../escaped.bin"] = hashlib.sha256(payload).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
-
-    loc = resolve(f"s3://{bucket}/runs/job-1")
-    for local in (older, newest):
-        pafs.copy_files(str(local), loc.join(local.name), destination_filesystem=loc.filesystem)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    loc, _ = _two_checkpoints_in_bucket(
+        hvd,
+        bucket,
+        tmp_path / "local",
+        lambda folder: _name_in_manifest(folder, "../escaped.bin", sha256),
+    )
     key = "runs/job-1/escaped.bin"  # where checkpoint_.../../escaped.bin points
     boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=payload)
 
-    # Temporary folders three levels deep inside tmp_path: an escape lands in tmp_path.
-    deep = tmp_path / "a" / "b" / "c"
-    deep.mkdir(parents=True)
-    monkeypatch.setattr(tempfile, "tempdir", str(deep))
-    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
-    warnings: list[str] = []
-    state = checkpoint.resume(loc.filesystem, loc.path, fresh.networks(), mx.cpu(), warnings.append)
+    _downloads_nested_in(tmp_path, monkeypatch)
+    _, state, warnings = _resume_fresh(hvd, loc.filesystem, loc.path)
     assert state is not None and state["next_epoch"] == 1
-    assert len(warnings) == 1 and newest.name in warnings[0]
+    assert len(warnings) == 1 and NEWEST in warnings[0]
     assert list(tmp_path.rglob("escaped.bin")) == []
     assert not Path("/escaped.bin").exists()
 

@@ -38,6 +38,36 @@ def _write(task, directory, **state) -> str:
     return str(directory)
 
 
+#: Two checkpoints of one run, by Ray Train's naming: the names sort by age.
+OLDER, NEWEST = "checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000"
+
+
+def _name_in_manifest(directory, name: str, sha256: str = "0" * 64) -> None:
+    """Add ``name`` to a checkpoint's manifest, as someone with write access could."""
+    path = Path(directory, checkpoint.MANIFEST)
+    manifest = json.loads(path.read_text())
+    manifest["files"][name] = sha256
+    path.write_text(json.dumps(manifest))
+
+
+def _downloads_nested_in(tmp_path, monkeypatch) -> None:
+    """Temporary folders three levels below ``tmp_path``: a download that escapes its folder
+    through ``../..`` lands inside ``tmp_path``, where a test can look for it."""
+    import tempfile
+
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+
+
+def _resume_fresh(hvd, filesystem, run_dir: str, recipe: str = "digits-cnn"):
+    """A new task (other initial weights) resumed from the run: (task, state, warnings)."""
+    fresh = one_rank_task(hvd, recipe, seed=1)
+    warnings: list[str] = []
+    state = checkpoint.resume(filesystem, run_dir, fresh.networks(), mx.cpu(), warnings.append)
+    return fresh, state, warnings
+
+
 @pytest.mark.parametrize("recipe", ["digits-cnn", "digits-fcn", "digits-gan"])
 def test_restored_training_continues_exactly(hvd, tmp_path, recipe):
     """Parameters and optimizer state (Adam moments and counts, SGD momentum) both come back:
@@ -65,17 +95,13 @@ def _flip(path, at: int = 200) -> None:
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(hvd, tmp_path):
     task = one_rank_task(hvd, "digits-cnn", seed=0)
-    _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-01.000000", next_epoch=1)
+    _write(task, tmp_path / "run" / OLDER, next_epoch=1)
     older = _digest(task)
     _train(task, random_batches(2, 3))
-    newest = _write(task, tmp_path / "run" / "checkpoint_2026-01-01_00-00-02.000000", next_epoch=2)
+    newest = _write(task, tmp_path / "run" / NEWEST, next_epoch=2)
     _flip(os.path.join(newest, checkpoint.PARAMS))
 
-    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
-    warnings: list[str] = []
-    state = checkpoint.resume(
-        pafs.LocalFileSystem(), str(tmp_path / "run"), fresh.networks(), mx.cpu(), warnings.append
-    )
+    fresh, state, warnings = _resume_fresh(hvd, pafs.LocalFileSystem(), str(tmp_path / "run"))
     assert state is not None and state["next_epoch"] == 1
     assert _digest(fresh) == older
     assert len(warnings) == 1
@@ -141,19 +167,13 @@ def test_no_checkpoint_file_is_a_pickle(hvd, tmp_path):
 def test_a_manifest_naming_a_path_is_refused_and_resume_falls_back(hvd, tmp_path, name):
     task = one_rank_task(hvd, "digits-cnn", seed=0)
     run = tmp_path / "run"
-    _write(task, run / "checkpoint_2026-01-01_00-00-01.000000", next_epoch=1)
-    newest = _write(task, run / "checkpoint_2026-01-01_00-00-02.000000", next_epoch=2)
-    manifest_path = Path(newest, checkpoint.MANIFEST)
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"][name] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    _write(task, run / OLDER, next_epoch=1)
+    newest = _write(task, run / NEWEST, next_epoch=2)
+    _name_in_manifest(newest, name)
 
     with pytest.raises(checkpoint.CheckpointError, match="not a file name"):
         checkpoint.verify(newest)
-    warnings: list[str] = []
-    state = checkpoint.resume(
-        pafs.LocalFileSystem(), str(run), task.networks(), mx.cpu(), warnings.append
-    )
+    _, state, warnings = _resume_fresh(hvd, pafs.LocalFileSystem(), str(run))
     assert state is not None and state["next_epoch"] == 1
     assert len(warnings) == 1 and "not a file name" in warnings[0]
 
@@ -162,35 +182,22 @@ def test_a_planted_key_outside_the_manifest_is_never_written(hvd, tmp_path, monk
     """Object stores accept keys like ``checkpoint_X/../../escaped.bin`` (AWS S3 does); turned
     into a local path, such a key writes outside the download folder. Here an in-memory
     filesystem (fsspec, which keeps such keys as S3 does) holds the run."""
-    import tempfile
-
     import fsspec
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     task = one_rank_task(hvd, "digits-cnn", seed=0)
+    _write(task, tmp_path / OLDER, next_epoch=1)
+    _write(task, tmp_path / NEWEST, next_epoch=2)
+    _name_in_manifest(tmp_path / NEWEST, "../../escaped.bin")
     memory = fsspec.filesystem("memory")
     run = f"/bucket-{tmp_path.name}/run"
-    for name, epoch in (
-        ("checkpoint_2026-01-01_00-00-01.000000", 1),
-        ("checkpoint_2026-01-01_00-00-02.000000", 2),
-    ):
-        local = _write(task, tmp_path / name, next_epoch=epoch)
-        for file in os.listdir(local):
-            memory.pipe(f"{run}/{name}/{file}", Path(local, file).read_bytes())
-    newest = f"{run}/checkpoint_2026-01-01_00-00-02.000000"
-    memory.pipe(f"{newest}/../../escaped.bin", b"written where a key pointed")
-    manifest = json.loads(memory.cat(f"{newest}/{checkpoint.MANIFEST}"))
-    manifest["files"]["../../escaped.bin"] = "0" * 64
-    memory.pipe(f"{newest}/{checkpoint.MANIFEST}", json.dumps(manifest).encode())
+    for name in (OLDER, NEWEST):
+        for file in os.listdir(tmp_path / name):
+            memory.pipe(f"{run}/{name}/{file}", (tmp_path / name / file).read_bytes())
+    memory.pipe(f"{run}/{NEWEST}/../../escaped.bin", b"written where a key pointed")
 
-    deep = tmp_path / "a" / "b" / "c"  # temporary folders here: an escape lands in tmp_path
-    deep.mkdir(parents=True)
-    monkeypatch.setattr(tempfile, "tempdir", str(deep))
-    fresh = one_rank_task(hvd, "digits-cnn", seed=1)
-    warnings: list[str] = []
-    state = checkpoint.resume(
-        PyFileSystem(FSSpecHandler(memory)), run, fresh.networks(), mx.cpu(), warnings.append
-    )
+    _downloads_nested_in(tmp_path, monkeypatch)
+    _, state, warnings = _resume_fresh(hvd, PyFileSystem(FSSpecHandler(memory)), run)
     assert state is not None and state["next_epoch"] == 1
     assert len(warnings) == 1 and "not a file name" in warnings[0]
     assert list(tmp_path.rglob("escaped.bin")) == []

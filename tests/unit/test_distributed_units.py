@@ -107,17 +107,12 @@ def test_interface_lookup_names_the_key_and_the_interfaces():
 def test_rendezvous_server_listens_only_where_it_is_told():
     import socket
 
-    import psutil
-
+    from infra.processes import listening_addresses
     from pipeline.distributed.horovod_backend import start_rendezvous
 
     server, port = start_rendezvous("127.0.0.1")
     try:
-        listening = {
-            c.laddr.ip
-            for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-        }
+        listening = listening_addresses(port)
         assert listening == {"127.0.0.1"}
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass  # and it serves there
