@@ -32,7 +32,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package data train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench lint format clean
+.PHONY: help setup postgres-package data manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ $(DEFAULT_DATA)/_manifest.json: | $(STAMP)
 
 data: $(STAMP) ## Write the digits data set as Parquet to data/digits
 	$(BIN)/python -m jobs.prepare_data --dataset digits --out $(DEFAULT_DATA) --overwrite
+
+manifest: $(STAMP) ## Check the Parquet at DATA row by row and write its _manifest.json (ARGS=--overwrite to replace one)
+	$(BIN)/python -m jobs.write_manifest $(DATA) $(ARGS)
 
 train: $(STAMP) $(DATA_DEP) ## Train RECIPE with 1 worker
 	$(BIN)/python -m jobs.train --recipe $(RECIPE) --data $(DATA) --workers 1 $(ARGS)

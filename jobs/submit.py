@@ -71,10 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_args(raw: list[str]) -> list[str]:
+def _train_args(raw: list[str], address: str) -> list[str]:
     args = raw[1:] if raw[:1] == ["--"] else raw
-    config_from_args(train_parser().parse_args(args))  # a config error fails here, in a line
+    cfg = config_from_args(train_parser().parse_args(args))  # a config error fails here
+    if not _on_this_machine(address):
+        _refuse_local_outputs(cfg)
     return args
+
+
+def _on_this_machine(address: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def _refuse_local_outputs(cfg) -> None:
+    """On a remote cluster, a local path or a sqlite file lives in the job's working
+    directory on the head node: gone with the job, and out of the workers' reach."""
+    storage = cfg.storage.path
+    if not storage.startswith("s3://"):
+        raise ConfigError(
+            f"storage.path={storage or '(default: ./runs)'} is a local folder, which a remote "
+            "cluster's workers and a restarted driver cannot share; set --storage "
+            "s3://bucket/prefix"
+        )
+    uri = cfg.tracking.resolved_uri()
+    if not uri.startswith(("http://", "https://", "databricks")):
+        raise ConfigError(
+            f"the tracking URI {redact(uri)} is a local store, which a job on a remote cluster "
+            "would write on its head node and lose; set MLFLOW_TRACKING_URI to the team's "
+            "MLflow server (http://host:5000, see infra/mlflow)"
+        )
 
 
 def _refuse_passwords(env: dict[str, str], train_args: list[str]) -> None:
@@ -159,9 +187,9 @@ def _first_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    train_args = _train_args(args.train_args)
     if not args.address:
         raise ConfigError("no cluster: set RAY_ADDRESS or --address (e.g. http://head:8265)")
+    train_args = _train_args(args.train_args, args.address)
     client, job_id = submit(args.address, train_args)
     print(f"submitted job {job_id} to {args.address}", flush=True)
     if args.no_wait:

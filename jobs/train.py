@@ -110,10 +110,16 @@ def print_summary(result) -> None:
         + "  ".join(f"{k} {m[k]:.4f}" for k in SUMMARY_METRICS if k in m)
         + (f"  samples_per_sec {m['samples_per_sec']:,.0f}" if "samples_per_sec" in m else ""),
     ]
-    if result.model_version is not None:
+    reg = result.registration
+    if reg is not None and reg.promoted:
         lines.append(
-            f"  registered {result.model_name} version {result.model_version} "
-            f"(alias @{result.alias}): models:/{result.model_name}@{result.alias}"
+            f"  registered {reg.name} version {reg.version} (alias @{result.alias}; gate: "
+            f"{reg.verdict}): models:/{reg.name}@{result.alias}"
+        )
+    elif reg is not None:
+        lines.append(
+            f"  registered {reg.name} version {reg.version} WITHOUT alias @{result.alias}: "
+            f"below the recipe's bar ({reg.verdict}); models:/{reg.name}/{reg.version}"
         )
     lines.append(f"  tracking {redact(result.tracking_uri)}, experiment {result.experiment!r}")
     lines.append("  open the UI: make mlflow-ui  ->  http://127.0.0.1:5000")

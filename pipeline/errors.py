@@ -14,6 +14,10 @@ class PipelineError(Exception):
     """Base class for failures caused by input or environment, not by our code."""
 
     exit_code = 2
+    #: Whether Ray Train should start the worker group again when a worker raises it. A bad
+    #: file or setting fails the same way on every attempt, so by default it ends the job at
+    #: once instead of burning ``scaling.max_failures`` restarts.
+    retryable = False
 
     def __init__(self, message: str = "") -> None:
         # One line whatever a library's message held (pyarrow's hold newlines): the user's
@@ -34,6 +38,13 @@ class StorageError(PipelineError):
     """Object storage is unreachable, denies access, or a bucket/prefix does not exist."""
 
 
+class StorageUnavailableError(StorageError):
+    """Reading or writing storage failed after the client's own retries (network, throttling,
+    a server down): not the data's fault, and possibly gone on the next attempt."""
+
+    retryable = True
+
+
 class TrackingError(PipelineError):
     """The MLflow tracking server or model registry cannot be used."""
 
@@ -42,3 +53,17 @@ class TrainingError(PipelineError):
     """The distributed training run failed (worker errors, exhausted restarts)."""
 
     exit_code = 1
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite: the run cannot recover by itself, and a restart from
+    the last checkpoint would diverge again the same way."""
+
+
+class JobStopped(PipelineError):
+    """The driver was told to stop (SIGTERM from ``ray job stop`` or an eviction, Ctrl-C):
+    the run is KILLED and can be resumed."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

@@ -13,18 +13,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import JobConfig
-from pipeline.data.contract import DatasetInfo, inspect_dataset
+from pipeline.data.contract import DatasetInfo, check_unique_ids, inspect_dataset
+from pipeline.distributed.failures import user_error
 from pipeline.distributed.threads import thread_env
-from pipeline.errors import ConfigError, PipelineError, TrainingError
+from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
 from pipeline.redact import redact
-from pipeline.storage import check_access, endpoint_url, resolve
-from pipeline.tracking import mlflow_run
+from pipeline.storage import check_access, check_writable, endpoint_url, resolve
+from pipeline.tracking import mlflow_run, outage, registry
+from pipeline.tracking.registry import Registration
 from pipeline.train.loop import WorkerPayload
 
 Progress = Callable[[str], None]
@@ -36,8 +40,8 @@ class JobResult:
     experiment: str
     tracking_uri: str
     metrics: dict
-    model_name: str | None
-    model_version: int | None
+    #: None when registration is off.
+    registration: Registration | None
     alias: str
     seconds: float
 
@@ -45,11 +49,12 @@ class JobResult:
 def preflight(cfg: JobConfig) -> DatasetInfo:
     """Everything that can be checked before a worker starts; raises a PipelineError."""
     _check_local_machine(cfg)
-    info = inspect_dataset(cfg.data.uri, s3=cfg.s3)
-    _check_cached_files(cfg, info)
-    for uri in (cfg.storage.path, cfg.tracking.artifact_uri):
-        if uri:
-            check_access(uri, cfg.s3)
+    info = inspect_dataset(cfg.data.uri, s3=cfg.s3, require_manifest=cfg.data.require_manifest)
+    _check_cached_files(cfg, info)  # checksums first: a changed file is named as such
+    check_unique_ids(info, cfg.s3)
+    check_writable(cfg.storage.resolved_path(), cfg.s3)
+    if cfg.tracking.artifact_uri:
+        check_access(cfg.tracking.artifact_uri, cfg.s3)
     from models import build_model
 
     try:
@@ -91,10 +96,10 @@ def _check_local_machine(cfg: JobConfig) -> None:
 
 
 def _check_cached_files(cfg: JobConfig, info: DatasetInfo) -> None:
-    """A local data set that the workers will cache is read and checked here (SHA-256, then
-    decoded) once. The workers would find a corrupt file too, but Ray Train retries every
-    worker failure, so the user would wait for max_failures restarts of the same error.
-    Objects on S3 and streamed data sets are checked by the workers only."""
+    """A local data set that the workers will cache is read and checked here once (SHA-256,
+    decoding, every row's values), so a bad file costs no Ray start. Objects on S3 and
+    streamed data sets are checked by the workers as they read them; a worker's data error
+    ends the job without restarts (pipeline/distributed/failures.py)."""
     import pyarrow.fs as pafs
 
     from pipeline.data.ingest import open_source, should_cache
@@ -118,6 +123,7 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         # Ray Train re-routes print() through its logger, which shows every line twice.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
+    env.update(outage.FAST_FAILING)  # rank 0's logger retries by itself (tracking/outage.py)
     for name in ("MXTRAIN_TRACE_DIR", "MLFLOW_S3_ENDPOINT_URL"):
         if name in os.environ:
             env[name] = os.environ[name]
@@ -148,6 +154,7 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
             logging_level=logging.WARNING,
             configure_logging=True,
         )
+    stop_on_sigterm()
     try:
         yield
     finally:
@@ -164,6 +171,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from pipeline.distributed.failures import stop_on_user_errors
     from pipeline.distributed.horovod_backend import HorovodConfig
     from pipeline.train.loop import train_worker
 
@@ -196,7 +204,8 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    return trainer.fit()
+    with stop_on_user_errors():
+        return trainer.fit()
 
 
 def _worker_error(exc: BaseException) -> str:
@@ -210,21 +219,30 @@ def _worker_error(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[-1][:500]
 
 
-def _user_error(exc: BaseException) -> PipelineError | None:
-    """A worker's PipelineError (a user's mistake, such as a corrupt file) inside Train's
-    failure, if there is one."""
-    for failure in getattr(exc, "worker_failures", {}).values():
-        for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
-            if isinstance(candidate, PipelineError):
-                return candidate
-    return None
+#: Signals received by :func:`_stop`, newest last.
+_RECEIVED: list[int] = []
+
+
+def _stop(signum: int, _frame) -> None:
+    """SIGTERM unwinds the driver as Ctrl-C does. It must be a KeyboardInterrupt: Ray's
+    ``ray.get`` lets that one through and mangles other exceptions raised in a handler."""
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the job in the main thread (see :func:`_stop`). Called again after
+    ``ray.init``, which installs handlers of its own (a Python one, and a native one that
+    aborts the process)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
 
 
 def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = None) -> JobResult:
     """Train, track and register one job. Raises PipelineError for anything a user can fix.
 
-    ``resume``: the MLflow run id of an interrupted job (its driver died) to continue, under
-    the same run, from that run's newest valid checkpoint."""
+    ``resume``: the MLflow run id of an interrupted job (its driver died or was stopped) to
+    continue, under the same run, from that run's newest valid checkpoint."""
     start = time.perf_counter()
     info = preflight(cfg)
     progress(
@@ -237,56 +255,109 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
         # MLflow's S3 artifact store takes its endpoint from this variable only (rank 0 logs
         # sample images; ray_session passes it on to the workers).
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url(cfg.s3))
-    if resume:
-        mlflow_run.reopen_run(cfg, resume)
-        run_id = resume
-        progress(
-            f"resuming MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {redact(uri)})"
-        )
-    else:
-        run_id = mlflow_run.start_run(cfg, info)
-        progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {redact(uri)})")
-    status = "FAILED"
-    try:
-        with ray_session(cfg, progress):
-            try:
-                result = fit(cfg, info, run_id, uri)
-            except PipelineError:
-                raise
-            except Exception as exc:
-                import ray.train
-
-                if isinstance(exc, ray.train.TrainingFailedError):
-                    user_error = _user_error(exc)
-                    if user_error is not None:  # bad data found by a worker: exit code 2
-                        raise user_error from None
-                    raise TrainingError(
-                        f"training failed (scaling.max_failures={cfg.scaling.max_failures} "
-                        f"restarts allowed): {_worker_error(exc)}"
-                    ) from exc
-                raise
-        if result.checkpoint is None:
-            raise TrainingError("training ended without a checkpoint; nothing to register")
-        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-        with verified_checkpoint(result.checkpoint) as ckpt:
-            example = _input_example(info, cfg)
-            version = mlflow_run.log_and_register_model(cfg, run_id, ckpt, example)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        mlflow_run.end_run(uri, run_id, status)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    with outage.fast_failing():  # our retries, not MLflow's minutes-long ones
+        run_id = _open_run(cfg, info, uri, resume, progress)
+        heartbeat = mlflow_run.Heartbeat(uri, run_id)
+        status = "FAILED"
+        registration = None
+        try:
+            with ray_session(cfg, progress):
+                result = _train(cfg, info, run_id, uri)
+            metrics = {
+                k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
+            }
+            registration = _register(cfg, info, run_id, uri, result, metrics, progress)
+            status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # SIGTERM (`ray job stop`, an eviction) or Ctrl-C.
+            status = "KILLED"
+            number = _RECEIVED[-1] if _RECEIVED else signal.SIGINT
+            if isinstance(exc, SystemExit):  # another library's SIGTERM handler
+                number = signal.SIGTERM
+            raise JobStopped(
+                f"stopped by {signal.Signals(number).name}: MLflow run {run_id} is KILLED; "
+                f"continue it from its last checkpoint with the same arguments and --resume "
+                f"{run_id}",
+                number,
+            ) from None
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+            heartbeat.stop()
+            if status != "FINISHED" and registration is not None:
+                registry.withdraw_versions(uri, run_id)
+            mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
     return JobResult(
         run_id=run_id,
         experiment=cfg.tracking.experiment,
         tracking_uri=uri,
         metrics=metrics,
-        model_name=cfg.registered_model_name if cfg.tracking.register else None,
-        model_version=version,
+        registration=registration,
         alias=cfg.tracking.alias,
         seconds=time.perf_counter() - start,
     )
+
+
+def _open_run(
+    cfg: JobConfig, info: DatasetInfo, uri: str, resume: str | None, progress: Progress
+) -> str:
+    where = f"(experiment {cfg.tracking.experiment!r}, {redact(uri)})"
+    if not resume:
+        run_id = mlflow_run.start_run(cfg, info)
+        progress(f"MLflow run {run_id} {where}")
+        return run_id
+    mlflow_run.reopen_run(cfg, resume)
+    # A version its stopped driver registered but never promoted goes; the job registers anew.
+    registry.withdraw_versions(uri, resume)
+    progress(f"resuming MLflow run {resume} {where}")
+    return resume
+
+
+def _train(cfg: JobConfig, info: DatasetInfo, run_id: str, uri: str):
+    """Ray Train's result; a worker's user error as itself, any other failure explained."""
+    try:
+        return fit(cfg, info, run_id, uri)
+    except PipelineError:
+        raise
+    except Exception as exc:
+        import ray.train
+
+        if isinstance(exc, ray.train.TrainingFailedError):
+            found = user_error(exc)
+            if found is not None:  # bad data found by a worker: exit code 2
+                raise found from None
+            raise TrainingError(
+                f"training failed (scaling.max_failures={cfg.scaling.max_failures} "
+                f"restarts allowed): {_worker_error(exc)}"
+            ) from exc
+        raise
+
+
+def _register(cfg, info, run_id: str, uri: str, result, metrics: dict, progress: Progress):
+    """Log the final checkpoint's model, register it, move the alias if it passed its gate;
+    an unreachable tracking server is waited for (tracking.outage_wait_s)."""
+    if result.checkpoint is None:
+        raise TrainingError("training ended without a checkpoint; nothing to register")
+    with verified_checkpoint(result.checkpoint) as ckpt:
+        example = _input_example(info, cfg)
+        registration = outage.retry_while_unreachable(
+            lambda: registry.log_and_register_model(cfg, run_id, ckpt, example, metrics),
+            uri,
+            "registering the model",
+            cfg.tracking.outage_wait_s,
+            progress,
+        )
+    if registration is not None:
+        outage.retry_while_unreachable(
+            lambda: mlflow_run.set_tags(uri, run_id, {registry.TAG_GATE: registration.verdict}),
+            uri,
+            "tagging the run",
+            cfg.tracking.outage_wait_s,
+            progress,
+        )
+    return registration
 
 
 @contextlib.contextmanager

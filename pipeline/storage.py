@@ -161,3 +161,42 @@ def check_access(uri: str, s3: S3Config | None = None) -> None:
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's permissions"
             ) from None
         raise StorageError(f"S3 request to {where} failed: {code or status} {exc}") from None
+
+
+def check_writable(uri: str, s3: S3Config | None = None) -> None:
+    """Prove that the job can write where its checkpoints go: put a small probe object (or
+    file) and delete it. Without this, read-only credentials pass the listing check and the
+    job fails at its first checkpoint, after an epoch of work."""
+    import uuid
+
+    check_access(uri, s3)
+    loc = resolve(uri, s3)
+    probe = loc.join(f".mxtrain-write-probe-{uuid.uuid4().hex}")
+    if loc.is_local:
+        try:
+            loc.filesystem.create_dir(loc.path, recursive=True)
+            with loc.filesystem.open_output_stream(probe) as out:
+                out.write(b"probe")
+            loc.filesystem.delete_file(probe)
+        except OSError as exc:
+            raise StorageError(
+                f"{uri}: cannot write here ({exc}); choose a writable folder"
+            ) from None
+        return
+    import botocore.exceptions as bex
+
+    s3 = s3 or S3Config()
+    key = probe.split("/", 1)[1]
+    client = s3_client(s3)
+    try:
+        client.put_object(Bucket=loc.bucket, Key=key, Body=b"probe")
+        client.delete_object(Bucket=loc.bucket, Key=key)
+    except bex.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        raise StorageError(
+            f"{uri}: the credentials may read bucket {loc.bucket!r} but not write to it "
+            f"({code}); checkpoints need s3:PutObject and s3:DeleteObject there, or point "
+            "storage.path at a writable location"
+        ) from None
+    except bex.BotoCoreError as exc:
+        raise StorageError(f"{uri}: a test write failed ({type(exc).__name__})") from None

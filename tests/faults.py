@@ -21,6 +21,7 @@ class FlakyProxy:
     Connection n (0-based): the first ``reset_first`` are reset (RST) on accept; after those,
     every ``slow_down_every``-th answers its first request with HTTP 503 SlowDown and closes;
     the others are piped through unchanged. Counts what it did in ``resets``/``slow_downs``.
+    :meth:`go_down` and :meth:`come_back` make an outage of any server (S3, MLflow).
     """
 
     def __init__(self, upstream_port: int, reset_first: int = 3, slow_down_every: int = 4):
@@ -31,13 +32,18 @@ class FlakyProxy:
         self.slow_downs = 0
         self.passed = 0
         self._n = 0
+        self._open: set[socket.socket] = set()
+        self.port = 0
+        self._listen()
+
+    def _listen(self) -> None:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", self.port))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread = threading.Thread(target=self._accept, args=(self._sock,), daemon=True)
         self._thread.start()
 
     @property
@@ -49,10 +55,22 @@ class FlakyProxy:
         self._sock.close()
         self._thread.join(timeout=5)
 
-    def _accept(self) -> None:
+    def go_down(self) -> None:
+        """The server behind is gone: new connections are refused (nothing listens on the
+        port) and open ones are cut."""
+        self.close()
+        for conn in list(self._open):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def come_back(self) -> None:
+        """Listen on the same port again."""
+        self._listen()
+
+    def _accept(self, listening: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = listening.accept()
             except OSError:
                 return
             n = self._n
@@ -100,9 +118,11 @@ class FlakyProxy:
                     with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
 
+        self._open.update((conn, upstream))
         t = threading.Thread(target=copy, args=(upstream, conn), daemon=True)
         t.start()
         copy(conn, upstream)
         t.join(timeout=60)
+        self._open.difference_update((conn, upstream))
         conn.close()
         upstream.close()

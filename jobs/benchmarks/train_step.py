@@ -123,7 +123,7 @@ def figures(steps: int, batch_size: int, reps: int) -> tuple[list[Figure], dict]
 def _tracking(task, reader, cfg, reps: int) -> Figure:
     from mlflow import MlflowClient
 
-    from pipeline.tracking.mlflow_run import RunLogger
+    from pipeline.tracking.run_logger import RunLogger
 
     plain = _ours(task, reader, cfg)
     with tempfile.TemporaryDirectory() as tmp:

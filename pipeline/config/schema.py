@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,6 +73,11 @@ class DataConfig(Section):
     )
     cache_max_mb: int = option(
         1024, "largest data set (stored Parquet bytes) that auto caches", ge=0
+    )
+    require_manifest: bool = option(
+        True,
+        "refuse a data set without _manifest.json (it proves the set is whole and carries"
+        " every file's SHA-256); write one with `python -m jobs.write_manifest <uri>`",
     )
 
     def check(self) -> None:
@@ -239,7 +245,23 @@ class TrackingConfig(Section):
     experiment: str = option("mxtrain", "MLflow experiment the run is recorded in")
     register: bool = option(True, "register the trained model in the MLflow model registry")
     model_name: str = option("", "registered model name; empty = the recipe's name")
-    alias: str = option("candidate", "registry alias pointed at the new model version")
+    alias: str = option(
+        "candidate",
+        "registry alias moved to the new model version if the run passes its gate",
+    )
+    gate_metric: str = option(
+        "",
+        "the final metric a run must reach for the alias to move (each recipe sets its"
+        " target); a run below it is registered without the alias; empty = no gate",
+        choices=("", "test_accuracy", "val_accuracy", "generated_accuracy"),
+    )
+    gate_min: float = option(0.0, "the lowest value of gate_metric that moves the alias", ge=0)
+    outage_wait_s: float = option(
+        300.0,
+        "how long rank 0 (buffering its metrics) and the driver (registering, closing the run)"
+        " wait out an unreachable tracking server before giving up",
+        ge=0,
+    )
     artifact_uri: str = option(
         "",
         "where a new experiment stores artifacts (folder or s3://bucket/prefix); empty = the"
@@ -324,6 +346,12 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self, "")
+        # The recipe's name becomes part of the checkpoint folder's path.
+        require(
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.recipe) is not None,
+            "recipe",
+            f"must be a plain name (letters, digits, '.', '_', '-'), got {self.recipe!r}",
+        )
         require(
             self.optim.precision == "float32" or self.scaling.use_gpu,
             "optim.precision",

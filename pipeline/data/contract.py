@@ -17,9 +17,17 @@ label      int64                                  class index in [0, num_classes
 Schema metadata (the same in every file): ``mxtrain.feature_shape`` = JSON list whose product is
 D (``[1, 8, 8]`` for an 8x8 grey image, ``[64]`` for flat features) and
 ``mxtrain.num_classes`` = decimal integer. ``_manifest.json`` is written last by
-``jobs.prepare_data``: when present, its file list and row counts must match what is stored.
+``jobs.prepare_data`` (or ``jobs.write_manifest`` for Parquet written elsewhere); it is required
+unless ``data.require_manifest=false``, and its file list, row counts and sizes must match what
+is stored.
 
-:func:`inspect_dataset` checks all of this by reading only the Parquet footers.
+Row values: every id present and unique across all splits, every label present and in
+``[0, num_classes)``, every feature value present and finite.
+
+:func:`inspect_dataset` checks the layout, schema and manifest by reading only the Parquet
+footers; :func:`check_unique_ids` reads the id column of every file; :func:`check_rows` checks
+the values of rows as whoever reads them first (the driver for a small local set, else each
+worker) decodes them.
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
-from pipeline.errors import DataError, StorageError
+from pipeline.errors import DataError, PipelineError, StorageError, StorageUnavailableError
 from pipeline.storage import Location, check_access, resolve
 
 ID = "id"
@@ -84,6 +93,92 @@ class DatasetInfo:
     @property
     def num_features(self) -> int:
         return math.prod(self.feature_shape)
+
+
+def read_failure(exc: Exception, where: str) -> PipelineError:
+    """A failed read of a data file as the user's problem: an unreadable file (replace it)
+    or storage that did not answer after the client's own retries (nothing wrong with the
+    file; try again). Both arrive as OSError from pyarrow; the S3 client's error names say
+    which."""
+    text = str(exc)
+    unavailable = ("AWS Error NETWORK_CONNECTION", "curlCode", "SLOW_DOWN", "SERVICE_UNAVAILABLE")
+    if isinstance(exc, OSError) and any(mark in text for mark in unavailable):
+        return StorageUnavailableError(
+            f"{where}: storage did not answer after retries ({exc}); the file itself may be "
+            "fine: check the endpoint or network (s3.max_attempts, s3.connect_timeout_s) and "
+            "run again (--resume <run id> continues from the last checkpoint)"
+        )
+    return DataError(f"{where}: not a readable Parquet file ({exc}); replace or remove it")
+
+
+def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
+    """Refuse rows whose values break the contract: a null id, label or feature value, a
+    label outside ``[0, num_classes)``, a NaN or infinite feature. One vectorised pass.
+
+    Why each matters: MXNet's ``pick`` clips a label >= num_classes to the last class and a
+    negative one drops out of the loss (it is the padding rows' mark) while still counting in
+    ``train_loss``; one NaN feature turns every gradient NaN after the first allreduce."""
+    fix = "fix the rows or the file (see the data contract in README.md)"
+    for name in (ID, LABEL, FEATURES):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise DataError(f"{where}: {nulls} rows have a null {name!r}; {fix}")
+    ids = table.column(ID).to_numpy()
+    labels = table.column(LABEL).to_numpy()
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise DataError(
+            f"{where}: row id {ids[row]} has label {labels[row]}, outside [0, {num_classes}) "
+            f"({int(outside.sum())} such rows); fix the labels or the schema's "
+            f"{META_CLASSES.decode()}"
+        )
+    features = table.column(FEATURES)
+    feats = features.combine_chunks() if features.num_chunks != 1 else features.chunk(0)
+    flat = feats.flatten()
+    if flat.null_count:
+        raise DataError(f"{where}: {flat.null_count} null values inside 'features'; {fix}")
+    values = flat.to_numpy(zero_copy_only=False).reshape(len(feats), -1)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = values[row][~np.isfinite(values[row])][0]
+        raise DataError(
+            f"{where}: row id {ids[row]} has a feature value of {value} ({int(bad.sum())} rows "
+            f"with NaN or infinite features); {fix}"
+        )
+
+
+def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
+    """Every id once across all splits, reading only the id column (8 bytes a row). An id
+    in two splits is a row the model is trained and then tested on."""
+    loc = resolve(info.uri, s3)
+    ids: list[np.ndarray] = []
+    owner: list[np.ndarray] = []
+    names: list[str] = []
+    for split, split_info in info.splits.items():
+        for path in split_info.files:
+            where = loc.uri_of(path)
+            try:
+                column = pq.read_table(path, columns=[ID], filesystem=loc.filesystem).column(ID)
+            except (pa.ArrowException, OSError) as exc:
+                raise read_failure(exc, where) from None
+            if column.null_count:
+                raise DataError(f"{where}: {column.null_count} rows have a null 'id'")
+            ids.append(column.to_numpy())
+            owner.append(np.full(len(ids[-1]), len(names)))
+            names.append(f"{split}/{path.rsplit('/', 1)[-1]}")
+    every = np.concatenate(ids)
+    order = np.argsort(every, kind="stable")
+    repeated = np.flatnonzero(every[order][1:] == every[order][:-1])
+    if len(repeated):
+        first, second = order[repeated[0]], order[repeated[0] + 1]
+        files = np.concatenate(owner)
+        raise DataError(
+            f"{info.uri}: id {every[first]} appears in {names[files[first]]} and again in "
+            f"{names[files[second]]} ({len(repeated)} repeated ids); ids must be unique across "
+            "train/val/test (a row in two splits is tested on what it was trained on)"
+        )
 
 
 def check_schema(schema: pa.Schema, where: str) -> tuple[tuple[int, ...], int]:
@@ -146,11 +241,15 @@ def read_manifest(loc: Location) -> dict | None:
 
 
 def inspect_dataset(
-    uri: str, splits: tuple[str, ...] = SPLITS, s3: S3Config | None = None
+    uri: str,
+    splits: tuple[str, ...] = SPLITS,
+    s3: S3Config | None = None,
+    require_manifest: bool = True,
 ) -> DatasetInfo:
     """Check a data set against the contract by reading footers only; raise DataError if not.
 
     For S3, the bucket is checked first (reachable, credentials valid, exists): StorageError.
+    ``require_manifest=False`` accepts a set without ``_manifest.json`` (no checksums then).
     """
     check_access(uri, s3)
     loc = resolve(uri, s3)
@@ -172,9 +271,7 @@ def inspect_dataset(
             try:
                 meta = pq.read_metadata(path, filesystem=loc.filesystem)
             except (pa.ArrowException, OSError) as exc:
-                raise DataError(
-                    f"{where}: not a readable Parquet file ({exc}); replace or remove it"
-                ) from None
+                raise read_failure(exc, where) from None
             shapes.add(check_schema(meta.schema.to_arrow_schema(), where))
             rows += meta.num_rows
             groups.append(tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
@@ -186,21 +283,49 @@ def inspect_dataset(
     if len(shapes) != 1:
         raise DataError(f"{uri}: files disagree on feature_shape/num_classes: {sorted(shapes)}")
     (shape, num_classes) = shapes.pop()
-    found = _check_manifest(loc, found, sizes)
+    found = _check_manifest(loc, found, sizes, require_manifest)
     return DatasetInfo(uri, shape, num_classes, found)
 
 
 def _check_manifest(
-    loc: Location, found: dict[str, SplitInfo], sizes: dict[str, int]
+    loc: Location, found: dict[str, SplitInfo], sizes: dict[str, int], required: bool
 ) -> dict[str, SplitInfo]:
-    """Compare what is stored with the manifest (files, rows, bytes); attach its checksums."""
+    """Compare what is stored with the manifest (files, rows, bytes); attach its checksums.
+
+    Without a manifest nothing says the set is complete (a crashed write leaves a partial
+    one) and no checksum can be checked: refused unless the user opted out."""
     manifest = read_manifest(loc)
+    how = (
+        f"write one with `python -m jobs.write_manifest {loc.uri}` (it checks every row and "
+        "records checksums), or set data.require_manifest=false to train without checksums"
+    )
     if manifest is None:
+        if required:
+            raise DataError(f"{loc.uri}: no {MANIFEST}, so nothing proves the set is whole; {how}")
         return found
+    try:
+        return _match_manifest(loc, manifest, found, sizes, required, how)
+    except (KeyError, TypeError, AttributeError):
+        raise DataError(
+            f"{loc.uri}/{MANIFEST}: not a manifest this pipeline wrote (missing or mistyped "
+            f"fields); {how}"
+        ) from None
+
+
+def _match_manifest(
+    loc: Location,
+    manifest: dict,
+    found: dict[str, SplitInfo],
+    sizes: dict[str, int],
+    required: bool,
+    how: str,
+) -> dict[str, SplitInfo]:
     checked = {}
     for split, info in found.items():
         entry = manifest.get("splits", {}).get(split)
         if entry is None:
+            if required:
+                raise DataError(f"{loc.uri}: {MANIFEST} does not list split {split}/; {how}")
             checked[split] = info
             continue
         listed = {f["path"]: f for f in entry["files"]}

@@ -40,7 +40,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
-from pipeline.data.contract import FEATURES, ID, LABEL, DatasetInfo, SplitInfo
+from pipeline.data.contract import (
+    FEATURES,
+    ID,
+    LABEL,
+    DatasetInfo,
+    SplitInfo,
+    check_rows,
+    read_failure,
+)
 from pipeline.errors import DataError
 from pipeline.storage import resolve
 
@@ -127,18 +135,26 @@ class FileSource:
     :meth:`read_in_order` keeps ``ahead`` row groups in flight on a thread pool, so object
     storage latency overlaps the decoding and the training step. Each thread holds at most
     one open file: keeping every file's reader open made a worker's memory grow with the
-    number of files (make bench, rss_growth).
+    number of files (make bench, rss_growth). Each row group's values are checked
+    (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it.
     """
 
     def __init__(
-        self, files: tuple[str, ...], filesystem, uri_of: Callable[[str], str], ahead: int = 2
+        self,
+        files: tuple[str, ...],
+        filesystem,
+        uri_of: Callable[[str], str],
+        num_classes: int,
+        ahead: int = 2,
     ):
         self.files = files
         self.filesystem = filesystem
         self.uri_of = uri_of
+        self.num_classes = num_classes
         self.ahead = ahead
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
+        self._checked: set[Piece] = set()
 
     def read(self, piece: Piece) -> pa.Table:
         try:
@@ -151,10 +167,14 @@ class FileSource:
                 # pre_buffer: one coalesced request per row group instead of one per column
                 current = (piece.file, pq.ParquetFile(stream, pre_buffer=True))
                 self._local.current = current
-            return current[1].read_row_group(piece.group, columns=COLUMNS, use_threads=False)
+            table = current[1].read_row_group(piece.group, columns=COLUMNS, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
-            where = self.uri_of(self.files[piece.file])
-            raise DataError(f"{where}: cannot read ({exc}); replace or remove the file") from None
+            raise read_failure(exc, self.uri_of(self.files[piece.file])) from None
+        if piece not in self._checked:
+            where = f"{self.uri_of(self.files[piece.file])} (row group {piece.group})"
+            check_rows(table, self.num_classes, where)
+            self._checked.add(piece)
+        return table
 
     def read_in_order(self, pieces: list[Piece]) -> Iterator[pa.Table]:
         if self.ahead <= 0:
@@ -184,13 +204,14 @@ class FileSource:
 
 
 class MemorySource:
-    """Every file read once, whole, with its SHA-256 checked against the manifest
-    (``data.cache=memory``)."""
+    """Every file read once, whole, with its SHA-256 checked against the manifest and its
+    rows' values checked (``data.cache=memory``)."""
 
     def __init__(
         self,
         split: SplitInfo,
         filesystem,
+        num_classes: int,
         uri_of: Callable[[str], str] = lambda path: path,
     ):
         self.tables: list[pa.Table] = []
@@ -207,9 +228,8 @@ class MemorySource:
                     )
                 table = pq.read_table(pa.BufferReader(data), columns=COLUMNS, use_threads=False)
             except (pa.ArrowException, OSError) as exc:
-                raise DataError(
-                    f"{uri_of(path)}: cannot read ({exc}); replace or remove the file"
-                ) from None
+                raise read_failure(exc, uri_of(path)) from None
+            check_rows(table, num_classes, uri_of(path))
             self.tables.append(table)
             self.offsets.append(np.concatenate([[0], np.cumsum(groups)]).tolist())
 
@@ -230,8 +250,8 @@ def open_source(info: DatasetInfo, split: str, memory: bool, s3: S3Config | None
     loc = resolve(info.uri, s3)
     filesystem = loc.filesystem or pafs.LocalFileSystem()
     if memory:
-        return MemorySource(info.splits[split], filesystem, loc.uri_of)
-    return FileSource(info.splits[split].files, filesystem, loc.uri_of)
+        return MemorySource(info.splits[split], filesystem, info.num_classes, loc.uri_of)
+    return FileSource(info.splits[split].files, filesystem, loc.uri_of, info.num_classes)
 
 
 # -- batches ------------------------------------------------------------------------------------

@@ -6,13 +6,10 @@ checksums) last, so a reader that finds the manifest knows the data set is compl
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -20,8 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
+from pipeline.data import manifest as manifests
 from pipeline.data.contract import (
-    CONTRACT_VERSION,
     FEATURES,
     ID,
     LABEL,
@@ -118,6 +115,9 @@ def _ensure_empty(loc: Location, overwrite: bool) -> None:
         existing = loc.filesystem.get_file_info(pafs.FileSelector(loc.path, recursive=False))
         if existing and not overwrite:
             raise DataError(f"{loc.uri} is not empty; pass --overwrite to replace its contents")
+        # The manifest goes first: a write that crashes from here on leaves a set without
+        # one, which training refuses (data.require_manifest).
+        existing.sort(key=lambda item: item.base_name != MANIFEST)
         for item in existing:
             if item.type == pafs.FileType.Directory:
                 loc.filesystem.delete_dir(item.path)
@@ -146,15 +146,7 @@ def write_dataset(
     loc = resolve(uri, s3)
     _ensure_empty(loc, overwrite)
     schema = make_schema(feature_shape, num_classes)
-    manifest: dict = {
-        "contract_version": CONTRACT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": source,
-        "feature_shape": list(feature_shape),
-        "num_classes": num_classes,
-        "schema": {f.name: str(f.type) for f in schema},
-        "splits": {},
-    }
+    manifest = manifests.new_manifest(feature_shape, num_classes, schema, source)
     for name, split in splits.items():
         table = _table(split, schema)
         files = []
@@ -174,18 +166,10 @@ def write_dataset(
                     out.write(data)
             except OSError as exc:
                 raise StorageError(f"{loc.uri}/{name}/{fname}: write failed ({exc})") from None
-            files.append(
-                {
-                    "path": fname,
-                    "rows": chunk.num_rows,
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                }
-            )
+            files.append(manifests.file_entry(fname, chunk.num_rows, data))
         manifest["splits"][name] = {"rows": table.num_rows, "files": files}
         progress(f"  {name:<5} {table.num_rows:>7} rows in {len(files)} files")
-    with loc.filesystem.open_output_stream(loc.join(MANIFEST)) as out:
-        out.write(json.dumps(manifest, indent=2).encode())
+    manifests.save(loc, manifest)
     return manifest
 
 

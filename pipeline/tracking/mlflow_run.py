@@ -1,30 +1,23 @@
-"""The job's MLflow record: one run per job, written by the driver and by rank 0 only.
+"""The job's MLflow run: one per job, written by the driver and by rank 0 only.
 
 The driver opens the run (params, tags), rank 0 logs the per-epoch metrics while training (so
-the UI shows progress live), and the driver logs the trained model from the final checkpoint,
-registers it and closes the run. A failed job ends its run FAILED and registers nothing.
+the UI shows progress live), and the driver closes the run once the model is registered
+(pipeline/tracking/registry.py). A failed job ends its run FAILED and registers nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import math
 import os
-import shutil
-import tempfile
+import socket
 import time
-import warnings
-from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
-from pipeline.errors import ConfigError, PipelineError, TrackingError
-from pipeline.redact import has_password, redact
-from pipeline.tracking import bundle
-from pipeline.tracking.bundle import Bundle
+from pipeline.errors import ConfigError, TrackingError
+from pipeline.redact import redact
 
 TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
@@ -32,7 +25,7 @@ TAG_WORLD_SIZE = "pipeline.world_size"
 TAG_RESUME_KEY = "pipeline.resume_key"
 
 
-def _client(uri: str):
+def client_for(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -44,7 +37,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
 
     uri = cfg.tracking.resolved_uri()
     try:
-        client = _client(uri)
+        client = client_for(uri)
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
         if exp is None:
             exp_id = client.create_experiment(
@@ -69,7 +62,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
                 TAG_RESUME_KEY: cfg.resume_key(),
             },
         )
-        params = [mlflow.entities.Param(k, _param_value(v)) for k, v in cfg.to_dict().items()]
+        params = [mlflow.entities.Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
         params += [
             mlflow.entities.Param("data.feature_shape", json.dumps(list(info.feature_shape))),
             mlflow.entities.Param("data.num_classes", str(info.num_classes)),
@@ -82,18 +75,18 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
     except ConfigError:
         raise
     except Exception as exc:  # any failure here is the tracking store's, not ours
-        raise TrackingError(_tracking_problem(uri, exc)) from None
+        raise TrackingError(tracking_problem(uri, exc)) from None
     return run.info.run_id
 
 
-def _user(uri: str) -> str:
+def request_user(uri: str) -> str:
     """The MLflow user a request goes as: the URI's own, else MLFLOW_TRACKING_USERNAME."""
     from urllib.parse import urlsplit
 
     return urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
 
 
-def _tracking_problem(uri: str, exc: Exception) -> str:
+def tracking_problem(uri: str, exc: Exception) -> str:
     """One line; for a server with authentication, which variables to set."""
     text = str(exc)
     if "error code 401" in text:
@@ -103,11 +96,11 @@ def _tracking_problem(uri: str, exc: Exception) -> str:
         )
     if "error code 403" in text:
         return (
-            f"MLflow tracking at {uri}: user {_user(uri)!r} may not write to experiment(s) it does "
-            "not own (403); ask the server's admin for EDIT permission or use another "
+            f"MLflow tracking at {uri}: user {request_user(uri)!r} may not write to experiment(s) "
+            "it does not own (403); ask the server's admin for EDIT permission or use another "
             "tracking.experiment"
         )
-    return f"MLflow tracking at {uri} cannot be used: {_one_line(exc)}"
+    return f"MLflow tracking at {uri} cannot be used: {one_line(exc)}"
 
 
 def reopen_run(cfg: JobConfig, run_id: str) -> None:
@@ -116,7 +109,7 @@ def reopen_run(cfg: JobConfig, run_id: str) -> None:
     Refuses (ConfigError) a run that does not exist, already FINISHED, or was started with
     settings its checkpoints do not fit."""
     uri = cfg.tracking.resolved_uri()
-    client = _client(uri)
+    client = client_for(uri)
     try:
         run = client.get_run(run_id)
     except Exception:
@@ -126,6 +119,12 @@ def reopen_run(cfg: JobConfig, run_id: str) -> None:
         ) from None
     if run.info.status == "FINISHED":
         raise ConfigError(f"--resume {run_id}: the run already FINISHED; nothing to resume")
+    driver = live_driver(run.data.tags) if run.info.status == "RUNNING" else None
+    if driver is not None:
+        raise ConfigError(
+            f"--resume {run_id}: the run's driver ({driver}) is still running; stop it first "
+            "(ray job stop, or kill that process) or let it finish"
+        )
     tags = run.data.tags
     if tags.get(TAG_RESUME_KEY) != cfg.resume_key():
         raise ConfigError(
@@ -137,203 +136,94 @@ def reopen_run(cfg: JobConfig, run_id: str) -> None:
     client.set_tag(run_id, "pipeline.resumes", str(int(tags.get("pipeline.resumes", "0")) + 1))
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
     """As MLflow records it: a URI's password replaced (see pipeline/redact.py)."""
     return "" if value is None else redact(str(value))
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def end_run(uri: str, run_id: str, status: str) -> None:
-    """Close the run with ``status`` (FINISHED, FAILED, KILLED); never raises."""
-    with contextlib.suppress(Exception):
-        _client(uri).set_terminated(run_id, status=status)
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = client_for(uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
-class RunLogger:
-    """Rank 0's handle on the run: metrics by epoch, params, artifacts.
+def end_run(
+    uri: str, run_id: str, status: str, wait_s: float = 0.0, progress=lambda _msg: None
+) -> None:
+    """Close the run with ``status`` (FINISHED, FAILED, KILLED), waiting out an unreachable
+    server for up to ``wait_s``; never raises."""
+    from pipeline.tracking.outage import retry_while_unreachable
 
-    Calls are queued and sent by a background thread, so a slow tracking server never stalls
-    training; :meth:`close` waits until everything is sent. A failed call is reported once on
-    stderr and does not stop training.
-    """
+    def close() -> None:
+        client_for(uri).set_terminated(run_id, status=status)
 
-    def __init__(self, uri: str, run_id: str):
-        import queue
+    try:
+        retry_while_unreachable(close, uri, f"closing run {run_id}", wait_s, progress)
+    except Exception as exc:
+        progress(redact(f"warning: run {run_id} could not be marked {status}: {one_line(exc)}"))
+
+
+# -- one driver per run ----------------------------------------------------------------------
+
+TAG_DRIVER = "pipeline.driver"
+TAG_HEARTBEAT = "pipeline.heartbeat"
+#: Seconds between heartbeats; a driver on another host is presumed dead after 3 missed.
+HEARTBEAT_S = 30.0
+
+
+class Heartbeat:
+    """The driver's sign of life in its run's tags: who it is (host, pid, process start) once,
+    and the time every ``HEARTBEAT_S``. ``--resume`` refuses a run whose driver is alive, so
+    two drivers never train into one run and one checkpoint folder."""
+
+    def __init__(self, uri: str, run_id: str, every_s: float = HEARTBEAT_S):
         import threading
 
-        self.uri = uri
-        self.run_id = run_id
-        self._queue: queue.Queue = queue.Queue()
-        self._warned = False
-        self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
+        import psutil
+
+        self.uri, self.run_id, self.every_s = uri, run_id, every_s
+        me = psutil.Process()
+        self.identity = json.dumps(
+            {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="driver-heartbeat", daemon=True)
         self._thread.start()
 
-    def _send(self) -> None:
-        import sys
-
-        client = _client(self.uri)
+    def _beat(self) -> None:
+        client = client_for(self.uri)
+        with contextlib.suppress(Exception):
+            client.set_tag(self.run_id, TAG_DRIVER, self.identity)
         while True:
-            item = self._queue.get()
-            if item is None:
+            with contextlib.suppress(Exception):  # an outage only delays the next beat
+                client.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+            if self._stop.wait(self.every_s):
                 return
-            method, kwargs = item
-            try:
-                getattr(client, method)(self.run_id, **kwargs)
-                if method == "log_artifact":
-                    shutil.rmtree(Path(kwargs["local_path"]).parent, ignore_errors=True)
-            except Exception as exc:
-                if not self._warned:
-                    self._warned = True
-                    print(
-                        redact(f"warning: MLflow logging to {self.uri} failed: {_one_line(exc)}"),
-                        file=sys.stderr,
-                        flush=True,
-                    )
 
-    def count_attempt(self) -> int:
-        """Count this start of the worker group in the run's tags (synchronously: it must
-        land before anything else): ``pipeline.attempts`` and ``pipeline.restarts``."""
-        client = _client(self.uri)
-        tags = client.get_run(self.run_id).data.tags
-        attempt = int(tags.get("pipeline.attempts", "0")) + 1
-        client.set_tag(self.run_id, "pipeline.attempts", str(attempt))
-        client.set_tag(self.run_id, "pipeline.restarts", str(attempt - 1))
-        return attempt
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import mlflow
-
-        now = int(time.time() * 1000)
-        batch = [
-            mlflow.entities.Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if v is not None and math.isfinite(float(v))
-        ]
-        self._queue.put(("log_batch", {"metrics": batch}))
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        import mlflow
-
-        batch = [mlflow.entities.Param(k, _param_value(v)) for k, v in params.items()]
-        self._queue.put(("log_batch", {"params": batch}))
-
-    def log_artifact(self, path: str, artifact_path: str) -> None:
-        """Copies ``path`` first: the caller may delete it before the upload runs."""
-
-        keep = Path(tempfile.mkdtemp(prefix="mxtrain-artifact-")) / Path(path).name
-        shutil.copy(path, keep)
-        self._queue.put(("log_artifact", {"local_path": str(keep), "artifact_path": artifact_path}))
-
-    def close(self) -> None:
-        """Send everything queued, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join()
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
-@contextlib.contextmanager
-def _tracking_uri_scope(uri: str):
-    """``mlflow.set_tracking_uri`` for a block only: it sets a process global and the
-    MLFLOW_TRACKING_URI variable, which must not leak into the program that called us."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
+def live_driver(tags: dict[str, str]) -> str | None:
+    """Who still drives a RUNNING run ("pid 123 on host x"), or None if nobody does."""
+    import psutil
 
-    old_global = getattr(utils, "_tracking_uri", None)
-    old_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
     try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]  # None resets it
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
-
-
-def model_signature(model: Bundle, feature_example):
-    """(signature, input example) of the logged model, computed by running the export."""
-    import mxnet as mx
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
-
-    meta = model.meta
-    if meta.kind == "generator":
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("long", "label")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_features))]),
-            params=ParamSchema([ParamSpec("seed", "long", 0)]),
-        )
-        example = pd.DataFrame({"label": np.arange(meta.num_classes, dtype=np.int64)})
-        return signature, example
-    example = np.asarray(feature_example, dtype=np.float32)
-    probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
-    return infer_signature(example, probs), example
-
-
-def log_and_register_model(
-    cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
-) -> int | None:
-    """Log the checkpoint's model bundle as a pyfunc model; register it and move the alias.
-
-    Returns the new model version, or None when registration is off. A refusal by the
-    tracking server is a one-line TrackingError that says what to change."""
-    try:
-        return _log_and_register_model(cfg, run_id, checkpoint_dir, input_example)
-    except (PipelineError, bundle.BundleError):
-        raise
-    except Exception as exc:  # the tracking store's or registry's answer
-        uri = cfg.tracking.resolved_uri()
-        if "error code 403" in str(exc):
-            raise TrackingError(
-                f"MLflow tracking at {uri}: user {_user(uri)!r} may not log or register model "
-                f"{cfg.registered_model_name!r} (403): ask the server's admin for EDIT "
-                "permission on it, or register under another name (tracking.model_name)"
-            ) from None
-        raise TrackingError(_tracking_problem(uri, exc)) from None
-
-
-def _log_and_register_model(
-    cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example
-) -> int | None:
-    import mlflow
-    import mxnet as mx
-    import numpy as np
-
-    uri = cfg.tracking.resolved_uri()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if has_password(uri):  # MLflow prints "View run at: <tracking URI>", password and all
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    with (
-        _tracking_uri_scope(uri),
-        tempfile.TemporaryDirectory() as tmp,
-        warnings.catch_warnings(),
-    ):
-        # MXNet cannot infer the input dtype of an imported graph; MLflow asks for type
-        # hints we do not use (the signature says it all). Neither is actionable.
-        warnings.simplefilter("ignore")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        # Only the bundle's own files are logged (the checkpoint holds more).
-        model = bundle.read(checkpoint_dir).copy_to(tmp)
-        signature, example = model_signature(model, input_example)
-        name = cfg.registered_model_name if cfg.tracking.register else None
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(model.pyfunc_code),
-                artifacts=model.artifacts(),
-                signature=signature,
-                input_example=example,
-                pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
-                registered_model_name=name,
-            )
-    if name is None:
-        return None
-    version = int(info.registered_model_version)
-    _client(uri).set_registered_model_alias(name, cfg.tracking.alias, str(version))
-    return version
+        driver = json.loads(tags[TAG_DRIVER])
+        beat = float(tags.get(TAG_HEARTBEAT, "0"))
+    except (KeyError, ValueError, TypeError):
+        return None  # a run from before heartbeats, or one whose driver never beat
+    who = f"pid {driver.get('pid')} on host {driver.get('host')}"
+    if driver.get("host") == socket.gethostname():
+        try:
+            alive = psutil.Process(int(driver["pid"])).create_time() == driver.get("started")
+        except (psutil.Error, KeyError, ValueError, TypeError):
+            alive = False
+        return who if alive else None
+    return who if time.time() - beat < 3 * HEARTBEAT_S else None

@@ -92,11 +92,26 @@ def write(directory: str, networks: dict, state: dict[str, Any]) -> None:
     with open(os.path.join(directory, STATE), "w") as f:
         json.dump(full_state, f)
     files = sorted(n for n in os.listdir(directory) if n != MANIFEST)
+    # On disk before the manifest that vouches for them: after a power cut, a manifest never
+    # names a file whose blocks were still in the page cache.
+    for name in files:
+        _fsync(os.path.join(directory, name))
     manifest = {name: _sha256(os.path.join(directory, name)) for name in files}
     tmp = os.path.join(directory, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"format": FORMAT_VERSION, "files": manifest}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, os.path.join(directory, MANIFEST))
+    _fsync(directory)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _structural(net) -> dict:
@@ -202,36 +217,65 @@ def _unflatten_state(layout, arrays: dict, ctx):
 def restore(directory: str, networks: dict, ctx) -> dict:
     """Load a verified checkpoint into ``networks`` ({prefix: DistributedNetwork}); return
     its state."""
-    import mxnet as mx
 
     state = verify(directory)
+    try:
+        plan = _parse(directory, networks, state, ctx)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # MXNet's parse errors, missing or mistyped keys: all "unusable"
+        raise CheckpointError(f"cannot be read ({type(exc).__name__}: {exc})") from None
+    # Applied only once everything parsed: a checkpoint that fails half-way must not leave the
+    # networks half restored (the caller falls back to an older one, or to a fresh start).
+    for apply in plan:
+        apply()
+    return state
+
+
+def _parse(directory: str, networks: dict, state: dict, ctx) -> list:
+    """Read every array and key of the checkpoint and check it fits ``networks``; return the
+    assignments to make (closures), without touching the networks."""
+    import mxnet as mx
+
     params = mx.nd.load(os.path.join(directory, PARAMS))
     optim_arrays = mx.nd.load(os.path.join(directory, OPTIMIZER))
     # An empty file loads as a list; a named one as a dict.
     params = params if isinstance(params, dict) else {}
     optim_arrays = optim_arrays if isinstance(optim_arrays, dict) else {}
+    plan: list = []
     for prefix, opt in networks.items():
         for name, p in _structural(opt.net).items():
             key = f"{prefix}/{name}"
             if key not in params:
                 raise CheckpointError(f"params.nd has no {key}: a checkpoint of another model")
-            p.set_data(params[key].as_in_context(ctx))
+            if tuple(params[key].shape) != tuple(p.shape):
+                raise CheckpointError(f"params.nd: {key} has shape {params[key].shape}")
+            value = params[key].as_in_context(ctx)
+            plan.append(lambda p=p, value=value: p.set_data(value))
         meta = state["optimizers"][prefix]
         index = {name: i for i, name in _trainer_names(opt).items()}
-        optimizer = opt.trainer._optimizer
-        optimizer.num_update = int(meta["num_update"])
+        num_update = int(meta["num_update"])
         counts = {index[name]: int(n) for name, n in meta["index_update_count"].items()}
-        # In place: the optimizer keeps per-device aliases of this dict.
-        for per_device in {id(d): d for d in _count_dicts(optimizer)}.values():
-            per_device.clear()
-            per_device.update(counts)
-        for updater in opt.trainer._updaters:
-            updater.states = {
-                index[name]: _unflatten_state(layout, optim_arrays, ctx)
-                for name, layout in meta["states"].items()
-            }
-            updater.states_synced = dict.fromkeys(updater.states, True)
-    return state
+        states = {
+            index[name]: _unflatten_state(layout, optim_arrays, ctx)
+            for name, layout in meta["states"].items()
+        }
+        plan.append(
+            lambda opt=opt, n=num_update, c=counts, st=states: _set_optimizer(opt, n, c, st)
+        )
+    return plan
+
+
+def _set_optimizer(opt, num_update: int, counts: dict, states: dict) -> None:
+    optimizer = opt.trainer._optimizer
+    optimizer.num_update = num_update
+    # In place: the optimizer keeps per-device aliases of this dict.
+    for per_device in {id(d): d for d in _count_dicts(optimizer)}.values():
+        per_device.clear()
+        per_device.update(counts)
+    for updater in opt.trainer._updaters:
+        updater.states = dict(states)
+        updater.states_synced = dict.fromkeys(updater.states, True)
 
 
 # -- finding the newest usable checkpoint -------------------------------------------------------
@@ -292,8 +336,9 @@ def resume(filesystem, run_dir: str, networks: dict, ctx, warn=log.warning) -> d
         try:
             with local_copy(filesystem, path) as directory:
                 state = restore(directory, networks, ctx)
-        except CheckpointError as exc:
-            warn(f"checkpoint {name} skipped: {exc}; using the one before it")
+        except Exception as exc:  # whatever makes it unusable, the one before may do
+            reason = exc if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+            warn(f"checkpoint {name} skipped: {reason}; using the one before it")
             continue
         return {**state, "checkpoint": path}
     return None

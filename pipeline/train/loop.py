@@ -19,30 +19,51 @@ import numpy as np
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DivergedError
 from pipeline.tracking.images import write_grid_png
-from pipeline.tracking.mlflow_run import RunLogger
+from pipeline.tracking.run_logger import RunLogger
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at
 
 
 class EngineThrottle:
-    """Keeps Python at most ``ahead`` steps ahead of MXNet's engine.
+    """Keeps Python at most ``ahead`` steps ahead of MXNet's engine, and stops a run whose
+    loss is no longer finite.
 
     MXNet runs ops asynchronously and nothing in a step waits for them: unchecked, Python
     queues steps (and their input windows) ever further ahead of the engine, and a worker's
     memory grew with the epoch's length (make bench, rss_growth: 1.18 before, 1.02 after).
+    Waiting for the step ``ahead`` steps back is also the moment its loss is ready, so it is
+    read then (a few bytes, no extra wait): a NaN or infinite loss raises
+    :class:`~pipeline.errors.DivergedError` at most ``ahead + 1`` steps after it appeared.
+    Once one rank's gradients are NaN, the allreduce makes every rank's weights NaN, so every
+    rank stops within those steps.
     """
 
-    def __init__(self, ahead: int = 3):
+    def __init__(self, hint: str, ahead: int = 3):
+        self.hint = hint
         self.ahead = ahead
         self._pending: deque = deque()
 
-    def add(self, step_output) -> None:
-        """``step_output``: an NDArray that is ready once that step has run."""
-        self._pending.append(step_output)
+    def add(self, step_output, epoch: int, step: int) -> None:
+        """``step_output``: the step's loss(es) as an NDArray, ready once that step has run."""
+        self._pending.append((step_output, epoch, step))
         if len(self._pending) > self.ahead:
-            self._pending.popleft().wait_to_read()
+            self._check(*self._pending.popleft())
+
+    def drain(self) -> None:
+        """Wait for (and check) every step still in flight."""
+        while self._pending:
+            self._check(*self._pending.popleft())
+
+    def _check(self, step_output, epoch: int, step: int) -> None:
+        values = step_output.asnumpy()
+        if not np.isfinite(values).all():
+            bad = values[~np.isfinite(values)].flat[0]
+            raise DivergedError(
+                f"training diverged: the loss is {bad} at epoch {epoch + 1}, step {step + 1}; "
+                f"nothing is registered. {self.hint}"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,15 +116,10 @@ def train_worker(payload: WorkerPayload) -> None:
     is_chief = rank == 0
     ctx = worker_context(mx, cfg.scaling.use_gpu, hvd.local_rank())
     np.random.seed(cfg.seed)
-    logger = RunLogger(payload.tracking_uri, payload.run_id) if is_chief else None
-    if logger:
-        attempt = logger.count_attempt()
-        if attempt > 1:
-            print(
-                f"worker group restarted after a failure ({attempt - 1} of at most "
-                f"{cfg.scaling.max_failures} restarts)",
-                flush=True,
-            )
+    logger = None
+    if is_chief:
+        logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
+        logger.count_attempt(cfg.scaling.max_failures)
 
     try:
         _train(payload, hvd, ctx, rank, world, logger)
@@ -141,7 +157,12 @@ def _train(
         for split in ("train", "val", "test")
     }
     steps = readers["train"].steps(cfg.data.batch_size)
-    start_epoch, skip = _resume(payload, task, ctx, world, is_chief)
+    start_epoch, skip, history = _resume(payload, task, ctx, world, is_chief)
+    if logger and history:
+        # Metrics that an earlier group logged while the tracking server was unreachable died
+        # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
+        # twice: same key, value, timestamp and step.)
+        logger.replay(history)
     tracer = trace.Tracer.from_env(rank)
     train_time = 0.0
     train_samples = 0
@@ -169,10 +190,12 @@ def _train(
             skip_steps=first,
             ctx=ctx,
         )
-        throttle = EngineThrottle()
+        throttle = EngineThrottle(_divergence_hint(cfg))
         for batch in batches:
             throttle.add(
-                task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps))
+                task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps)),
+                epoch,
+                n_steps,
             )
             if tracer and n_steps == first and epoch == start_epoch:
                 mx.nd.waitall()
@@ -190,9 +213,10 @@ def _train(
                     world,
                     is_chief,
                     {"epoch": epoch, "step": n_steps},
-                    epoch,
-                    n_steps,
+                    (epoch, n_steps),
+                    history,
                 )
+        throttle.drain()
         if n_steps != steps:
             raise RuntimeError(f"rank {rank}: shard gave {n_steps} batches, expected {steps}")
         metrics = task.end_epoch(epoch)
@@ -213,7 +237,8 @@ def _train(
             ids = np.concatenate(seen) if seen else np.array([])
             tracer.epoch(epoch, n_steps - first, ids, task.params, start_step=first)
         if logger:
-            logger.log_metrics(metrics, step=epoch)
+            logger.check()
+            history += logger.log_metrics(metrics, step=epoch)
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
             images = task.sample_images()
             if images is not None:
@@ -221,9 +246,20 @@ def _train(
                     png = str(Path(pictures) / "samples.png")
                     write_grid_png(images, png)
                     logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
-        _report(payload, task, world, is_chief, {**metrics, "epoch": epoch}, epoch + 1, 0)
+        _report(
+            payload, task, world, is_chief, {**metrics, "epoch": epoch}, (epoch + 1, 0), history
+        )
     for reader in readers.values():
         reader.source.close()
+
+
+def _divergence_hint(cfg: JobConfig) -> str:
+    clip = cfg.optim.grad_clip_norm
+    return (
+        f"Lower optim.learning_rate (now {cfg.optim.learning_rate:g})"
+        + (f" or optim.grad_clip_norm (now {clip:g})" if clip else ", set optim.grad_clip_norm")
+        + " or lengthen optim.warmup_epochs, and start a new run"
+    )
 
 
 def _report(
@@ -232,11 +268,13 @@ def _report(
     world: int,
     is_chief: bool,
     metrics: dict,
-    next_epoch: int,
-    next_step: int,
+    position: tuple[int, int],
+    history: list,
 ) -> None:
     """Every rank reports (Ray Train waits for all); rank 0 attaches the checkpoint: the
-    exported model at epoch ends, plus what resuming at (next_epoch, next_step) needs."""
+    exported model at epoch ends, plus what resuming at ``position`` (next epoch, next step)
+    needs, and the metrics logged so far (``history``)."""
+    next_epoch, next_step = position
     import ray.train
 
     from pipeline.train import checkpoint
@@ -254,13 +292,15 @@ def _report(
             "seed": payload.config.seed,
             "resume_key": payload.config.resume_key(),
             "run_id": payload.run_id,
+            "metrics_log": history,
         }
         checkpoint.write(tmp, task.networks(), state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tuple[int, int]:
-    """(epoch, step) to start from: after the newest valid checkpoint of this run, if any."""
+def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tuple[int, int, list]:
+    """(epoch, step) to start from, after the newest valid checkpoint of this run if any, and
+    the metrics logged up to that checkpoint."""
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
 
@@ -273,7 +313,7 @@ def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tu
     run_dir = loc.join(payload.run_name)
     state = checkpoint.resume(loc.filesystem, run_dir, task.networks(), ctx, warn)
     if state is None:
-        return 0, 0
+        return 0, 0, []
     name = state["checkpoint"].rstrip("/").rsplit("/", 1)[-1]
     if state.get("resume_key") != cfg.resume_key():
         raise ConfigError(
@@ -289,7 +329,7 @@ def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tu
         step = 0
     if is_chief:
         print(f"resuming from checkpoint {name}: epoch {epoch + 1}, step {step}", flush=True)
-    return epoch, step
+    return epoch, step, list(state.get("metrics_log", []))
 
 
 def _peak_rss_mb() -> float:

@@ -232,9 +232,10 @@ class AdversarialTask:
         self.judge.backward(j_loss)
         self.judge.step(n, lr)
 
-        self._sums += mx.nd.concat(d_loss.sum(), g_loss.sum(), j_loss.sum(), dim=0)
+        losses = mx.nd.concat(d_loss.sum(), g_loss.sum(), j_loss.sum(), dim=0)
+        self._sums += losses
         self._real += batch.num_real
-        return j_loss
+        return losses
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         import mxnet as mx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pipeline.data.contract import ID, inspect_dataset
 from pipeline.launch import run_job
 from pipeline.train import trace
 from tests.conftest import RECIPE_TARGETS, run_cli
+from tests.datasets import copy_set, first_id, rewrite_file, with_feature, with_id, with_label
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +78,7 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     import mlflow.pyfunc
 
     version = client.get_model_version_by_alias("digits-cnn", "candidate")
-    assert int(version.version) == result.model_version
+    assert int(version.version) == result.registration.version and result.registration.promoted
     assert version.run_id == result.run_id
     model = mlflow.pyfunc.load_model("models:/digits-cnn@candidate")
     table = pq.read_table(list(info.splits["test"].files))
@@ -88,14 +90,15 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     assert accuracy == pytest.approx(test_accuracy, abs=1e-9)
 
 
-def _corrupt_copy(digits_uri: str, tmp_path) -> tuple[Path, Path]:
-    """A copy of the data set with one training file's first data page garbled (its footer,
-    and so the data contract, stay valid)."""
+def _corrupt_copy(digits_uri: str, tmp_path, column: int = 0) -> tuple[Path, Path]:
+    """A copy of the data set with the first data page of one training file's ``column``
+    garbled (its footer, and so the data contract, stay valid)."""
     bad = tmp_path / "bad"
     shutil.copytree(digits_uri, bad)
     victim = sorted((bad / "train").iterdir())[3]
+    start = pq.ParquetFile(victim).metadata.row_group(0).column(column).data_page_offset
     data = bytearray(victim.read_bytes())
-    for i in range(8, 400):
+    for i in range(start, start + 392):
         data[i] ^= 0xFF
     victim.write_bytes(bytes(data))
     return bad, victim
@@ -113,9 +116,15 @@ def test_corrupt_local_data_is_refused_before_any_run(digits_uri, tmp_path):
     assert MlflowClient().get_experiment_by_name("mxtrain") is None
 
 
-def test_unreadable_data_fails_the_run_and_registers_nothing(digits_uri, tmp_path):
-    """Streamed data is read by the workers only: the worker's error ends the run."""
-    bad, victim = _corrupt_copy(digits_uri, tmp_path)
+@pytest.mark.parametrize("fault", ["corrupt-page", "nan-feature"])
+def test_a_workers_data_error_ends_the_job_at_once(digits_uri, tmp_path, fault):
+    """Streamed data is read by the workers only. Their data error ends the job on the first
+    attempt, though restarts are allowed: each one would fail the same way."""
+    if fault == "corrupt-page":  # in 'features': the driver reads only the ids of a stream
+        bad, victim = _corrupt_copy(digits_uri, tmp_path, column=1)
+    else:
+        bad = copy_set(digits_uri, tmp_path / "bad")
+        victim = rewrite_file(bad, "train", 3, lambda t: with_feature(t, 7, float("nan")))
     proc = run_cli(
         "jobs.train",
         "--data",
@@ -126,23 +135,47 @@ def test_unreadable_data_fails_the_run_and_registers_nothing(digits_uri, tmp_pat
         "optim.epochs=1",
         "--set",
         "optim.warmup_epochs=0",
-        # Ray Train retries every worker failure, a data error too: 3 retries would only
-        # repeat it (test_fault_tolerance covers the retries).
         "--set",
-        "scaling.max_failures=0",
+        "scaling.max_failures=2",
         "--storage",
         str(tmp_path / "runs"),
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and victim.name in last
+    assert last.startswith("error: ") and victim.name in last, last
+    if fault == "nan-feature":
+        assert "has a feature value of nan" in last
     assert "Traceback" not in proc.stderr
+    assert "worker group restarted" not in proc.stdout
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("mxtrain")
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["pipeline.attempts"] == "1"
     assert client.search_registered_models() == []
+
+
+@pytest.mark.parametrize("fault", ["label-10", "test-id-in-train", "no-manifest"])
+def test_bad_local_data_is_refused_before_any_run(digits_uri, tmp_path, fault):
+    """A small local set is checked row by row by the driver: exit 2, one line, no run."""
+    bad = copy_set(digits_uri, tmp_path / "bad")
+    if fault == "label-10":
+        rewrite_file(bad, "train", 0, lambda t: with_label(t, 3, 10))
+        expected = "has label 10, outside [0, 10)"
+    elif fault == "test-id-in-train":
+        taken = first_id(bad, "test")
+        rewrite_file(bad, "train", 4, lambda t: with_id(t, 0, taken))
+        expected = f"id {taken} appears in"
+    else:
+        (bad / "_manifest.json").unlink()
+        expected = "no _manifest.json"
+    proc = run_cli("jobs.train", "--data", str(bad), "--storage", str(tmp_path / "runs"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "Ray" not in proc.stdout
+    assert MlflowClient().get_experiment_by_name("mxtrain") is None
 
 
 def test_missing_data_fails_before_any_run(tmp_path):
@@ -151,3 +184,42 @@ def test_missing_data_fails_before_any_run(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no Parquet files under train/" in lines[0]
     assert MlflowClient().search_experiments(filter_string="name = 'mxtrain'") == []
+
+
+def _fcn(digits_uri: str, tmp_path, *overrides: str):
+    """`jobs.train` with digits-fcn, no warm-up, and ``overrides``."""
+    sets = [arg for item in ("optim.warmup_epochs=0", *overrides) for arg in ("--set", item)]
+    return run_cli(
+        *("jobs.train", "--recipe", "digits-fcn", "--data", digits_uri),
+        *("--storage", str(tmp_path / "runs"), *sets),
+    )
+
+
+def test_a_diverging_run_stops_at_once_fails_and_registers_nothing(digits_uri, tmp_path):
+    proc = _fcn(digits_uri, tmp_path, "optim.learning_rate=1e6", "scaling.max_failures=2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: training diverged: the loss is (nan|inf) at epoch 1, step \d+; .*learning_rate.*",
+        last,
+    ), last
+    # Stopped within a few steps of the first non-finite loss, on the first attempt.
+    assert int(re.search(r"step (\d+)", last).group(1)) <= 23
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["pipeline.attempts"] == "1"
+    assert client.search_registered_models() == []
+
+
+def test_a_run_below_its_gate_finishes_without_the_alias(digits_uri, tmp_path):
+    """The issue's case: a learning rate of 1e-9 trains nothing; the model is kept as a
+    version for inspection but does not become the candidate."""
+    proc = _fcn(digits_uri, tmp_path, "optim.learning_rate=1e-9", "optim.epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WITHOUT alias @candidate: below the recipe's bar (test_accuracy" in proc.stdout
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mxtrain.gate"].endswith("< tracking.gate_min 0.97")
+    (version,) = client.search_model_versions("name = 'digits-fcn'")
+    assert version.run_id == run.info.run_id and version.aliases == []

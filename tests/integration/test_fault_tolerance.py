@@ -16,13 +16,21 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.train import trace
-from tests.conftest import REPO, fresh_mlflow_store
+from tests.conftest import REPO, fresh_mlflow_store, run_cli
 
 pytestmark = pytest.mark.integration
 
 EPOCHS = 3
 #: digits-cnn: 1,439 train rows, batch 32, 2 workers -> 23 steps per epoch.
-COMMON = ("--set", f"optim.epochs={EPOCHS}", "--set", "optim.warmup_epochs=0")
+# A few epochs reach about 0.97, below the recipe's 0.98 gate: the alias checks need a lower bar.
+COMMON = (
+    "--set",
+    f"optim.epochs={EPOCHS}",
+    "--set",
+    "optim.warmup_epochs=0",
+    "--set",
+    "tracking.gate_min=0.9",
+)
 
 
 class Job:
@@ -253,3 +261,36 @@ def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_u
     client.set_terminated(run.info.run_id, "KILLED")  # as if its driver had been stopped
     assert "another model" in resume("--recipe", "digits-fcn")
     assert client.get_run(run.info.run_id).info.status == "KILLED"  # left as it was
+
+
+def test_sigterm_kills_the_run_cleanly_and_a_live_driver_keeps_it(tmp_path, digits_uri):
+    """`ray job stop` or a pod eviction sends SIGTERM: the run ends KILLED with a line that
+    says how to resume it. While its driver lives, a second driver may not take the run."""
+    job = Job(tmp_path, digits_uri, "stopped", "checkpoint.every_steps=10")
+    deadline = time.monotonic() + 300
+    while not list(job.storage.glob("*/checkpoint_*/MANIFEST.json")):
+        assert time.monotonic() < deadline and job.proc.poll() is None, job.wait().stderr[-3000:]
+        time.sleep(0.05)
+    _, run = job.run()
+    second = run_cli(
+        "jobs.train",
+        *("--data", digits_uri, "--storage", str(job.storage), *COMMON),
+        *("--set", "checkpoint.every_steps=10", "--resume", run.info.run_id),
+        env={"MLFLOW_TRACKING_URI": job.uri},
+        timeout=300,
+    )
+    assert second.returncode == 2, second.stderr[-3000:]
+    refused = second.stderr.strip().splitlines()[-1]
+    assert "is still running" in refused and f"pid {job.proc.pid} " in refused, refused
+
+    job.proc.send_signal(signal.SIGTERM)
+    done = job.wait()
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: stopped by SIGTERM: MLflow run {run.info.run_id} is KILLED; continue it from "
+        f"its last checkpoint with the same arguments and --resume {run.info.run_id}"
+    ), last
+    client, run = job.run()
+    assert run.info.status == "KILLED"
+    assert client.search_registered_models() == []

@@ -30,6 +30,7 @@ def test_gan_two_workers_stay_identical_and_register_a_generator(digits_uri, tmp
             # A small, fast-learning variant of the recipe (60 epochs of 64 channels at 2e-4):
             # measured 0.67 generated_accuracy after 10 epochs (0.16 at the recipe's rate).
             "optim.learning_rate=0.001",
+            "tracking.gate_min=0.5",  # the bar this test asserts, below the recipe's 0.80
         ],
     )
     result = run_job(cfg, progress=lambda _msg: None)

@@ -116,7 +116,7 @@ def test_a_job_logs_to_it_with_credentials(tracking_server, digits_uri, tmp_path
     assert run.info.status == "FINISHED"
     assert run.data.tags["pipeline.world_size"] == "2"
     assert client.get_metric_history(result.run_id, "train_loss")  # logged by rank 0
-    assert result.model_version is not None
+    assert result.registration is not None
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
 
     s3 = tracking_server["s3"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -13,9 +15,10 @@ from mlflow import MlflowClient
 
 from pipeline.config import load_job_config
 from pipeline.data.contract import inspect_dataset
+from pipeline.errors import StorageUnavailableError
 from pipeline.launch import run_job
 from pipeline.train import trace
-from tests.conftest import RECIPE_TARGETS, list_keys, run_cli
+from tests.conftest import RECIPE_TARGETS, REPO, list_keys, run_cli
 from tests.faults import FlakyProxy
 
 pytestmark = pytest.mark.integration
@@ -152,6 +155,75 @@ def test_transient_faults_are_retried_and_rows_stay_exact(s3_env, seaweedfs, tmp
     for epoch in range(2):
         ids = [i for r in records if r["epoch"] == epoch for i in r["ids"]]
         assert len(ids) == rows and len(set(ids)) == rows
+
+
+def test_read_only_credentials_are_refused_before_any_run(s3_env, tmp_path):
+    """Listing passes with read-only credentials; the probe write in preflight does not."""
+    bucket, env = s3_env
+    data = f"s3://{bucket}/digits"
+    _prepare(data, env)
+    identities = json.loads((REPO / "infra/local/s3-identities.json").read_text())
+    readonly = next(i for i in identities["identities"] if i["name"] == "mxtrain-readonly")
+    creds = readonly["credentials"][0]
+    env = {
+        **env,
+        "AWS_ACCESS_KEY_ID": creds["accessKey"],
+        "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
+    }
+    proc = run_cli("jobs.train", "--data", data, "--storage", f"s3://{bucket}/runs", env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "may read bucket" in lines[0] and "not write" in lines[0], lines
+    assert MlflowClient().search_experiments(filter_string="name = 'mxtrain'") == []
+    assert list_keys(bucket, "runs/") == []
+
+
+def test_storage_gone_mid_run_is_reported_as_unavailable_not_as_a_bad_file(
+    s3_env, seaweedfs, tmp_path, monkeypatch
+):
+    """S3 goes away after the first checkpoint. The workers' reads fail after the client's
+    retries; Ray Train may retry that (the store may come back), and the last line says the
+    storage did not answer, not that the file should be replaced."""
+    bucket, env = s3_env
+    data = f"s3://{bucket}/digits"
+    _prepare(data, env)
+    proxy = FlakyProxy(seaweedfs.s3_port, reset_first=0, slow_down_every=0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    runs = tmp_path / "runs"
+
+    def outage_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("*/checkpoint_*/MANIFEST.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.go_down()
+
+    watcher = threading.Thread(target=outage_after_first_checkpoint, daemon=True)
+    watcher.start()
+    cfg = load_job_config(
+        "digits-fcn",
+        [
+            f"data.uri={data}",
+            "data.cache=stream",
+            "optim.epochs=3",
+            "checkpoint.every_steps=5",
+            "s3.max_attempts=2",
+            "scaling.max_failures=1",
+            f"storage.path={runs}",
+        ],
+    )
+    try:
+        with pytest.raises(StorageUnavailableError) as err:
+            run_job(cfg, progress=lambda _msg: None)
+    finally:
+        watcher.join(timeout=5)
+        proxy.close()
+    message = str(err.value)
+    assert "storage did not answer after retries" in message and "replace" not in message
+    assert f"s3://{bucket}/digits/" in message
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["pipeline.attempts"] == "2"  # retried once: it is not the data's fault
 
 
 def _two_checkpoints_in_bucket(hvd, bucket: str, local, tamper) -> tuple:

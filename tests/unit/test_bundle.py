@@ -32,7 +32,7 @@ def _as_pyfunc(model: bundle.Bundle, path, example=None):
     """Saved and loaded by MLflow with the signature the job logs."""
     import mlflow.pyfunc
 
-    from pipeline.tracking.mlflow_run import model_signature
+    from pipeline.tracking.registry import model_signature
 
     signature, example = model_signature(model, example)
     mlflow.pyfunc.save_model(

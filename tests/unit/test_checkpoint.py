@@ -122,6 +122,80 @@ def test_unfinished_checkpoint_is_skipped_and_none_means_start_fresh(hvd, tmp_pa
     assert checkpoint.resume(pafs.LocalFileSystem(), str(tmp_path / "none"), {}, mx.cpu()) is None
 
 
+def _rewrite_with_valid_checksum(directory: str, name: str, data: bytes) -> None:
+    """Replace a checkpoint file and fix its checksum, as a buggy writer would leave it."""
+    import hashlib
+
+    Path(directory, name).write_bytes(data)
+    _name_in_manifest(directory, name, hashlib.sha256(data).hexdigest())
+
+
+def _state_without_optimizers(directory: str) -> bytes:
+    state = json.loads(Path(directory, checkpoint.STATE).read_text())
+    del state["optimizers"]
+    return json.dumps(state).encode()
+
+
+def _truncated_params(directory: str) -> bytes:
+    return Path(directory, checkpoint.PARAMS).read_bytes()[:-100]  # MXNet header intact
+
+
+@pytest.mark.parametrize(
+    "breakage", [_state_without_optimizers, _truncated_params], ids=["missing-key", "mxnet-parse"]
+)
+def test_a_checkpoint_that_verifies_but_cannot_be_read_falls_back(hvd, tmp_path, breakage):
+    """Checksums right, content unusable (a missing key, an array MXNet cannot parse): the
+    previous checkpoint is used, and nothing of the broken one reaches the networks."""
+    task = one_rank_task(hvd, "digits-cnn", seed=0)
+    _write(task, tmp_path / "run" / OLDER, next_epoch=1)
+    older = _digest(task)
+    _train(task, random_batches(2, 3))
+    newest = _write(task, tmp_path / "run" / NEWEST, next_epoch=2)
+    name = checkpoint.STATE if breakage is _state_without_optimizers else checkpoint.PARAMS
+    _rewrite_with_valid_checksum(newest, name, breakage(newest))
+    checkpoint.verify(newest)  # the manifest vouches for it
+
+    fresh, state, warnings = _resume_fresh(hvd, pafs.LocalFileSystem(), str(tmp_path / "run"))
+    assert state is not None and state["next_epoch"] == 1
+    assert _digest(fresh) == older
+    assert len(warnings) == 1 and "00-00-02" in warnings[0], warnings
+
+    # With no older one to fall back to, the networks keep their own fresh weights.
+    alone = tmp_path / "alone" / NEWEST
+    Path(alone).parent.mkdir()
+    os.rename(newest, alone)
+    untouched = one_rank_task(hvd, "digits-cnn", seed=1)
+    before = _digest(untouched)
+    assert (
+        checkpoint.resume(
+            pafs.LocalFileSystem(),
+            str(alone.parent),
+            untouched.networks(),
+            mx.cpu(),
+            lambda _m: None,
+        )
+        is None
+    )
+    assert _digest(untouched) == before
+
+
+def test_files_reach_the_disk_before_the_manifest_names_them(hvd, tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    directory = _write(one_rank_task(hvd, "digits-fcn", seed=0), tmp_path / "ckpt")
+    names = [Path(p).name for p in synced]
+    data_files = {checkpoint.PARAMS, checkpoint.OPTIMIZER, checkpoint.STATE}
+    manifest_at = names.index(checkpoint.MANIFEST + ".tmp")
+    assert data_files <= set(names[:manifest_at])
+    assert names[-1] == Path(directory).name  # the folder itself, after the rename
+
+
 class _Payload:
     """Unpickling this creates the marker file: proof that a pickle was executed."""
 

@@ -58,6 +58,11 @@ def test_bool_is_not_an_int():
         ("seed=-1", "seed: must be in [0, 4294967295], got -1"),
         ("scaling.gloo_timeout_s=0", "scaling.gloo_timeout_s: must be >= 1, got 0"),
         ("scaling.network_interface=eth0 lo", "scaling.network_interface: must be one"),
+        # The recipe's name is part of the checkpoint folder's path.
+        ("recipe=../../x", "recipe: must be a plain name (letters, digits, '.', '_', '-')"),
+        ("recipe=a/b", "recipe: must be a plain name"),
+        ("tracking.gate_metric=loss", "tracking.gate_metric: must be one of"),
+        ("tracking.outage_wait_s=-1", "tracking.outage_wait_s: must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

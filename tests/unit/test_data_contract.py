@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +13,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.contract import FEATURES, ID, LABEL, MANIFEST, inspect_dataset, make_schema
+from pipeline.data.contract import (
+    FEATURES,
+    ID,
+    LABEL,
+    MANIFEST,
+    check_unique_ids,
+    inspect_dataset,
+    make_schema,
+    read_failure,
+)
+from pipeline.data.ingest import epoch_pieces, open_source
 from pipeline.data.prepare import Split, write_dataset
-from pipeline.errors import DataError
-from tests.conftest import run_cli
+from pipeline.errors import DataError, StorageUnavailableError
+from tests.conftest import REPO, run_cli
+from tests.datasets import copy_set, first_id, rewrite_file, with_feature, with_id, with_label
 
 
 def test_prepare_data_round_trip(tmp_path):
@@ -140,3 +155,152 @@ def test_manifest_mismatch_is_detected(tmp_path):
     sorted((ds / "train").iterdir())[-1].unlink()
     with pytest.raises(DataError, match=r"train/ does not match _manifest.json"):
         inspect_dataset(str(ds))
+
+
+# -- row values, ids, the manifest: refused with one line that names the place -----------------
+
+
+@pytest.fixture
+def digits_copy(digits_uri, tmp_path) -> Path:
+    return copy_set(digits_uri, tmp_path / "copy")
+
+
+def _check_all_rows(root: Path) -> None:
+    """What the driver (local, cached) and the workers (streamed) run on every row."""
+    info = inspect_dataset(str(root))
+    check_unique_ids(info)
+    for split in info.splits:
+        open_source(info, split, memory=True).close()
+        source = open_source(info, split, memory=False)
+        for piece in epoch_pieces(info.splits[split], 0, 0, shuffle=False):
+            source.read(piece)
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: with_label(t, 5, 10), r"has label 10, outside \[0, 10\)"),
+        (lambda t: with_label(t, 5, -1), r"has label -1, outside \[0, 10\)"),
+        (lambda t: with_label(t, 5, None), r"1 rows have a null 'label'"),
+        (lambda t: with_feature(t, 5, float("nan")), r"has a feature value of nan"),
+        (lambda t: with_feature(t, 5, float("inf")), r"has a feature value of inf"),
+    ],
+    ids=["label-10", "label-negative", "label-null", "feature-nan", "feature-inf"],
+)
+@pytest.mark.parametrize("memory", [True, False], ids=["cached", "streamed"])
+def test_a_bad_value_is_refused_naming_file_and_row(digits_copy, change, message, memory):
+    victim = rewrite_file(digits_copy, "train", 2, change)
+    bad_id = int(pq.read_table(victim).column(ID)[5].as_py())
+    info = inspect_dataset(str(digits_copy))  # footers and manifest agree: passes
+    with pytest.raises(DataError, match=message) as err:
+        source = open_source(info, "train", memory=memory)  # cached: checked on load
+        for piece in epoch_pieces(info.splits["train"], 0, 0, shuffle=False):
+            source.read(piece)
+    assert victim.name in str(err.value)
+    if "null" not in message:
+        assert f"row id {bad_id} " in str(err.value)
+
+
+def test_a_null_inside_the_features_list_is_refused(digits_copy):
+    def null_value(table: pa.Table) -> pa.Table:
+        feats = table.column(FEATURES).combine_chunks()
+        values = feats.flatten().to_pylist()
+        values[3] = None
+        column = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), 64)
+        return table.set_column(1, table.schema.field(FEATURES), column)
+
+    rewrite_file(digits_copy, "val", 0, null_value)
+    with pytest.raises(DataError, match=r"1 null values inside 'features'"):
+        _check_all_rows(digits_copy)
+
+
+@pytest.mark.parametrize("other", ["train", "test"])
+def test_an_id_used_twice_is_refused_naming_both_files(digits_copy, other):
+    """Within a split and across splits (a test row that is also trained on)."""
+    taken = first_id(digits_copy, other)
+    victim = rewrite_file(digits_copy, "train", 1, lambda t: with_id(t, 0, taken))
+    info = inspect_dataset(str(digits_copy))
+    with pytest.raises(DataError, match=rf"id {taken} appears in .* and again in") as err:
+        check_unique_ids(info)
+    assert f"train/{victim.name}" in str(err.value) and "unique across" in str(err.value)
+
+
+def test_a_clean_set_passes_every_row_check(digits_copy):
+    _check_all_rows(digits_copy)
+
+
+def test_a_set_without_manifest_is_refused_unless_the_user_opts_out(digits_copy):
+    (digits_copy / MANIFEST).unlink()
+    with pytest.raises(DataError, match=r"no _manifest.json.*jobs.write_manifest"):
+        inspect_dataset(str(digits_copy))
+    info = inspect_dataset(str(digits_copy), require_manifest=False)
+    assert info.splits["train"].sha256 == ()
+
+
+def test_a_malformed_manifest_is_one_line(digits_copy):
+    (digits_copy / MANIFEST).write_text(json.dumps({"splits": {"train": {"files": 3}}}))
+    with pytest.raises(DataError, match=r"not a manifest this pipeline wrote"):
+        inspect_dataset(str(digits_copy))
+
+
+def test_an_overwrite_killed_midway_leaves_a_set_training_refuses(tmp_path):
+    """prepare_data --overwrite deletes the manifest first: killed (SIGKILL) once it is gone,
+    it leaves a partial set without one, which training refuses."""
+    out = tmp_path / "set"
+    assert run_cli("jobs.prepare_data", "--out", str(out), timeout=120).returncode == 0
+    args = ["--dataset", "synthetic", "--rows", "50000", "--out", str(out), "--overwrite"]
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.prepare_data", *args], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        # Killed once its new train/ has files: a partial set that would otherwise look whole.
+        while time.monotonic() < deadline and (
+            (out / MANIFEST).exists() or len(list((out / "train").glob("*.parquet"))) < 3
+        ):
+            time.sleep(0.005)
+        assert proc.poll() is None, "prepare_data finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / MANIFEST).exists()
+    with pytest.raises(DataError, match=r"no _manifest.json"):
+        inspect_dataset(str(out), splits=("train",))
+
+
+def test_write_manifest_certifies_users_parquet(digits_copy):
+    (digits_copy / MANIFEST).unlink()
+    proc = run_cli("jobs.write_manifest", str(digits_copy), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "1797 rows in 15" in proc.stdout or "1797 rows" in proc.stdout
+    info = inspect_dataset(str(digits_copy))
+    assert all(len(s.sha256) == len(s.files) and all(s.sha256) for s in info.splits.values())
+    again = run_cli("jobs.write_manifest", str(digits_copy), timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_write_manifest_refuses_a_bad_row_and_writes_nothing(digits_copy):
+    rewrite_file(digits_copy, "test", 0, lambda t: with_label(t, 0, 10))
+    (digits_copy / MANIFEST).unlink()
+    proc = run_cli("jobs.write_manifest", str(digits_copy), timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has label 10" in lines[0] and "Traceback" not in proc.stderr
+    assert not (digits_copy / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7", "unavailable"),
+        ("AWS Error SLOW_DOWN during GetObject operation", "unavailable"),
+        ("Couldn't deserialize thrift: don't know what type", "data"),
+        ("AWS Error ACCESS_DENIED during GetObject operation", "data"),
+    ],
+)
+def test_storage_that_did_not_answer_is_not_called_a_bad_file(text, kind):
+    error = read_failure(OSError(text), "s3://b/train/part-0.parquet")
+    if kind == "unavailable":
+        assert isinstance(error, StorageUnavailableError) and error.retryable
+        assert "replace" not in str(error) and "did not answer" in str(error)
+    else:
+        assert isinstance(error, DataError) and not error.retryable

@@ -13,7 +13,7 @@ from pipeline.distributed.horovod_backend import (
     plan_slots,
     slot_env,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError, DivergedError, StorageUnavailableError
 from pipeline.train.schedule import lr_at, scaled_lr
 
 
@@ -120,3 +120,29 @@ def test_rendezvous_server_listens_only_where_it_is_told():
         server.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass  # stopped means closed
+
+
+@pytest.mark.parametrize(
+    ("failure", "decision"),
+    [
+        (DataError("train/part-3.parquet: row id 7 has label 10"), "RAISE"),
+        (DivergedError("training diverged: the loss is nan"), "RAISE"),
+        (StorageUnavailableError("storage did not answer after retries"), "RETRY"),
+        (RuntimeError("a worker process died"), "RETRY"),
+    ],
+)
+def test_failure_policy_ends_the_job_on_user_errors_only(failure, decision):
+    """Ray Train's own policy factory is replaced while a job runs: a bad file or a diverged
+    loss would fail every restart the same way; a crash or an unreachable store may not."""
+    from ray.train import FailureConfig
+    from ray.train.v2.api import data_parallel_trainer
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from pipeline.distributed.failures import stop_on_user_errors
+
+    original = data_parallel_trainer.create_failure_policy
+    with stop_on_user_errors():
+        policy = data_parallel_trainer.create_failure_policy(FailureConfig(max_failures=3))
+    assert data_parallel_trainer.create_failure_policy is original
+    error = WorkerGroupError("worker 1 failed", {1: failure})
+    assert policy.make_decision(error).name == decision

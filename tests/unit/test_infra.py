@@ -137,6 +137,17 @@ def test_rayjob_runs_ray_with_token_auth_and_no_secret_in_plain_text():
                 assert "value" not in entry, f"{container['name']}: {name} in plain text"
 
 
+def test_every_ray_pod_has_the_mlflow_credentials_from_a_secret():
+    """The driver (head) opens the run, rank 0 (on any worker pod) logs the metrics."""
+    job = _yaml("k8s/rayjob.yaml")
+    ray_pods = [c for c in _containers(job) if c["name"] in ("ray-head", "ray-worker")]
+    assert len(ray_pods) == 2
+    for container in ray_pods:
+        env = {e["name"]: e for e in container.get("env", [])}
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth", container
+
+
 def test_ray_cluster_config_starts_every_node_with_token_auth_on_loopback_dashboard():
     config = _yaml("aws/ray-cluster.yaml")
     head = " ".join(config["head_start_ray_commands"])
@@ -144,7 +155,10 @@ def test_ray_cluster_config_starts_every_node_with_token_auth_on_loopback_dashbo
     for commands in (head, workers):
         assert "export RAY_AUTH_MODE=token;" in commands
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
-    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert config["file_mounts"] == {
+        "~/.ray/auth_token": "~/.ray/auth_token",
+        "~/.mlflow/credentials": "~/.mlflow/credentials",  # rank 0 logs from a worker node
+    }
     assert not re.search(r"(?i)(password|secret|token)\s*[=:]\s*\S", head + workers)
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pipeline.config import RECIPES_DIR
+from pipeline.config import RECIPES_DIR, load_job_config
 from tests.conftest import RECIPE_TARGETS, REPO
 
 
@@ -29,3 +29,11 @@ def test_recipe_file_and_readme_state_the_tests_target(recipe):
     )
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:4] == [metric, f"≥ {value:.2f}"], (recipe, cells)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_TARGETS))
+def test_the_recipes_gate_is_its_target(recipe):
+    """The alias moves only to a model that meets the recipe's stated target."""
+    metric, value = RECIPE_TARGETS[recipe]
+    tracking = load_job_config(recipe).tracking
+    assert (tracking.gate_metric, tracking.gate_min) == (metric, value)

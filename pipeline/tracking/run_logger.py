@@ -1,0 +1,215 @@
+"""Rank 0's MLflow logging: buffered, sent by a background thread, and patient.
+
+Training never waits for the tracking server: calls queue up and a thread sends them in
+order. While the server cannot be reached, the thread keeps the calls (at most
+``max_pending``; past that the oldest are dropped and counted) and retries with backoff;
+when the server is back, they arrive in the order they were made. :meth:`RunLogger.close`
+waits for the queue to drain, at most ``outage_wait_s`` seconds of outage, then reports
+what it could not deliver. A refusal (a bad value, no permission) is reported once and
+that call skipped: it would be refused again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import TrackingError
+from pipeline.redact import redact
+from pipeline.tracking.mlflow_run import client_for, one_line, param_value, tracking_problem
+from pipeline.tracking.outage import backoff, is_unreachable
+
+_CLOSE: tuple[str, dict] = ("close", {})
+TAG_ATTEMPTS = "pipeline.attempts"
+TAG_RESTARTS = "pipeline.restarts"
+TAG_DROPPED = "pipeline.tracking_dropped"
+
+
+def _say(message: str) -> None:
+    print(redact(message), file=sys.stderr, flush=True)
+
+
+class RunLogger:
+    """Rank 0's handle on the run: metrics by epoch, params, artifacts, the attempt count."""
+
+    def __init__(
+        self, uri: str, run_id: str, outage_wait_s: float = 300.0, max_pending: int = 10_000
+    ):
+        self.uri = uri
+        self.run_id = run_id
+        self.outage_wait_s = outage_wait_s
+        self.max_pending = max_pending
+        #: Calls dropped because the buffer was full or the outage outlasted close().
+        self.dropped = 0
+        self._pending: deque = deque()
+        self._cond = threading.Condition()
+        self._closing_since: float | None = None
+        #: Set when the server refused this worker's credentials (401/403).
+        self.refused: TrackingError | None = None
+        self._warned = False
+        self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
+        self._thread.start()
+
+    # -- what rank 0 calls ---------------------------------------------------------------------
+
+    def count_attempt(self, max_failures: int) -> None:
+        """Count this start of the worker group in the run's tags (``pipeline.attempts``,
+        ``pipeline.restarts``). At once when the server answers (a group that fails right
+        away must still be counted); queued first when it does not, so a group that starts
+        during an outage trains on instead of failing and burning a restart."""
+        item = ("count_attempt", {"max_failures": max_failures})
+        try:
+            self._call(client_for(self.uri), *item)
+        except Exception as exc:
+            if not is_unreachable(exc):  # an answer: no credentials, no permission, ...
+                raise TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}") from None
+            self._put(item)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
+        """Queue ``metrics`` at ``step``; return them as ``[key, value, timestamp, step]``
+        entries (what a checkpoint keeps, for :meth:`replay`)."""
+        now = int(time.time() * 1000)
+        # NaN and infinities are logged too (MLflow stores them): a diverged run must show it.
+        entries = [[k, float(v), now, step] for k, v in metrics.items() if v is not None]
+        self.replay(entries)
+        return entries
+
+    def replay(self, entries: list[list]) -> None:
+        """Queue metric entries as they were first logged (same timestamps)."""
+        import mlflow
+
+        batch = [mlflow.entities.Metric(k, v, int(t), int(s)) for k, v, t, s in entries]
+        for start in range(0, len(batch), 1000):  # MLflow's limit per log_batch
+            self._put(("log_batch", {"metrics": batch[start : start + 1000]}))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        batch = [mlflow.entities.Param(k, param_value(v)) for k, v in params.items()]
+        self._put(("log_batch", {"params": batch}))
+
+    def log_artifact(self, path: str, artifact_path: str) -> None:
+        """Copies ``path`` first: the caller may delete it before the upload runs."""
+        keep = Path(tempfile.mkdtemp(prefix="mxtrain-artifact-")) / Path(path).name
+        shutil.copy(path, keep)
+        self._put(("log_artifact", {"local_path": str(keep), "artifact_path": artifact_path}))
+
+    def check(self) -> None:
+        """Raise the server's refusal of this worker's credentials, if there was one: a run
+        whose metrics cannot be recorded should stop, with one line that says why."""
+        if self.refused is not None:
+            raise self.refused
+
+    def close(self) -> None:
+        """Send everything queued (waiting out an outage for at most ``outage_wait_s``), then
+        stop the thread."""
+        with self._cond:
+            self._closing_since = time.monotonic()
+            self._pending.append(_CLOSE)
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the sending thread --------------------------------------------------------------------
+
+    def _put(self, item: tuple[str, dict]) -> None:
+        with self._cond:
+            if len(self._pending) >= self.max_pending:
+                self._discard(self._pending.popleft())
+            self._pending.append(item)
+            self._cond.notify()
+
+    def _discard(self, item: tuple[str, dict]) -> None:
+        self.dropped += 1
+        if item[0] == "log_artifact":
+            shutil.rmtree(Path(item[1]["local_path"]).parent, ignore_errors=True)
+
+    def _send(self) -> None:
+        client = client_for(self.uri)
+        failures = 0
+        outage_started: float | None = None
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                item = self._pending[0]  # stays queued until it was delivered
+            if item is _CLOSE:
+                self._finish(client)
+                return
+            try:
+                self._call(client, *item)
+            except Exception as exc:
+                if is_unreachable(exc) and not self._out_of_time(outage_started):
+                    if outage_started is None:
+                        outage_started = time.monotonic()
+                        _say(
+                            f"warning: MLflow tracking at {self.uri} is unreachable; training "
+                            f"goes on and its metrics are kept (up to {self.max_pending} calls) "
+                            "until the server is back"
+                        )
+                    time.sleep(backoff(failures))
+                    failures += 1
+                    continue
+                if is_unreachable(exc):  # closing, and the outage outlasted outage_wait_s
+                    self._give_up()
+                    continue
+                if re.search(r"error code 40[13]", str(exc)):
+                    # This worker has no (valid) credentials: nothing it logs will land.
+                    self.refused = TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}")
+                if not self._warned:
+                    self._warned = True
+                    _say(f"warning: MLflow logging to {self.uri} failed: {one_line(exc)}")
+            if outage_started is not None:
+                _say(
+                    f"MLflow tracking at {self.uri} is reachable again after "
+                    f"{time.monotonic() - outage_started:.0f} s; sending what was kept"
+                )
+                outage_started, failures = None, 0
+            with self._cond:
+                self._pending.popleft()
+
+    def _out_of_time(self, outage_started: float | None) -> bool:
+        """Only a closing logger gives up; it waits ``outage_wait_s`` of outage for the rest."""
+        if self._closing_since is None or outage_started is None:
+            return False
+        return time.monotonic() - max(outage_started, self._closing_since) > self.outage_wait_s
+
+    def _give_up(self) -> None:
+        with self._cond:
+            while self._pending and self._pending[0] is not _CLOSE:
+                self._discard(self._pending.popleft())
+        _say(
+            f"warning: MLflow tracking at {self.uri} stayed unreachable for "
+            f"{self.outage_wait_s:g} s (tracking.outage_wait_s); {self.dropped} logging calls "
+            "were not delivered"
+        )
+
+    def _finish(self, client) -> None:
+        if self.dropped:
+            _say(f"warning: {self.dropped} MLflow logging calls were dropped (buffer full)")
+            with contextlib.suppress(Exception):
+                client.set_tag(self.run_id, TAG_DROPPED, str(self.dropped))
+
+    def _call(self, client, method: str, kwargs: dict) -> None:
+        if method == "count_attempt":
+            tags = client.get_run(self.run_id).data.tags
+            attempt = int(tags.get(TAG_ATTEMPTS, "0")) + 1
+            client.set_tag(self.run_id, TAG_ATTEMPTS, str(attempt))
+            client.set_tag(self.run_id, TAG_RESTARTS, str(attempt - 1))
+            if attempt > 1:
+                print(
+                    f"worker group restarted after a failure ({attempt - 1} of at most "
+                    f"{kwargs['max_failures']} restarts)",
+                    flush=True,
+                )
+            return
+        getattr(client, method)(self.run_id, **kwargs)
+        if method == "log_artifact":
+            shutil.rmtree(Path(kwargs["local_path"]).parent, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""The tracking server goes away for a minute in the middle of a run, and nothing is lost.
+
+A real MLflow server (sqlite store, artifacts served by it) behind a TCP proxy that stops
+listening for 60 s after the first epoch's metrics arrived; during the outage a worker is
+SIGKILLed, so a new worker group starts while the server is unreachable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow import MlflowClient
+
+from infra.processes import free_port, stop_group
+from pipeline.train import trace
+from tests.conftest import REPO
+from tests.faults import FlakyProxy
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = 60
+EPOCHS = 8
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on a free loopback port, stopped by process group."""
+    port = free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", "1"),
+            *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+            *("--artifacts-destination", str(tmp_path / "artifacts")),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no MLflow server"
+                time.sleep(0.5)
+        yield port
+    finally:
+        stop_group(proc.pid, grace_s=20, proc=proc)
+
+
+def test_a_minute_without_mlflow_loses_nothing(mlflow_server, digits_uri, tmp_path):
+    direct = MlflowClient(f"http://127.0.0.1:{mlflow_server}")
+    proxy = FlakyProxy(mlflow_server, reset_first=0, slow_down_every=0)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    job = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "jobs.train", "--recipe", "digits-fcn"),
+            *("--data", digits_uri, "--storage", str(tmp_path / "runs")),
+            *("--set", f"optim.epochs={EPOCHS}", "--set", "checkpoint.every_steps=10"),
+            *("--set", "tracking.gate_min=0.9", "--set", "scaling.max_failures=1"),
+        ],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": proxy.endpoint,
+            trace.ENV: str(tmp_path / "trace"),
+        },
+        stdout=out.open("w"),
+        stderr=err.open("w"),
+    )
+    try:
+        # The outage starts once the first epoch's metrics are on the server.
+        deadline = time.monotonic() + 300
+        run = None
+        while run is None or "val_accuracy" not in run.data.metrics:
+            assert job.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+            exp = direct.get_experiment_by_name("mxtrain")
+            runs = direct.search_runs([exp.experiment_id]) if exp else []
+            run = runs[0] if runs else None
+        proxy.go_down()
+        down_at = time.monotonic()
+        # A worker dies during the outage: its group restarts without the server.
+        time.sleep(2)
+        pids = [e["pid"] for e in trace.read_events(tmp_path / "trace") if e["rank"] == 1]
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+        assert job.poll() is None, "the job ended during the outage: " + err.read_text()[-3000:]
+        proxy.come_back()
+        assert job.wait(timeout=600) == 0, err.read_text()[-3000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+        proxy.close()
+
+    stdout, stderr = out.read_text(), err.read_text()
+    assert "is unreachable; training goes on" in stderr
+    assert "reachable again" in stderr
+    run = direct.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pipeline.attempts"] == "2"  # the restart was counted, not fatal
+    for key in ("val_accuracy", "train_loss"):
+        steps = sorted({m.step for m in direct.get_metric_history(run.info.run_id, key)})
+        assert steps == list(range(EPOCHS)), (key, steps)
+    assert "test_accuracy" in run.data.metrics
+    version = direct.get_model_version_by_alias("digits-fcn", "candidate")
+    assert version.run_id == run.info.run_id
+    assert "registered digits-fcn version 1" in stdout

@@ -1,0 +1,89 @@
+"""Rank 0's logger: what it sends, what it keeps through an outage, what it refuses to hide."""
+
+from __future__ import annotations
+
+import http.server
+import math
+import os
+import threading
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from infra.processes import free_port
+from pipeline.errors import TrackingError
+from pipeline.tracking.outage import fast_failing
+from pipeline.tracking.run_logger import RunLogger
+
+
+def _run() -> str:
+    return MlflowClient().create_run("0").info.run_id
+
+
+def test_non_finite_metrics_are_logged_not_dropped():
+    run_id = _run()
+    logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
+    logger.log_metrics({"train_loss": math.nan, "val_accuracy": 0.1}, step=0)
+    logger.close()
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    assert math.isnan(metrics["train_loss"]) and metrics["val_accuracy"] == 0.1
+
+
+def test_a_replayed_history_is_not_stored_twice():
+    run_id = _run()
+    logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
+    history = logger.log_metrics({"val_accuracy": 0.5}, step=0)
+    history += logger.log_metrics({"val_accuracy": 0.7}, step=1)
+    logger.replay(history)  # what a restarted group does with its checkpoint's history
+    logger.close()
+    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "val_accuracy")]
+    assert sorted(steps) == [0, 1]
+
+
+def test_an_unreachable_server_is_waited_for_then_the_loss_is_counted(capfd):
+    """Nothing listens on the port: the calls are kept (at most max_pending, the oldest
+    dropped first), and close() gives up after outage_wait_s and says how many were lost."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    with fast_failing():
+        logger = RunLogger(dead, "0" * 32, outage_wait_s=1.0, max_pending=3)
+        for step in range(5):
+            logger.log_metrics({"val_accuracy": 0.5}, step=step)
+        time.sleep(0.5)
+        assert logger._thread.is_alive()  # still trying, not given up
+        started = time.monotonic()
+        logger.close()
+    assert 1.0 <= time.monotonic() - started < 30
+    assert logger.dropped == 5  # 2 pushed out of the full buffer, 3 given up at close
+    err = capfd.readouterr().err
+    assert "unreachable; training goes on" in err and "were not delivered" in err
+
+
+class _Refuses(http.server.BaseHTTPRequestHandler):
+    def _refuse(self):
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_worker_without_credentials_stops_with_one_line():
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Refuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    expected = r"rank 0: .*\(401\): set MLFLOW_TRACKING_USERNAME"
+    try:
+        with fast_failing():
+            logger = RunLogger(f"http://127.0.0.1:{port}", "0" * 32)
+            with pytest.raises(TrackingError, match=expected):  # the group's first call
+                logger.count_attempt(3)
+            logger.log_metrics({"val_accuracy": 0.5}, step=0)  # or a later one
+            logger.close()
+    finally:
+        server.shutdown()
+    with pytest.raises(TrackingError, match=expected):
+        logger.check()
