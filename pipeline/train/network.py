@@ -69,6 +69,8 @@ class DistributedNetwork:
         self._sq_scales: list[float] = []
         self._clipped: list = []  # per step with clipping on: 1 if it clipped, else 0
         self._steps = 0
+        #: Steps whose update was skipped because the scaled gradients overflowed (float16).
+        self.overflow_skips = 0
 
     def __call__(self, *inputs):
         """The network's output, in float32 whatever it computes in."""
@@ -83,10 +85,24 @@ class DistributedNetwork:
         self.trainer.set_learning_rate(lr)
         self.trainer.allreduce_grads()
         self._steps += 1
+        if self.precision.skips_overflow and not self._gradients_finite():
+            # A static loss scale that overflowed: skip the update, as AMP's dynamic scale
+            # does (every rank decides alike: the gradients were summed). Not counted as
+            # divergence; the loss itself is still checked by the loop.
+            self.overflow_skips += 1
+            return
         if clip > 0 or self._steps % GRAD_NORM_EVERY == 1:
             scale = self.precision.gradient_scale(self.trainer)
             self._tally_grad_norm(batch_size * scale, clip)
         self.trainer.update(self.precision.update_divisor(batch_size))
+
+    def _gradients_finite(self) -> bool:
+        """One fused kernel and a host sync per step: what AMP pays for the same check."""
+        import mxnet as mx
+
+        grads = [p.grad(self.context.device) for p in self.trainable]
+        sq = mx.nd.multi_sum_sq(*grads, num_arrays=len(grads))
+        return bool(np.isfinite(sq.sum().asscalar()))
 
     def _tally_grad_norm(self, batch_size: float, clip: float) -> None:
         """After the allreduce every rank holds the same summed gradients; scaled like the

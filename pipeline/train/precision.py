@@ -54,6 +54,12 @@ class Precision:
             amp.init(target_dtype="float16")
 
     @property
+    def skips_overflow(self) -> bool:
+        """Whether a step checks its gradients and skips the update when the scaled ones
+        overflowed (the static float16 scale; AMP's trainer does it itself)."""
+        return self.mode == "float16"
+
+    @property
     def param_dtype(self) -> str:
         return "float16" if self.mode == "float16" else "float32"
 

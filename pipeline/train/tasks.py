@@ -130,6 +130,8 @@ class ClassificationTask:
         clipped = self.model.epoch_clipped_fraction()
         if clipped is not None:
             metrics["grad_clipped_fraction"] = clipped
+        if self.model.precision.skips_overflow:
+            metrics["overflow_skipped_steps"] = self.model.overflow_skips
         return metrics
 
     def evaluate(self, reader: ShardReader, split: str, tag: str) -> dict[str, float]:

@@ -45,3 +45,42 @@ def test_without_clipping_no_fraction_is_reported(hvd):
     task = one_rank_task(hvd, "digits-fcn", seed=0, overrides=SGD)
     task.train_step(random_batches(1, 0)[0], 0.1)
     assert "grad_clipped_fraction" not in task.end_epoch(0)
+
+
+def test_an_overflowing_static_loss_scale_skips_the_update(hvd, monkeypatch):
+    """float16's static scale: gradients that overflow are not applied (as AMP does) and are
+    counted. The float16 kernels need a GPU, so the scaling runs in float32 here with a scale
+    (1e38) that overflows float32 just as 1024 can overflow float16."""
+    from pipeline.train.context import WorkerContext
+    from pipeline.train.precision import Precision
+
+    class Float16Scaling(Precision):
+        def check_device(self, ctx) -> None:  # the arithmetic only: no float16 kernel runs
+            pass
+
+        def cast_network(self, net) -> None:  # keep float32 parameters on the CPU
+            pass
+
+        def inputs(self, x):
+            return x
+
+        def outputs(self, y):
+            return y
+
+    scaling = Float16Scaling("float16", loss_scale=1e38)
+    monkeypatch.setattr(WorkerContext, "precision", property(lambda _self: scaling))
+    task = one_rank_task(hvd, "digits-fcn", seed=0, overrides=SGD)
+    before = [p.data().asnumpy().copy() for p in task.model.trainable]
+    task.train_step(random_batches(1, 0)[0], 1.0)
+    after = [p.data().asnumpy() for p in task.model.trainable]
+    assert all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+    assert task.end_epoch(0)["overflow_skipped_steps"] == 1
+
+    scaling = Float16Scaling("float16", loss_scale=1024.0)  # fits: the step is applied
+    monkeypatch.setattr(WorkerContext, "precision", property(lambda _self: scaling))
+    task = one_rank_task(hvd, "digits-fcn", seed=0, overrides=SGD)
+    before = [p.data().asnumpy().copy() for p in task.model.trainable]
+    task.train_step(random_batches(1, 0)[0], 1.0)
+    after = [p.data().asnumpy() for p in task.model.trainable]
+    assert not all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+    assert task.end_epoch(0)["overflow_skipped_steps"] == 0
