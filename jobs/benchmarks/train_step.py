@@ -85,12 +85,13 @@ def _ours(task, reader, cfg):
     from pipeline.train.loop import EngineThrottle
 
     def run():
-        throttle = EngineThrottle()
+        throttle = EngineThrottle("")
         batches = reader.batches(
             0, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, ctx=mx.cpu()
         )
-        for b in batches:
-            throttle.add(task.train_step(b, cfg.optim.learning_rate))
+        for step, b in enumerate(batches):
+            throttle.add(task.train_step(b, cfg.optim.learning_rate), 0, step)
+        throttle.drain()
         mx.nd.waitall()
 
     return run
