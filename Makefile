@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 
 RECIPE ?= digits-cnn
 WORKERS ?= 2
-DEFAULT_DATA := data/digits
+# Each shipped recipe family has its data set, prepared on demand.
+DEFAULT_DATA := $(if $(filter fashion-%,$(RECIPE)),data/fashion-mnist,data/digits)
 DATA ?= $(DEFAULT_DATA)
 ARGS ?=
 # The slowest tests are listed at the end of every run: the budget of make test is watched there.
@@ -25,14 +26,15 @@ export MLFLOW_TRACKING_URI
 export OMP_NUM_THREADS ?= 1
 export MXNET_CPU_WORKER_NTHREADS ?= 1
 
-# The default local data set is prepared on demand; a user's DATA is used as given.
-DATA_DEP := $(if $(filter $(DEFAULT_DATA),$(DATA)),$(DEFAULT_DATA)/_manifest.json,)
+# The default local data sets are prepared on demand; a user's DATA is used as given.
+DATA_DEP := $(if $(filter data/digits data/fashion-mnist,$(DATA)),$(DATA)/_manifest.json,)
+FASHION_SOURCE := /usr/share/datasets/fashion-mnist
 
 HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package data manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,11 +58,25 @@ $(STAMP): setup.cfg
 	$(BIN)/horovodrun --check-build | grep -q '\[X\] Gloo' || { echo "horovod lacks Gloo support"; exit 1; }
 	@touch $@
 
-$(DEFAULT_DATA)/_manifest.json: | $(STAMP)
-	$(BIN)/python -m jobs.prepare_data --dataset digits --out $(DEFAULT_DATA)
+data/digits/_manifest.json: | $(STAMP)
+	$(BIN)/python -m jobs.prepare_data --dataset digits --out data/digits --overwrite
 
 data: $(STAMP) ## Write the digits data set as Parquet to data/digits
-	$(BIN)/python -m jobs.prepare_data --dataset digits --out $(DEFAULT_DATA) --overwrite
+	$(BIN)/python -m jobs.prepare_data --dataset digits --out data/digits --overwrite
+
+data/fashion-mnist/_manifest.json: | $(STAMP)
+	@$(MAKE) --no-print-directory fashion-package
+	$(BIN)/python -m jobs.prepare_data --dataset fashion-mnist --out data/fashion-mnist --overwrite
+
+data-fashion: $(STAMP) fashion-package ## Write Fashion-MNIST (Debian's dataset-fashion-mnist, installed when missing) as Parquet to data/fashion-mnist
+	$(BIN)/python -m jobs.prepare_data --dataset fashion-mnist --out data/fashion-mnist --overwrite
+
+fashion-package:
+	@if [ ! -f $(FASHION_SOURCE)/train-images-idx3-ubyte.gz ]; then \
+		echo "installing Debian's dataset-fashion-mnist (the idx files, no download at run time)"; \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dataset-fashion-mnist; } >/dev/null \
+			|| echo "warning: could not install dataset-fashion-mnist; prepare_data will say what is missing"; \
+	fi
 
 manifest: $(STAMP) ## Check the Parquet at DATA row by row and write its _manifest.json (ARGS=--overwrite to replace one)
 	$(BIN)/python -m jobs.write_manifest $(DATA) $(ARGS)
@@ -103,10 +119,10 @@ postgres-package:
 		pg_ctlcluster --force $$(ls /usr/lib/postgresql) main stop 2>/dev/null || true; \
 	fi
 
-test: $(STAMP) postgres-package ## Unit and integration tests (real Ray, Horovod, MLflow); under 20 minutes
+test: $(STAMP) postgres-package fashion-package ## Unit and integration tests (real Ray, Horovod, MLflow); under 25 minutes
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) postgres-package ## Every test, the slow ones included
+test-all: $(STAMP) postgres-package fashion-package ## Every test, the slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Benchmarks: ratios against baselines from the same run -> .bench/results.json

@@ -2,6 +2,7 @@
 
     python -m jobs.prepare_data --dataset digits --out data/digits
     python -m jobs.prepare_data --dataset digits --out s3://bucket/digits
+    python -m jobs.prepare_data --dataset fashion-mnist --out data/fashion-mnist [--source DIR]
 
 The contract (columns, types, schema metadata, layout) is described in README.md and in
 pipeline/data/contract.py; a user's own data must meet it too.
@@ -11,14 +12,28 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from jobs._cli import run_main
-from pipeline.data.prepare import load_digits_splits, synthetic_splits, write_dataset
+from pipeline.data.datasets import (
+    FASHION_MNIST_DIR,
+    load_digits_splits,
+    load_fashion_mnist,
+    synthetic_splits,
+)
+from pipeline.data.prepare import write_dataset
 
 DATASETS = {
     "digits": "scikit-learn's 1,797 8x8 handwritten digits (shipped offline), 10 classes",
+    "fashion-mnist": "Zalando's 70,000 28x28 grey images, 10 classes, from the idx files in "
+    "--source (Debian's dataset-fashion-mnist package by default); the official 10,000 test "
+    "images are the test split, 5,000 of the 60,000 training images the validation split; "
+    "pixels stored as uint8",
     "synthetic": "seeded synthetic classes of any size (--rows, --shape, --classes)",
 }
+#: (rows per file, rows per row group) by data set: several files per split, and row groups
+#: small enough for the shuffled order to mix them.
+LAYOUT = {"digits": (128, 64), "fashion-mnist": (5000, 500), "synthetic": (128, 64)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,18 +53,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", default="data/digits", help="output folder, file:// or s3://bucket/prefix URI"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split (and of synthetic data)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=FASHION_MNIST_DIR,
+        help="fashion-mnist: the folder holding its four idx files (.gz)",
+    )
     p.add_argument("--rows", type=int, default=100_000, help="synthetic: total rows")
     p.add_argument("--shape", default="1,8,8", help="synthetic: feature shape, e.g. 1,8,8 or 64")
     p.add_argument("--classes", type=int, default=10, help="synthetic: number of classes")
     p.add_argument(
         "--rows-per-file",
         type=int,
-        default=128,
-        help="rows per Parquet file (each split is written as several files)",
+        default=None,
+        help="rows per Parquet file (each split is written as several files); default "
+        + ", ".join(f"{k}: {v[0]}" for k, v in LAYOUT.items()),
     )
-    p.add_argument("--row-group-size", type=int, default=64, help="rows per Parquet row group")
+    p.add_argument(
+        "--row-group-size",
+        type=int,
+        default=None,
+        help="rows per Parquet row group (the unit the epochs' order shuffles); default "
+        + ", ".join(f"{k}: {v[1]}" for k, v in LAYOUT.items()),
+    )
     p.add_argument("--overwrite", action="store_true", help="replace what is already at --out")
     args = p.parse_args(argv)
+    files, groups = LAYOUT[args.dataset]
+    args.rows_per_file = files if args.rows_per_file is None else args.rows_per_file
+    args.row_group_size = groups if args.row_group_size is None else args.row_group_size
     if args.rows_per_file < 1 or args.row_group_size < 1:
         p.error("--rows-per-file and --row-group-size must be >= 1")
     try:
@@ -66,25 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"writing {args.dataset} to {args.out}", flush=True)
     if args.dataset == "synthetic":
-        splits, shape, num_classes = synthetic_splits(
-            args.rows, args.shape, args.classes, args.seed
-        )
+        dataset = synthetic_splits(args.rows, args.shape, args.classes, args.seed)
+    elif args.dataset == "fashion-mnist":
+        dataset = load_fashion_mnist(args.source, seed=args.seed)
     else:
-        splits, shape, num_classes = load_digits_splits(seed=args.seed)
+        dataset = load_digits_splits(seed=args.seed)
     manifest = write_dataset(
         args.out,
-        splits,
-        shape,
-        num_classes,
+        dataset,
         rows_per_file=args.rows_per_file,
         row_group_size=args.row_group_size,
         overwrite=args.overwrite,
-        source=f"{args.dataset} (seed {args.seed})",
         progress=lambda msg: print(msg, flush=True),
     )
     total = sum(s["rows"] for s in manifest["splits"].values())
     print(
-        f"done: {total} rows, feature_shape {shape}, {num_classes} classes, "
+        f"done: {total} rows, feature_shape {dataset.feature_shape}, "
+        f"{dataset.num_classes} classes, "
         f"{time.perf_counter() - start:.1f}s -> {args.out}"
     )
     return 0

@@ -49,7 +49,7 @@ class ResidualCNN(HybridBlock):
         self._image_shape = tuple(feature_shape)
         self.features = nn.HybridSequential()
         self.features.add(
-            nn.Conv2D(cfg.channels, 3, padding=1, use_bias=False),
+            nn.Conv2D(cfg.channels, 3, strides=cfg.stem_stride, padding=1, use_bias=False),
             nn.BatchNorm(),
             nn.Activation("relu"),
         )

@@ -34,6 +34,13 @@ class CNNConfig:
     )
     blocks_per_stage: int = _opt(2, "residual blocks (two 3x3 convs + batch norm) per stage", ge=1)
     dropout: float = _opt(0.0, "dropout before the classifier, 0 to disable", ge=0, lt=1)
+    stem_stride: int = _opt(
+        1,
+        "stride of the first conv: 2 quarters every later layer's cost (28x28 images become"
+        " 14x14 maps at once)",
+        ge=1,
+        le=4,
+    )
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
     check_writable(cfg.storage.resolved_path(), cfg.s3)
     if cfg.tracking.artifact_uri:
         check_access(cfg.tracking.artifact_uri, cfg.s3)
+    _check_augment(cfg, info)
     from models import build_model
 
     try:
@@ -64,6 +65,21 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
             f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
         ) from None
     return info
+
+
+def _check_augment(cfg: JobConfig, info: DatasetInfo) -> None:
+    """Image augmentations need images; noise needs float features."""
+    if cfg.augment.on_images and len(info.feature_shape) != 3:
+        raise ConfigError(
+            f"augment: crop, flip and erasing need image features (channels, height, width), "
+            f"and {cfg.data.uri} has feature_shape {list(info.feature_shape)}; use "
+            "augment.noise_std for flat features"
+        )
+    if cfg.augment.noise_std and info.feature_scale is not None:
+        raise ConfigError(
+            f"augment.noise_std needs float features, and {cfg.data.uri} stores uint8 pixels; "
+            "use crop_padding, flip or erase_prob for images"
+        )
 
 
 def _check_local_machine(cfg: JobConfig) -> None:
@@ -388,4 +404,4 @@ def _input_example(info: DatasetInfo, cfg: JobConfig):
     loc = resolve(info.uri, cfg.s3)
     first = info.splits["test"].files[0]
     table = pq.read_table(first, filesystem=loc.filesystem, columns=["id", FEATURES, "label"])
-    return arrow_to_batch(table.slice(0, 5), info.num_features).features
+    return arrow_to_batch(table.slice(0, 5), info.num_features, info.feature_scale).float_features()

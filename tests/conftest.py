@@ -21,6 +21,8 @@ RECIPE_TARGETS = {
     "digits-rnn": ("test_accuracy", 0.95),
     "digits-attention": ("test_accuracy", 0.95),
     "digits-gan": ("generated_accuracy", 0.80),
+    "fashion-mlp": ("test_accuracy", 0.89),
+    "fashion-cnn": ("test_accuracy", 0.93),
 }
 
 
@@ -60,11 +62,11 @@ def _remove_mlflow_template():
 @pytest.fixture(scope="session")
 def digits_uri(tmp_path_factory) -> str:
     """The digits data set, prepared once per session by the real prepare_data job."""
-    from pipeline.data.prepare import load_digits_splits, write_dataset
+    from pipeline.data.datasets import load_digits_splits
+    from pipeline.data.prepare import write_dataset
 
     out = tmp_path_factory.mktemp("data") / "digits"
-    splits, shape, classes = load_digits_splits(seed=0)
-    write_dataset(str(out), splits, shape, classes, rows_per_file=128, row_group_size=64)
+    write_dataset(str(out), load_digits_splits(seed=0), rows_per_file=128, row_group_size=64)
     return str(out)
 
 
@@ -173,3 +175,15 @@ def list_keys(bucket: str, prefix: str = "") -> list[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
     return keys
+
+
+@pytest.fixture(scope="session")
+def fashion_uri(tmp_path_factory) -> str:
+    """Fashion-MNIST from Debian's package (`make test` installs it), prepared once per
+    session by the real loader and writer."""
+    from pipeline.data.datasets import load_fashion_mnist
+    from pipeline.data.prepare import write_dataset
+
+    out = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    write_dataset(str(out), load_fashion_mnist(), rows_per_file=5000, row_group_size=500)
+    return str(out)

@@ -45,14 +45,12 @@ SIZES = {
 
 
 def _prepare(uri: str, rows: int, rows_per_file: int) -> None:
-    from pipeline.data.prepare import synthetic_splits, write_dataset
+    from pipeline.data.datasets import synthetic_splits
+    from pipeline.data.prepare import write_dataset
 
-    splits, shape, classes = synthetic_splits(rows, (1, 8, 8), 10, seed=0)
     write_dataset(
         uri,
-        splits,
-        shape,
-        classes,
+        synthetic_splits(rows, (1, 8, 8), 10, seed=0),
         rows_per_file=rows_per_file,
         row_group_size=min(8192, rows_per_file),
         overwrite=True,

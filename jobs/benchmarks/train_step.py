@@ -22,15 +22,16 @@ def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
     import mxnet as mx
 
     from pipeline.data.contract import inspect_dataset
+    from pipeline.data.datasets import synthetic_splits
     from pipeline.data.ingest import ShardReader, open_source
-    from pipeline.data.prepare import synthetic_splits, write_dataset
+    from pipeline.data.prepare import write_dataset
     from pipeline.train.context import WorkerContext
     from pipeline.train.tasks import make_task
 
     hvd.init()
     rows = steps * batch_size
-    splits, shape, classes = synthetic_splits(rows * 10 // 8 + 3, (1, 8, 8), 10, seed=0)
-    write_dataset(tmp, splits, shape, classes, rows_per_file=rows, row_group_size=1024)
+    dataset = synthetic_splits(rows * 10 // 8 + 3, (1, 8, 8), 10, seed=0)
+    write_dataset(tmp, dataset, rows_per_file=rows, row_group_size=1024)
     info = inspect_dataset(tmp, splits=("train",))
     cfg = load_job_config(recipe, [f"data.batch_size={batch_size}", f"data.uri={tmp}"])
     reader = ShardReader(

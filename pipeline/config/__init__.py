@@ -21,6 +21,7 @@ from pipeline.config.loader import (
 from pipeline.config.schema import (
     PRECISIONS,
     REPO_ROOT,
+    AugmentConfig,
     CheckpointConfig,
     DataConfig,
     JobConfig,
@@ -36,6 +37,7 @@ __all__ = [
     "PRECISIONS",
     "RECIPES_DIR",
     "REPO_ROOT",
+    "AugmentConfig",
     "CheckpointConfig",
     "DataConfig",
     "JobConfig",

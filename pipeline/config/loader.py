@@ -20,6 +20,7 @@ from typing import Any
 from models.config import MODEL_CONFIGS
 from pipeline.config.schema import (
     REPO_ROOT,
+    AugmentConfig,
     CheckpointConfig,
     DataConfig,
     JobConfig,
@@ -38,6 +39,7 @@ RECIPES_DIR = REPO_ROOT / "jobs" / "recipes"
 #: Each section of a recipe, in the order --help lists them.
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
+    "augment": AugmentConfig,
     "model": ModelConfig,
     "optim": OptimConfig,
     "scaling": ScalingConfig,

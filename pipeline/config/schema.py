@@ -85,6 +85,41 @@ class DataConfig(Section):
 
 
 @dataclass(frozen=True)
+class AugmentConfig(Section):
+    """Random changes to the training samples, new every epoch (data diversity against
+    overfitting). Each sample's draw follows from (seed, epoch, sample id), so a resumed run
+    trains on exactly the samples the uninterrupted one would have."""
+
+    KEY = "augment"
+
+    crop_padding: int = option(
+        0,
+        "random crop: pad each image by this many zero pixels per side and cut a window of"
+        " its size at a random offset; 0 = off",
+        ge=0,
+        le=16,
+    )
+    flip: bool = option(False, "mirror images left to right, each with probability 0.5")
+    erase_prob: float = option(
+        0.0,
+        "random erasing: the probability of blanking a random rectangle (2-33% of the image)",
+        ge=0,
+        le=1,
+    )
+    noise_std: float = option(
+        0.0, "Gaussian noise of this standard deviation added to float features; 0 = off", ge=0
+    )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.crop_padding or self.flip or self.erase_prob or self.noise_std)
+
+    @property
+    def on_images(self) -> bool:
+        return bool(self.crop_padding or self.flip or self.erase_prob)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The model family (``model.name``) and its architecture settings (the other keys,
     declared with their bounds in ``models/config.py``)."""
@@ -336,6 +371,7 @@ class JobConfig:
     recipe: str = option("custom", "recipe name; also the default registered model name")
     seed: int = option(0, "seed for initialisation and shuffling", ge=0, le=2**32 - 1)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)

@@ -52,21 +52,30 @@ SPLITS = ("train", "val", "test")
 MANIFEST = "_manifest.json"
 META_SHAPE = b"mxtrain.feature_shape"
 META_CLASSES = b"mxtrain.num_classes"
+#: For uint8 features: the float one unit stands for (1/255 for 8-bit pixels).
+META_SCALE = b"mxtrain.feature_scale"
 CONTRACT_VERSION = 1
 
 
-def make_schema(feature_shape: tuple[int, ...], num_classes: int) -> pa.Schema:
+def make_schema(
+    feature_shape: tuple[int, ...], num_classes: int, feature_scale: float | None = None
+) -> pa.Schema:
+    """The contract's schema; with ``feature_scale``, features are uint8 (value x scale)."""
     size = math.prod(feature_shape)
+    value_type = pa.float32() if feature_scale is None else pa.uint8()
+    metadata = {
+        META_SHAPE: json.dumps(list(feature_shape)).encode(),
+        META_CLASSES: str(num_classes).encode(),
+    }
+    if feature_scale is not None:
+        metadata[META_SCALE] = repr(float(feature_scale)).encode()
     return pa.schema(
         [
             pa.field(ID, pa.int64(), nullable=False),
-            pa.field(FEATURES, pa.list_(pa.field("element", pa.float32()), size), nullable=False),
+            pa.field(FEATURES, pa.list_(pa.field("element", value_type), size), nullable=False),
             pa.field(LABEL, pa.int64(), nullable=False),
         ],
-        metadata={
-            META_SHAPE: json.dumps(list(feature_shape)).encode(),
-            META_CLASSES: str(num_classes).encode(),
-        },
+        metadata=metadata,
     )
 
 
@@ -89,6 +98,8 @@ class DatasetInfo:
     feature_shape: tuple[int, ...]
     num_classes: int
     splits: dict[str, SplitInfo] = field(default_factory=dict)
+    #: uint8 features: the value of one unit (the reader converts on the device); None: float32.
+    feature_scale: float | None = None
 
     @property
     def num_features(self) -> int:
@@ -138,6 +149,8 @@ def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
     flat = feats.flatten()
     if flat.null_count:
         raise DataError(f"{where}: {flat.null_count} null values inside 'features'; {fix}")
+    if not pa.types.is_floating(flat.type):
+        return  # integers are always finite
     values = flat.to_numpy(zero_copy_only=False).reshape(len(feats), -1)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
@@ -181,16 +194,20 @@ def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
         )
 
 
-def check_schema(schema: pa.Schema, where: str) -> tuple[tuple[int, ...], int]:
-    """Validate one file's schema; return (feature_shape, num_classes)."""
+def check_schema(schema: pa.Schema, where: str) -> tuple[tuple[int, ...], int, float | None]:
+    """Validate one file's schema; return (feature_shape, num_classes, feature_scale)."""
     fix = "see the data contract in README.md"
     for name in (ID, FEATURES, LABEL):
         if schema.get_field_index(name) < 0:
             raise DataError(f"{where}: missing column {name!r} ({fix})")
     feat = schema.field(FEATURES).type
-    if not (pa.types.is_fixed_size_list(feat) and pa.types.is_float32(feat.value_type)):
+    if not (
+        pa.types.is_fixed_size_list(feat)
+        and (pa.types.is_float32(feat.value_type) or pa.types.is_uint8(feat.value_type))
+    ):
         raise DataError(
-            f"{where}: column 'features' is {feat}, expected fixed_size_list<float32> ({fix})"
+            f"{where}: column 'features' is {feat}, expected fixed_size_list<float32> or "
+            f"fixed_size_list<uint8> ({fix})"
         )
     for name in (ID, LABEL):
         if not pa.types.is_int64(schema.field(name).type):
@@ -211,7 +228,18 @@ def check_schema(schema: pa.Schema, where: str) -> tuple[tuple[int, ...], int]:
             f"{where}: feature_shape {list(shape)} does not hold {feat.list_size} values or "
             f"num_classes {num_classes} < 2 ({fix})"
         )
-    return shape, num_classes
+    scale = None
+    if pa.types.is_uint8(feat.value_type):
+        try:
+            scale = float(meta[META_SCALE])
+        except (KeyError, ValueError):
+            scale = math.nan
+        if not (math.isfinite(scale) and scale > 0):
+            raise DataError(
+                f"{where}: uint8 features need {META_SCALE.decode()} in the schema metadata, a "
+                f"positive number such as 0.00392156862745098 (1/255) ({fix})"
+            )
+    return shape, num_classes, scale
 
 
 def _list_parquet(loc: Location, split: str) -> list[tuple[str, int]]:
@@ -253,7 +281,7 @@ def inspect_dataset(
     """
     check_access(uri, s3)
     loc = resolve(uri, s3)
-    shapes: set[tuple[tuple[int, ...], int]] = set()
+    shapes: set[tuple[tuple[int, ...], int, float | None]] = set()
     found: dict[str, SplitInfo] = {}
     sizes: dict[str, int] = {}
     for split in splits:
@@ -281,10 +309,11 @@ def inspect_dataset(
             tuple(p for p, _ in files), rows, sum(n for _, n in files), row_groups=tuple(groups)
         )
     if len(shapes) != 1:
-        raise DataError(f"{uri}: files disagree on feature_shape/num_classes: {sorted(shapes)}")
-    (shape, num_classes) = shapes.pop()
+        seen = sorted(shapes, key=str)
+        raise DataError(f"{uri}: files disagree on feature_shape/num_classes/scale: {seen}")
+    (shape, num_classes, scale) = shapes.pop()
     found = _check_manifest(loc, found, sizes, require_manifest)
-    return DatasetInfo(uri, shape, num_classes, found)
+    return DatasetInfo(uri, shape, num_classes, found, feature_scale=scale)
 
 
 def _check_manifest(

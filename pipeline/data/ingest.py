@@ -259,10 +259,11 @@ def open_source(info: DatasetInfo, split: str, memory: bool, s3: S3Config | None
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch as numpy arrays: features (N, D) float32, labels (N,) int64, ids (N,).
+    """One batch as numpy arrays: features (N, D) as stored (float32, or uint8 with
+    ``scale``), labels (N,) int64, ids (N,).
 
-    ``x`` and ``y`` (features, labels as float32) are the same rows as MXNet NDArrays on the
-    device when the reader was given one, else None.
+    ``x`` and ``y`` (features as float32, scaled; labels as float32) are the same rows as MXNet
+    NDArrays on the device when the reader was given one, else None.
     """
 
     features: np.ndarray
@@ -270,6 +271,14 @@ class Batch:
     ids: np.ndarray
     x: Any = None
     y: Any = None
+    #: uint8 features: the value of one unit; None for float32 features.
+    scale: float | None = None
+
+    def float_features(self) -> np.ndarray:
+        """The features as the model sees them: float32, scaled (a host copy)."""
+        if self.scale is None:
+            return self.features
+        return self.features.astype(np.float32) * np.float32(self.scale)
 
     @property
     def mask(self) -> np.ndarray:
@@ -291,17 +300,17 @@ class Batch:
             self.ids[index],
             self.x[index] if on_device else None,
             self.y[index] if on_device else None,
+            self.scale,
         )
 
     def on_device(self, ctx) -> Batch:
-        """This batch with ``x``/``y`` copied to ``ctx``."""
-        return Batch(
-            self.features,
-            self.labels,
-            self.ids,
-            to_ndarray(self.features, ctx),
-            to_ndarray(self.labels.astype(np.float32), ctx),
-        )
+        """This batch with ``x``/``y`` copied to ``ctx``. uint8 features travel as bytes (a
+        quarter of float32's) and become float32 on the device, once for the whole window."""
+        x = to_ndarray(self.features, ctx)
+        if self.scale is not None:
+            x = x.astype("float32") * self.scale
+        y = to_ndarray(self.labels.astype(np.float32), ctx)
+        return Batch(self.features, self.labels, self.ids, x, y, self.scale)
 
 
 def to_ndarray(array: np.ndarray, ctx):
@@ -319,8 +328,9 @@ def to_ndarray(array: np.ndarray, ctx):
     return out
 
 
-def arrow_to_batch(table: pa.Table, num_features: int) -> Batch:
-    """A pyarrow table -> numpy, without per-row Python objects.
+def arrow_to_batch(table: pa.Table, num_features: int, scale: float | None = None) -> Batch:
+    """A pyarrow table -> numpy, without per-row Python objects (uint8 features stay uint8,
+    with ``scale``).
 
     The features column is a fixed-size list: its flat child array reshapes to (N, D) with
     no copy when the table is a single chunk.
@@ -333,7 +343,7 @@ def arrow_to_batch(table: pa.Table, num_features: int) -> Batch:
     x = flat.to_numpy(zero_copy_only=False).reshape(len(feats), num_features)
     y = pc.cast(table.column(LABEL), pa.int64()).to_numpy()
     ids = table.column(ID).to_numpy()
-    return Batch(x, y, ids)
+    return Batch(x, y, ids, scale=scale)
 
 
 def _concat(parts: list[Batch]) -> Batch:
@@ -343,11 +353,13 @@ def _concat(parts: list[Batch]) -> Batch:
         np.concatenate([p.features for p in parts]),
         np.concatenate([p.labels for p in parts]),
         np.concatenate([p.ids for p in parts]),
+        scale=parts[0].scale,
     )
 
 
 def _as_padding(batch: Batch) -> Batch:
-    return Batch(batch.features, np.full(len(batch), PAD_LABEL, dtype=np.int64), batch.ids)
+    labels = np.full(len(batch), PAD_LABEL, dtype=np.int64)
+    return Batch(batch.features, labels, batch.ids, scale=batch.scale)
 
 
 class ShardReader:
@@ -361,6 +373,8 @@ class ShardReader:
         rank: int,
         world_size: int,
         seed: int,
+        feature_scale: float | None = None,
+        transform: Callable[[Batch, int], Batch] | None = None,
     ):
         self.source = source
         self.split = split
@@ -368,6 +382,9 @@ class ShardReader:
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
+        self.feature_scale = feature_scale
+        #: Applied to each window of the epoch (augmentation), in the read-ahead thread.
+        self.transform = transform
 
     def steps(self, batch_size: int) -> int:
         return steps_per_epoch(self.split.rows, self.world_size, batch_size)
@@ -395,8 +412,8 @@ class ShardReader:
         skip_rows = skip_steps * batch_size
         first = skip_rows // window
         windows = self._windows(epoch, shuffle, window, first)
-        if prefetch is None:
-            prefetch = 2 if isinstance(self.source, FileSource) else 0
+        if prefetch is None:  # a transform is work worth taking off the training thread
+            prefetch = 2 if isinstance(self.source, FileSource) or self.transform else 0
         if prefetch:
             windows = _read_ahead(windows, prefetch)
         drop = skip_rows - first * window
@@ -423,6 +440,8 @@ class ShardReader:
             yield self._shuffled(_concat(parts), epoch, index, shuffle)
 
     def _shuffled(self, rows: Batch, epoch: int, index: int, shuffle: bool) -> Batch:
+        if self.transform is not None:
+            rows = self.transform(rows, epoch)
         if not shuffle:
             return rows
         rng = np.random.default_rng([self.seed, epoch, self.rank, index])
@@ -453,7 +472,7 @@ class ShardReader:
             lo = hi
         tables = self.source.read_in_order([piece for piece, _, _ in wanted])
         for (_, begin, rows), table in zip(wanted, tables, strict=True):
-            yield arrow_to_batch(table.slice(begin, rows), self.num_features)
+            yield arrow_to_batch(table.slice(begin, rows), self.num_features, self.feature_scale)
 
 
 def _read_ahead(items: Iterator[Batch], depth: int) -> Iterator[Batch]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import JobConfig
+from pipeline.data.augment import Augmenter
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.errors import ConfigError, DivergedError
@@ -145,6 +146,7 @@ def _train(
     optim = cfg.optim
     train_rows = info.splits["train"].rows
     memory = should_cache(info, cfg.data.cache, cfg.data.cache_max_mb)
+    augment = Augmenter(cfg.augment, info.feature_shape, cfg.seed) if cfg.augment.active else None
     readers = {
         split: ShardReader(
             open_source(info, split, memory, cfg.s3),
@@ -153,6 +155,8 @@ def _train(
             rank,
             world,
             cfg.seed,
+            info.feature_scale,
+            transform=augment if split == "train" else None,
         )
         for split in ("train", "val", "test")
     }

@@ -26,6 +26,7 @@ EXPECTED = {
     "scaling_efficiency",
     "startup_vs_horovodrun",
     "rss_growth",
+    "ingest_augmented_vs_plain",
 }
 
 

@@ -13,8 +13,9 @@ from tests.conftest import RECIPE_TARGETS
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("recipe", sorted(RECIPE_TARGETS))
-def test_recipe_reaches_its_target(recipe, digits_uri, tmp_path):
-    cfg = load_job_config(recipe, [f"data.uri={digits_uri}", f"storage.path={tmp_path}"])
+def test_recipe_reaches_its_target(recipe, request, tmp_path):
+    data = request.getfixturevalue("fashion_uri" if recipe.startswith("fashion") else "digits_uri")
+    cfg = load_job_config(recipe, [f"data.uri={data}", f"storage.path={tmp_path}"])
     result = run_job(cfg, progress=lambda _msg: None)
     run = MlflowClient().get_run(result.run_id)
     metric, target = RECIPE_TARGETS[recipe]

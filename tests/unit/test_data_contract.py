@@ -23,8 +23,9 @@ from pipeline.data.contract import (
     make_schema,
     read_failure,
 )
+from pipeline.data.datasets import Dataset, Split
 from pipeline.data.ingest import epoch_pieces, open_source
-from pipeline.data.prepare import Split, write_dataset
+from pipeline.data.prepare import write_dataset
 from pipeline.errors import DataError, StorageUnavailableError
 from tests.conftest import REPO, run_cli
 from tests.datasets import copy_set, first_id, rewrite_file, with_feature, with_id, with_label
@@ -92,13 +93,8 @@ def test_prepare_data_refuses_to_overwrite(tmp_path):
 def _small(tmp_path, n=20) -> Path:
     rng = np.random.default_rng(0)
     split = Split(rng.random((n, 1, 2, 2), dtype=np.float32), rng.integers(0, 3, n), np.arange(n))
-    write_dataset(
-        str(tmp_path / "ds"),
-        {"train": split, "val": split, "test": split},
-        (1, 2, 2),
-        3,
-        rows_per_file=8,
-    )
+    splits = {"train": split, "val": split, "test": split}
+    write_dataset(str(tmp_path / "ds"), Dataset(splits, (1, 2, 2), 3), rows_per_file=8)
     return tmp_path / "ds"
 
 

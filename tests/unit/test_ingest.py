@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data.contract import inspect_dataset, make_schema
+from pipeline.data.datasets import Split
 from pipeline.data.ingest import (
     PAD_LABEL,
     FileSource,
@@ -16,7 +17,7 @@ from pipeline.data.ingest import (
     padding_rows,
     steps_per_epoch,
 )
-from pipeline.data.prepare import Split, _table
+from pipeline.data.prepare import _table
 
 
 def test_padding_makes_totals_divisible():

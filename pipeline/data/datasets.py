@@ -1,0 +1,182 @@
+"""The data sets ``jobs.prepare_data`` can write: where their rows come from, how they are
+split. Each loader returns a :class:`Dataset` in memory; :mod:`pipeline.data.prepare` writes it.
+
+* ``digits``: scikit-learn's 1,797 8x8 images (shipped with the package).
+* ``fashion-mnist``: Zalando's 70,000 28x28 grey images, from the four idx files of Debian's
+  ``dataset-fashion-mnist`` package or a folder holding them. The official 10,000-image test
+  set stays the test split, so the published results table applies to it.
+* ``synthetic``: seeded classes of any size, for benchmarks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.contract import SPLITS
+from pipeline.errors import DataError
+
+#: Where Debian's dataset-fashion-mnist package puts the idx files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split in memory: features (N, *feature_shape) float32 (or uint8, then scaled by the
+    data set's ``feature_scale``), labels (N,), ids (N,)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    splits: dict[str, Split]
+    feature_shape: tuple[int, ...]
+    num_classes: int
+    #: For integer features: what one unit is worth (1/255 for 8-bit pixels); None for floats.
+    feature_scale: float | None = None
+    source: str = ""
+
+
+def _stratified(y: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Indices of a ``fraction`` of each class, drawn with ``rng``."""
+    picked = []
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        picked.append(idx[: round(len(idx) * fraction)])
+    return np.concatenate(picked)
+
+
+def load_digits_splits(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1):
+    """scikit-learn's digits (1,797 8x8 images shipped with the package, no download).
+
+    Pixel values 0..16 are scaled to [0, 1]. The split is stratified by label and fixed by
+    ``seed``.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = digits.target.astype(np.int64)
+    ids = np.arange(len(y), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        n_test = round(len(idx) * test_fraction)
+        n_val = round(len(idx) * val_fraction)
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test : n_test + n_val])
+        parts["train"].append(idx[n_test + n_val :])
+    splits = {}
+    for name, chunks in parts.items():
+        idx = rng.permutation(np.concatenate(chunks))
+        splits[name] = Split(x[idx], y[idx], ids[idx])
+    return Dataset(splits, (1, 8, 8), 10, source=f"scikit-learn digits (seed {seed})")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzipped or not) as a uint8 array: 2 zero bytes, dtype 0x08 (uint8), the
+    number of dimensions, that many big-endian int32 sizes, then the data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from None
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise DataError(f"{path}: not an idx file of unsigned bytes (magic {data[:4].hex()})")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}i", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: {body.size} values for shape {shape}; the file is truncated")
+    return body.reshape(shape)
+
+
+def load_fashion_mnist(source: Path | None = None, seed: int = 0, val_rows: int = 5000):
+    """Fashion-MNIST from its four idx files in ``source``: the official 60,000 training
+    images (``val_rows`` of them carved out as a stratified validation split) and the
+    official 10,000 test images. Pixels stay uint8 (scale 1/255)."""
+    source = FASHION_MNIST_DIR if source is None else source
+    missing = [
+        n for pair in FASHION_MNIST_FILES.values() for n in pair if not (source / n).is_file()
+    ]
+    if missing:
+        how = (
+            "install Debian's package (apt-get install dataset-fashion-mnist; `make data-fashion`"
+            " does it when run as root)"
+            if source == FASHION_MNIST_DIR
+            else "point --source at the folder that holds the four idx files"
+        )
+        raise DataError(f"Fashion-MNIST: {source} has no {missing[0]}; {how}")
+    arrays = {}
+    for split, (images, labels) in FASHION_MNIST_FILES.items():
+        x, y = read_idx(source / images), read_idx(source / labels)
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
+            raise DataError(f"{source}: {images} / {labels} hold {x.shape} and {y.shape}")
+        arrays[split] = (x.reshape(-1, 1, 28, 28), y.astype(np.int64))
+    x, y = arrays["train"]
+    rng = np.random.default_rng(seed)
+    val = _stratified(y, rng, val_rows / len(y))
+    train = rng.permutation(np.setdiff1d(np.arange(len(y)), val))
+    val = rng.permutation(val)
+    tx, ty = arrays["test"]
+    test_ids = np.arange(len(ty), dtype=np.int64) + len(y)  # after the 60,000 training ids
+    splits = {
+        "train": Split(x[train], y[train], train.astype(np.int64)),
+        "val": Split(x[val], y[val], val.astype(np.int64)),
+        "test": Split(tx, ty, test_ids),
+    }
+    return Dataset(
+        splits, (1, 28, 28), 10, 1 / 255, f"Fashion-MNIST idx files in {source} (seed {seed})"
+    )
+
+
+def synthetic_splits(
+    rows: int,
+    feature_shape: tuple[int, ...] = (1, 8, 8),
+    num_classes: int = 10,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+):
+    """A seeded synthetic classification set of any size: each class is a fixed random
+    prototype in [0, 1] plus noise, so models can learn it and sizes scale freely."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((num_classes, *feature_shape), dtype=np.float32)
+    labels = rng.integers(0, num_classes, rows, dtype=np.int64)
+    features = prototypes[labels] + rng.normal(0, 0.3, (rows, *feature_shape)).astype(np.float32)
+    np.clip(features, 0.0, 1.0, out=features)
+    ids = np.arange(rows, dtype=np.int64)
+    n_test = int(rows * test_fraction)
+    n_val = int(rows * val_fraction)
+    cuts = {
+        "test": slice(0, n_test),
+        "val": slice(n_test, n_test + n_val),
+        "train": slice(n_test + n_val, rows),
+    }
+    splits = {k: Split(features[c], labels[c], ids[c]) for k, c in cuts.items()}
+    return Dataset(splits, tuple(feature_shape), num_classes, source=f"synthetic (seed {seed})")
