@@ -30,7 +30,8 @@ def _train_only(info: DatasetInfo) -> DatasetInfo:
     return dataclasses.replace(info, splits={"train": info.splits["train"]})
 
 
-#: The image augmentations of the fashion-cnn recipe, for the augmented ingest figure.
+#: For the augmented ingest figure: fashion-cnn's crop and flip, plus erasing, so every image
+#: transform is in it.
 AUGMENT = {"crop_padding": 2, "flip": True, "erase_prob": 0.5}
 
 

@@ -42,7 +42,8 @@ def uniforms(seed: int, epoch: int, ids: np.ndarray, stream: int, count: int = 1
 
 
 class Augmenter:
-    """``augment(batch, epoch)`` -> the batch with its training samples changed."""
+    """``augment(batch, epoch)`` -> the batch with its training samples changed (build one
+    only for an active config: ``AugmentConfig.active``)."""
 
     def __init__(self, cfg: AugmentConfig, feature_shape: tuple[int, ...], seed: int):
         self.cfg = cfg
@@ -50,7 +51,7 @@ class Augmenter:
         self.seed = seed
 
     def __call__(self, batch: Batch, epoch: int) -> Batch:
-        if not self.cfg.active or len(batch) == 0:
+        if len(batch) == 0:
             return batch
         ids = batch.ids
         x = batch.features

@@ -106,6 +106,11 @@ class DatasetInfo:
         return math.prod(self.feature_shape)
 
 
+def single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array (copied only when pyarrow holds it in several chunks)."""
+    return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+
+
 def read_failure(exc: Exception, where: str) -> PipelineError:
     """A failed read of a data file as the user's problem: an unreadable file (replace it)
     or storage that did not answer after the client's own retries (nothing wrong with the
@@ -144,8 +149,7 @@ def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
             f"({int(outside.sum())} such rows); fix the labels or the schema's "
             f"{META_CLASSES.decode()}"
         )
-    features = table.column(FEATURES)
-    feats = features.combine_chunks() if features.num_chunks != 1 else features.chunk(0)
+    feats = single_chunk(table.column(FEATURES))
     flat = feats.flatten()
     if flat.null_count:
         raise DataError(f"{where}: {flat.null_count} null values inside 'features'; {fix}")

@@ -48,6 +48,7 @@ from pipeline.data.contract import (
     SplitInfo,
     check_rows,
     read_failure,
+    single_chunk,
 )
 from pipeline.errors import DataError
 from pipeline.storage import resolve
@@ -335,8 +336,7 @@ def arrow_to_batch(table: pa.Table, num_features: int, scale: float | None = Non
     The features column is a fixed-size list: its flat child array reshapes to (N, D) with
     no copy when the table is a single chunk.
     """
-    feats = table.column(FEATURES)
-    feats = feats.combine_chunks() if feats.num_chunks != 1 else feats.chunk(0)
+    feats = single_chunk(table.column(FEATURES))
     if feats.null_count:
         raise ValueError("features column holds nulls")
     flat = feats.flatten()  # respects the slice offset, unlike .values

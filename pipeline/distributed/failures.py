@@ -7,8 +7,8 @@ them before seeing the one line that says what to fix. A worker that raises a
 :class:`~pipeline.errors.PipelineError` whose ``retryable`` is false ends the job at once.
 
 Ray 2.60 has no public hook for this: the policy replaces Train v2's default policy factory
-while :func:`fit_with_policy` runs (``tests/unit/test_distributed_units.py`` checks the hook
-is still where we expect it).
+while :func:`stop_on_user_errors` is active (around ``trainer.fit()`` in ``launch.fit``);
+``tests/unit/test_distributed_units.py`` checks the hook is still where we expect it.
 """
 
 from __future__ import annotations

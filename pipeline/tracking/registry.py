@@ -1,12 +1,13 @@
 """The model registry: the trained model logged as a pyfunc, registered, and the alias moved
 only if the run met its bar.
 
-A registered version carries ``mxtrain.gate`` (``pending`` until the verdict, then ``passed``,
-``below: ...`` or ``none``). The alias (``tracking.alias``) moves only to a version that
-passed ``tracking.gate_metric >= tracking.gate_min``. A version whose job then fails (the
-alias could not be set, the run could not be closed) is deleted again by the driver
-(:func:`withdraw_versions`), and ``--resume`` deletes the versions an interrupted driver left,
-so no failed run keeps a version that could be taken for a candidate.
+A registered version carries ``mxtrain.gate``: ``pending`` until the verdict, then ``passed``
+or the reason it did not (``test_accuracy 0.1450 < tracking.gate_min 0.97``). The alias
+(``tracking.alias``) moves only to a version that passed ``tracking.gate_metric >=
+tracking.gate_min``. A version whose job then fails (the alias could not be set, the run could
+not be closed) is deleted again by the driver (:func:`withdraw_versions`), and ``--resume``
+deletes the versions an interrupted driver left, so no failed run keeps a version that could
+be taken for a candidate.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Registration:
     version: int
     #: Whether the alias now points at this version.
     promoted: bool
-    #: The gate's verdict in words ("passed: test_accuracy 0.9861 >= 0.98", ...).
+    #: The gate's verdict in words ("test_accuracy 0.9861 >= 0.98", "... < tracking.gate_min
+    #: 0.98", "no gate (...)").
     verdict: str
 
 
