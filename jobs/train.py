@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--print-config",
         action="store_true",
-        help="print the resolved configuration and exit without training",
+        help="print the resolved configuration (for your own Parquet also what was derived from "
+        "it: splits, feature shape, classes) and exit without training",
     )
     return p
 
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         for key, value in cfg.to_dict().items():
             print(redact(f"{key} = {value!r}"))
+        if cfg.data.own_parquet:  # what the column keys make of the user's files
+            from pipeline.launch import describe_data, inspect_data
+
+            sys.stdout.flush()  # the config first, should the data be refused
+            print("\n".join(describe_data(cfg, inspect_data(cfg))))
         return 0
     from pipeline.launch import run_job
 

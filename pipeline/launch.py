@@ -46,12 +46,36 @@ class JobResult:
     seconds: float
 
 
+def inspect_data(cfg: JobConfig) -> DatasetInfo:
+    """The data set's layout, shape and classes from its footers (and, for the user's own
+    Parquet, its label/id/split columns); raises DataError for a set that cannot be read."""
+    if cfg.data.own_parquet:
+        from pipeline.data.own_parquet import inspect_own_parquet
+
+        return inspect_own_parquet(cfg.data, cfg.seed, cfg.s3)
+    return inspect_dataset(cfg.data.uri, s3=cfg.s3, require_manifest=cfg.data.require_manifest)
+
+
+def describe_data(cfg: JobConfig, info: DatasetInfo) -> list[str]:
+    """The start-up lines about the data: splits, shape, and what was derived from it."""
+    lines = [
+        f"data {redact(cfg.data.uri)}: "
+        + ", ".join(f"{s} {i.rows} rows/{len(i.files)} files" for s, i in info.splits.items())
+        + f"; feature_shape {list(info.feature_shape)}, {info.num_classes} classes"
+    ]
+    if info.mapping is not None:
+        lines += [f"  {key}: {value}" for key, value in info.mapping.facts().items()]
+        lines.append("  no checksums: the files are read as they are (no _manifest.json)")
+    return lines
+
+
 def preflight(cfg: JobConfig) -> DatasetInfo:
     """Everything that can be checked before a worker starts; raises a PipelineError."""
     _check_local_machine(cfg)
-    info = inspect_dataset(cfg.data.uri, s3=cfg.s3, require_manifest=cfg.data.require_manifest)
+    info = inspect_data(cfg)
     _check_cached_files(cfg, info)  # checksums first: a changed file is named as such
-    check_unique_ids(info, cfg.s3)
+    if info.mapping is None:  # the user's own Parquet had its ids checked by the inspection
+        check_unique_ids(info, cfg.s3)
     check_writable(cfg.storage.resolved_path(), cfg.s3)
     if cfg.tracking.artifact_uri:
         check_access(cfg.tracking.artifact_uri, cfg.s3)
@@ -261,11 +285,8 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
     continue, under the same run, from that run's newest valid checkpoint."""
     start = time.perf_counter()
     info = preflight(cfg)
-    progress(
-        f"data {redact(cfg.data.uri)}: "
-        + ", ".join(f"{s} {i.rows} rows/{len(i.files)} files" for s, i in info.splits.items())
-        + f"; feature_shape {list(info.feature_shape)}, {info.num_classes} classes"
-    )
+    for line in describe_data(cfg, info):
+        progress(line)
     uri = cfg.tracking.resolved_uri()
     if endpoint_url(cfg.s3):
         # MLflow's S3 artifact store takes its endpoint from this variable only (rank 0 logs
@@ -396,12 +417,11 @@ def verified_checkpoint(final) -> Iterator[str]:
 
 def _input_example(info: DatasetInfo, cfg: JobConfig):
     """The first rows of the test split, as the model's input example."""
-    import pyarrow.parquet as pq
+    from pipeline.data.ingest import arrow_to_batch, epoch_pieces, open_source
 
-    from pipeline.data.contract import FEATURES
-    from pipeline.data.ingest import arrow_to_batch
-
-    loc = resolve(info.uri, cfg.s3)
-    first = info.splits["test"].files[0]
-    table = pq.read_table(first, filesystem=loc.filesystem, columns=["id", FEATURES, "label"])
+    source = open_source(info, "test", memory=False, s3=cfg.s3)
+    try:
+        table = source.read(epoch_pieces(info.splits["test"], cfg.seed, 0, shuffle=False)[0])
+    finally:
+        source.close()
     return arrow_to_batch(table.slice(0, 5), info.num_features, info.feature_scale).float_features()

@@ -66,6 +66,8 @@ def _coerce(key: str, value: Any, tp: Any, choices: Iterable[str] | None) -> Any
     """Check ``value`` against the field type; ints are accepted where floats are expected."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         raise TypeError(f"unsupported field type for {key}")  # pragma: no cover - our bug
+    if typing.get_origin(tp) is tuple:
+        return _coerce_tuple(key, value, typing.get_args(tp)[0])
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -81,6 +83,19 @@ def _coerce(key: str, value: Any, tp: Any, choices: Iterable[str] | None) -> Any
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def _coerce_tuple(key: str, value: Any, item: type) -> tuple:
+    """A list field: a TOML list, or (from ``--set``) one comma-separated string."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            value = [item(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}") from None
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key}: expected a list like [\"a\", \"b\"], got {value!r}")
+    return tuple(_coerce(key, v, item, None) for v in value)
 
 
 def _unknown_key(key: str, known: Iterable[str]) -> ConfigError:

@@ -76,12 +76,101 @@ class DataConfig(Section):
     )
     require_manifest: bool = option(
         True,
-        "refuse a data set without _manifest.json (it proves the set is whole and carries"
-        " every file's SHA-256); write one with `python -m jobs.write_manifest <uri>`",
+        "refuse a set in the contract's layout without _manifest.json (it proves the set is"
+        " whole and carries every file's SHA-256); write one with `python -m"
+        " jobs.write_manifest <uri>`. Your own Parquet (label_column set) needs none",
     )
+    # -- your own Parquet: naming label_column switches from the contract to these keys ------
+    label_column: str = option(
+        "",
+        "your own Parquet: the label column (integers are class indices, strings become"
+        " classes sorted by name); empty = the contract's layout (id, features, label)",
+    )
+    feature_columns: tuple[str, ...] = option(
+        (),
+        "your own Parquet: numeric columns stacked into the feature vector, or one list"
+        " column; names or patterns (TOML list, or a,b,c with --set); e.g. [\"petal_*\","
+        ' "sepal_width"] or ["*"] for every column but the label, id and split columns',
+    )
+    image_column: str = option(
+        "",
+        "your own Parquet: a column of PNG/JPEG bytes (binary, or the Hugging Face"
+        " image struct {bytes, path}), decoded in the workers' reader threads",
+    )
+    image_size: tuple[int, ...] = option(
+        (),
+        "images: [height, width] every image is brought to (see image_fit); empty = the"
+        " size of the first training image",
+    )
+    image_channels: int = option(
+        0, "images: 1 (grey) or 3 (RGB), converted as needed; 0 = the first image's", ge=0, le=3
+    )
+    image_fit: str = option(
+        "resize",
+        "images of another size: resize (stretch to image_size) or crop (scale the shorter"
+        " side to fit, then cut the centre)",
+        choices=("resize", "crop"),
+    )
+    id_column: str = option(
+        "",
+        "your own Parquet: a unique integer row id; empty = derived from (file, row), stable"
+        " while the files stay the same",
+    )
+    split_column: str = option(
+        "",
+        "your own Parquet in one folder: the column naming each row's split (train, val or"
+        " validation, test); empty = train/, val/, test/ folders, else a seeded split",
+    )
+    val_fraction: float = option(
+        0.1,
+        "your own Parquet without val/ (or split_column): the share of training rows held out"
+        " for validation, drawn from (seed, row id)",
+        ge=0,
+        lt=1,
+    )
+    test_fraction: float = option(
+        0.1,
+        "your own Parquet in one folder without split_column: the share of rows held out for"
+        " the test split",
+        ge=0,
+        lt=1,
+    )
+
+    @property
+    def own_parquet(self) -> bool:
+        """Whether the data is the user's Parquet mapped by the column keys."""
+        return bool(self.label_column)
 
     def check(self) -> None:
         require(bool(self.uri.strip()), "data.uri", "must not be empty")
+        mapped = self.feature_columns or self.image_column or self.id_column or self.split_column
+        require(
+            self.own_parquet or not mapped,
+            "data.label_column",
+            "must name the label column when data.feature_columns, image_column, id_column or"
+            " split_column is set (your own Parquet)",
+        )
+        if self.own_parquet:
+            require(
+                bool(self.feature_columns) != bool(self.image_column),
+                "data.feature_columns",
+                "name the feature columns or data.image_column (one of the two)",
+            )
+        require(
+            len(self.image_size) in (0, 2) and all(0 < d <= 4096 for d in self.image_size),
+            "data.image_size",
+            f"must be [height, width] with each in 1..4096, got {list(self.image_size)}",
+        )
+        require(
+            self.image_channels in (0, 1, 3),
+            "data.image_channels",
+            f"must be 1 (grey), 3 (RGB) or 0 (as stored), got {self.image_channels}",
+        )
+        require(
+            self.val_fraction + self.test_fraction < 1,
+            "data.val_fraction",
+            "val_fraction + test_fraction must leave rows to train on (sum < 1)",
+        )
 
 
 @dataclass(frozen=True)
@@ -406,7 +495,11 @@ class JobConfig:
         import hashlib
         import json
 
-        keep = ("model.", "data.uri", "data.batch_size", "data.shuffle_buffer", "seed")
+        keep: tuple[str, ...] = ("model.", "data.uri", "data.batch_size", "data.shuffle_buffer")
+        keep += ("seed",)
+        if self.data.own_parquet:  # which rows, ids and pixels the columns map to
+            keep += ("data.label_column", "data.feature_columns", "data.image", "data.id_column")
+            keep += ("data.split_column", "data.val_fraction", "data.test_fraction")
         picked = {k: v for k, v in self.to_dict().items() if k.startswith(keep)}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

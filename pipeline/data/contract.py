@@ -36,6 +36,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +45,9 @@ import pyarrow.parquet as pq
 from pipeline.config import S3Config
 from pipeline.errors import DataError, PipelineError, StorageError, StorageUnavailableError
 from pipeline.storage import Location, check_access, resolve
+
+if TYPE_CHECKING:
+    from pipeline.data.columns import ColumnMapping
 
 ID = "id"
 FEATURES = "features"
@@ -100,6 +104,14 @@ class DatasetInfo:
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     #: uint8 features: the value of one unit (the reader converts on the device); None: float32.
     feature_scale: float | None = None
+    #: The user's own Parquet: how its columns map onto the contract's; None for a set in
+    #: the contract's layout.
+    mapping: ColumnMapping | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """String labels' names, index = class; empty when labels are integers."""
+        return self.mapping.classes if self.mapping is not None else ()
 
     @property
     def num_features(self) -> int:
@@ -166,12 +178,24 @@ def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
         )
 
 
+def first_repeat(ids: list[np.ndarray]) -> tuple[int, int, int, int] | None:
+    """The first id found twice in the per-file arrays ``ids``: (id, index of the file it is
+    in, index of the file it is in again, how many repeats there are); None if none."""
+    every = np.concatenate(ids)
+    owner = np.repeat(np.arange(len(ids)), [len(a) for a in ids])
+    order = np.argsort(every, kind="stable")
+    repeated = np.flatnonzero(every[order][1:] == every[order][:-1])
+    if not len(repeated):
+        return None
+    first, second = order[repeated[0]], order[repeated[0] + 1]
+    return int(every[first]), int(owner[first]), int(owner[second]), len(repeated)
+
+
 def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
     """Every id once across all splits, reading only the id column (8 bytes a row). An id
     in two splits is a row the model is trained and then tested on."""
     loc = resolve(info.uri, s3)
     ids: list[np.ndarray] = []
-    owner: list[np.ndarray] = []
     names: list[str] = []
     for split, split_info in info.splits.items():
         for path in split_info.files:
@@ -183,17 +207,13 @@ def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
             if column.null_count:
                 raise DataError(f"{where}: {column.null_count} rows have a null 'id'")
             ids.append(column.to_numpy())
-            owner.append(np.full(len(ids[-1]), len(names)))
             names.append(f"{split}/{path.rsplit('/', 1)[-1]}")
-    every = np.concatenate(ids)
-    order = np.argsort(every, kind="stable")
-    repeated = np.flatnonzero(every[order][1:] == every[order][:-1])
-    if len(repeated):
-        first, second = order[repeated[0]], order[repeated[0] + 1]
-        files = np.concatenate(owner)
+    repeat = first_repeat(ids)
+    if repeat is not None:
+        value, first, second, total = repeat
         raise DataError(
-            f"{info.uri}: id {every[first]} appears in {names[files[first]]} and again in "
-            f"{names[files[second]]} ({len(repeated)} repeated ids); ids must be unique across "
+            f"{info.uri}: id {value} appears in {names[first]} and again in "
+            f"{names[second]} ({total} repeated ids); ids must be unique across "
             "train/val/test (a row in two splits is tested on what it was trained on)"
         )
 

@@ -50,6 +50,7 @@ from pipeline.data.contract import (
     read_failure,
     single_chunk,
 )
+from pipeline.data.columns import ColumnMapping
 from pipeline.errors import DataError
 from pipeline.storage import resolve
 
@@ -96,10 +97,11 @@ class Piece:
 
 
 def epoch_pieces(split: SplitInfo, seed: int, epoch: int, shuffle: bool) -> list[Piece]:
-    pieces = [
+    pieces = [  # a row group with no rows of this split (own Parquet's row selections) is none
         Piece(f, g, rows)
         for f, groups in enumerate(split.row_groups)
         for g, rows in enumerate(groups)
+        if rows
     ]
     if shuffle:
         rng = np.random.default_rng([seed, epoch, 0x5EED])
@@ -137,7 +139,9 @@ class FileSource:
     storage latency overlaps the decoding and the training step. Each thread holds at most
     one open file: keeping every file's reader open made a worker's memory grow with the
     number of files (make bench, rss_growth). Each row group's values are checked
-    (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it.
+    (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it. The
+    user's own Parquet is mapped onto the contract's columns (``mapping``) as it is read, on
+    these threads (image decoding included).
     """
 
     def __init__(
@@ -147,12 +151,17 @@ class FileSource:
         uri_of: Callable[[str], str],
         num_classes: int,
         ahead: int = 2,
+        mapping: ColumnMapping | None = None,
+        split: str = "train",
     ):
         self.files = files
         self.filesystem = filesystem
         self.uri_of = uri_of
         self.num_classes = num_classes
         self.ahead = ahead
+        self.mapping = mapping
+        self.split = split
+        self.columns = mapping.columns(split) if mapping else COLUMNS
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._checked: set[Piece] = set()
@@ -168,11 +177,17 @@ class FileSource:
                 # pre_buffer: one coalesced request per row group instead of one per column
                 current = (piece.file, pq.ParquetFile(stream, pre_buffer=True))
                 self._local.current = current
-            table = current[1].read_row_group(piece.group, columns=COLUMNS, use_threads=False)
+            parquet = current[1]
+            table = parquet.read_row_group(piece.group, columns=self.columns, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(exc, self.uri_of(self.files[piece.file])) from None
+        where = f"{self.uri_of(self.files[piece.file])} (row group {piece.group})"
+        if self.mapping is not None:
+            meta = parquet.metadata
+            first_row = sum(meta.row_group(g).num_rows for g in range(piece.group))
+            path = self.files[piece.file]
+            table = self.mapping.to_contract(table, path, first_row, self.split, where)
         if piece not in self._checked:
-            where = f"{self.uri_of(self.files[piece.file])} (row group {piece.group})"
             check_rows(table, self.num_classes, where)
             self._checked.add(piece)
         return table
@@ -206,7 +221,8 @@ class FileSource:
 
 class MemorySource:
     """Every file read once, whole, with its SHA-256 checked against the manifest and its
-    rows' values checked (``data.cache=memory``)."""
+    rows' values checked (``data.cache=memory``); the user's own Parquet is mapped onto the
+    contract's columns (images decoded) once, here."""
 
     def __init__(
         self,
@@ -214,7 +230,10 @@ class MemorySource:
         filesystem,
         num_classes: int,
         uri_of: Callable[[str], str] = lambda path: path,
+        mapping: ColumnMapping | None = None,
+        split_name: str = "train",
     ):
+        columns = mapping.columns(split_name) if mapping else COLUMNS
         self.tables: list[pa.Table] = []
         self.offsets: list[list[int]] = []
         expected = split.sha256 or (None,) * len(split.files)
@@ -227,9 +246,11 @@ class MemorySource:
                         f"{uri_of(path)}: SHA-256 does not match _manifest.json; the file was "
                         "changed or corrupted: re-run jobs.prepare_data"
                     )
-                table = pq.read_table(pa.BufferReader(data), columns=COLUMNS, use_threads=False)
+                table = pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False)
             except (pa.ArrowException, OSError) as exc:
                 raise read_failure(exc, uri_of(path)) from None
+            if mapping is not None:
+                table = mapping.to_contract(table, path, 0, split_name, uri_of(path))
             check_rows(table, num_classes, uri_of(path))
             self.tables.append(table)
             self.offsets.append(np.concatenate([[0], np.cumsum(groups)]).tolist())
@@ -251,8 +272,17 @@ def open_source(info: DatasetInfo, split: str, memory: bool, s3: S3Config | None
     loc = resolve(info.uri, s3)
     filesystem = loc.filesystem or pafs.LocalFileSystem()
     if memory:
-        return MemorySource(info.splits[split], filesystem, info.num_classes, loc.uri_of)
-    return FileSource(info.splits[split].files, filesystem, loc.uri_of, info.num_classes)
+        return MemorySource(
+            info.splits[split], filesystem, info.num_classes, loc.uri_of, info.mapping, split
+        )
+    return FileSource(
+        info.splits[split].files,
+        filesystem,
+        loc.uri_of,
+        info.num_classes,
+        mapping=info.mapping,
+        split=split,
+    )
 
 
 # -- batches ------------------------------------------------------------------------------------

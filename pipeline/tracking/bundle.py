@@ -64,6 +64,8 @@ class BundleMeta:
         feature_shape: the shape a row is viewed as (``[C, H, W]`` for images).
         num_classes: classes of the data set the network was trained on.
         latent_dim: length of the noise vector (generators only, else 0).
+        class_names: the classes' names, index = class, when the data's labels were strings
+            (the classifier's pyfunc then returns them with the probabilities); else empty.
     """
 
     kind: str
@@ -73,6 +75,7 @@ class BundleMeta:
     feature_shape: tuple[int, ...]
     num_classes: int
     latent_dim: int = 0
+    class_names: tuple[str, ...] = ()
 
     @classmethod
     def for_data(cls, kind: str, epoch: int, info: DatasetInfo, latent_dim: int = 0) -> BundleMeta:
@@ -84,6 +87,7 @@ class BundleMeta:
             feature_shape=tuple(info.feature_shape),
             num_classes=info.num_classes,
             latent_dim=latent_dim,
+            class_names=info.class_names,
         )
 
     def to_json(self) -> str:
@@ -102,11 +106,14 @@ class BundleMeta:
                 feature_shape=tuple(int(d) for d in raw["feature_shape"]),
                 num_classes=int(raw["num_classes"]),
                 latent_dim=int(raw.get("latent_dim", 0)),
+                class_names=tuple(str(n) for n in raw.get("class_names", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{META_FILE} is not a bundle description: {exc!r}") from None
         if meta.kind not in PYFUNC_CODE:
             raise BundleError(f"{META_FILE}: unknown kind {meta.kind!r}")
+        if meta.class_names and len(meta.class_names) != meta.num_classes:
+            raise BundleError(f"{META_FILE}: {len(meta.class_names)} class names for {meta.num_classes} classes")
         return meta
 
 

@@ -2,8 +2,9 @@
 
 MLflow dropped its Gluon flavor in 2.20, so a trained network is logged as a pyfunc whose
 artifacts are MXNet's own export files (``-symbol.json`` graph + ``.params`` weights, no pickle)
-and ``model.json`` with the input names, the input width and the class count (the bundle
-format of ``pipeline/tracking/bundle.py``).
+and ``model.json`` with the input names, the input width, the class count and, for data
+whose labels were strings, the class names (the bundle format of
+``pipeline/tracking/bundle.py``).
 
 This file is logged as the model's code ("models from code"): MLflow stores the file itself,
 not a pickle of an object, and runs it on load. It must import nothing from this project,
@@ -20,7 +21,9 @@ import numpy as np
 
 
 class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
-    """Feature rows (N, D) float32 in, class probabilities (N, C) float32 out."""
+    """Feature rows (N, D) float32 in; class probabilities (N, C) float32 out, or, when the
+    classes have names, a DataFrame: ``prediction`` (the most likely class's name) and one
+    ``probability_<name>`` column per class."""
 
     def load_context(self, context) -> None:
         import mxnet as mx
@@ -28,6 +31,7 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         with open(context.artifacts["meta"]) as f:
             meta = json.load(f)
         self._num_features = int(meta["num_features"])
+        self._class_names = [str(n) for n in meta.get("class_names", ())]
         self._ctx = mx.cpu()
         self._net = mx.gluon.SymbolBlock.imports(
             context.artifacts["symbol"],
@@ -46,7 +50,18 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         for start in range(0, len(x), 1024):
             logits = self._net(mx.nd.array(x[start : start + 1024], ctx=self._ctx))
             out.append(mx.nd.softmax(logits).asnumpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        probs = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        if not self._class_names:
+            return probs
+        import pandas as pd
+
+        names = np.asarray(self._class_names, dtype=object)
+        frame = pd.DataFrame(
+            probs.reshape(len(x), len(names)),
+            columns=[f"probability_{n}" for n in self._class_names],
+        )
+        frame.insert(0, "prediction", names[probs.argmax(axis=1)] if len(x) else names[:0])
+        return frame
 
 
 mlflow.models.set_model(GluonClassifier())

@@ -71,6 +71,13 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
             mlflow.entities.Param(f"data.rows.{split}", str(s.rows))
             for split, s in info.splits.items()
         ]
+        if info.mapping is not None:  # what was derived from the user's own Parquet
+            facts = info.mapping.facts()
+            facts["class_names"] = json.dumps(list(info.class_names))
+            params += [
+                mlflow.entities.Param(f"data.derived.{key}", param_value(value)[:6000])
+                for key, value in facts.items()
+            ]
         client.log_batch(run.info.run_id, params=params)
     except ConfigError:
         raise

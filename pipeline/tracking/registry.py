@@ -94,7 +94,12 @@ def model_signature(model: Bundle, feature_example):
         return signature, example
     example = np.asarray(feature_example, dtype=np.float32)
     probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
-    return infer_signature(example, probs), example
+    signature = infer_signature(example, probs)
+    if meta.class_names:  # the pyfunc's DataFrame: the class's name, then each probability
+        columns = [ColSpec("string", "prediction")]
+        columns += [ColSpec("float", f"probability_{name}") for name in meta.class_names]
+        signature = ModelSignature(inputs=signature.inputs, outputs=Schema(columns))
+    return signature, example
 
 
 def log_and_register_model(
