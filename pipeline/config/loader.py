@@ -94,7 +94,7 @@ def _coerce_tuple(key: str, value: Any, item: type) -> tuple:
         except ValueError:
             raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}") from None
     if not isinstance(value, list | tuple):
-        raise ConfigError(f"{key}: expected a list like [\"a\", \"b\"], got {value!r}")
+        raise ConfigError(f'{key}: expected a list like ["a", "b"], got {value!r}')
     return tuple(_coerce(key, v, item, None) for v in value)
 
 

@@ -89,7 +89,7 @@ class DataConfig(Section):
     feature_columns: tuple[str, ...] = option(
         (),
         "your own Parquet: numeric columns stacked into the feature vector, or one list"
-        " column; names or patterns (TOML list, or a,b,c with --set); e.g. [\"petal_*\","
+        ' column; names or patterns (TOML list, or a,b,c with --set); e.g. ["petal_*",'
         ' "sepal_width"] or ["*"] for every column but the label, id and split columns',
     )
     image_column: str = option(

@@ -213,11 +213,15 @@ class ColumnMapping:
         """The feature rows as a fixed-size list: float32 for numbers, uint8 for pixels."""
         if self.image:
             data = images.image_bytes(
-                single_chunk(table.column(self.image)), self.image, f"{where}, column {self.image!r}"
+                single_chunk(table.column(self.image)),
+                self.image,
+                f"{where}, column {self.image!r}",
             )
             pixels = images.decode(data, self.image_shape, self.image_fit, where)
             return pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), self.num_features)
-        if len(self.features) == 1 and is_list_of_numbers(table.schema.field(self.features[0]).type):
+        if len(self.features) == 1 and is_list_of_numbers(
+            table.schema.field(self.features[0]).type
+        ):
             return self._list_values(single_chunk(table.column(self.features[0])), where)
         stacked = np.empty((table.num_rows, len(self.features)), np.float32)
         for i, name in enumerate(self.features):

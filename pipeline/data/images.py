@@ -57,7 +57,9 @@ def open_image(data: bytes, where: str):
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{where}: not a PNG or JPEG image ({exc}); fix or remove the row") from None
+        raise DataError(
+            f"{where}: not a PNG or JPEG image ({exc}); fix or remove the row"
+        ) from None
     if image.width * image.height > MAX_PIXELS:
         raise DataError(
             f"{where}: image of {image.width}x{image.height} pixels is larger than the"

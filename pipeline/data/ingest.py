@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
+from pipeline.data.columns import ColumnMapping
 from pipeline.data.contract import (
     FEATURES,
     ID,
@@ -50,7 +51,6 @@ from pipeline.data.contract import (
     read_failure,
     single_chunk,
 )
-from pipeline.data.columns import ColumnMapping
 from pipeline.errors import DataError
 from pipeline.storage import resolve
 

@@ -138,7 +138,9 @@ def _plan_splits(
         every = [path for path, _ in found]
         if data.split_column:
             names = {s: tuple(v for v, n in SPLIT_NAMES.items() if n == s) for s in SPLITS}
-            plan = {s: (every, RowSelect(column=data.split_column, values=names[s])) for s in SPLITS}
+            plan = {
+                s: (every, RowSelect(column=data.split_column, values=names[s])) for s in SPLITS
+            }
             return f"one folder split by column {data.split_column!r}", plan
         plan = _drawn(every, seed, data, carve=("test", "val"))
         return (
@@ -197,6 +199,10 @@ def _footer(loc: Location, path: str, size: int) -> _File:
 # -- columns ------------------------------------------------------------------------------------
 
 
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+
+
 def _expand(schema: pa.Schema, data: DataConfig, where: str) -> tuple[str, ...]:
     """``data.feature_columns`` with each pattern (``px_*``, ``*``) replaced by the columns it
     matches, in the file's order; the label, id and split columns never match a pattern."""
@@ -210,7 +216,7 @@ def _expand(schema: pa.Schema, data: DataConfig, where: str) -> tuple[str, ...]:
         if not matched:
             raise DataError(
                 f"{where}: data.feature_columns pattern {item!r} matches no column; its"
-                f" columns: {', '.join(schema.names[:12])}{', ...' if len(schema.names) > 12 else ''}"
+                f" columns: {_shown(schema.names)}"
             )
         names += [n for n in matched if n not in names]
     return tuple(names)
@@ -232,9 +238,8 @@ def _check_columns(schema: pa.Schema, data: DataConfig, where: str) -> None:
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
             raise DataError(
-                f"{where}: no column {name!r} ({key}); {hint}its columns: {shown}"
+                f"{where}: no column {name!r} ({key}); {hint}its columns: {_shown(names)}"
             )
 
     def refuse(name: str, key: str, expected: str) -> None:
@@ -247,7 +252,9 @@ def _check_columns(schema: pa.Schema, data: DataConfig, where: str) -> None:
         refuse(data.label_column, "data.label_column", "integers or strings")
     if data.image_column and not images.is_image_type(schema.field(data.image_column).type):
         refuse(
-            data.image_column, "data.image_column", "binary PNG/JPEG bytes or a {bytes, path} struct"
+            data.image_column,
+            "data.image_column",
+            "binary PNG/JPEG bytes or a {bytes, path} struct",
         )
     single_list = len(data.feature_columns) == 1 and is_list_of_numbers(
         schema.field(data.feature_columns[0]).type
@@ -301,7 +308,7 @@ def _scan(
                 f"{where}: {label.null_count} rows have a null label ({mapping.label!r}); fill"
                 " or drop them"
             )
-        bounds = np.cumsum((0,) + f.groups)
+        bounds = np.cumsum((0, *f.groups))
         for split, (paths, select) in plan.items():
             if path not in paths:
                 continue
@@ -325,10 +332,11 @@ def _scan(
         groups = tuple(counts[split][p] for p in paths)
         rows = sum(sum(g) for g in groups)
         if rows == 0:
-            raise DataError(
-                f"{loc.uri}: the {split} split has no rows ({_why_empty(split, plan)})"
-            )
-        size = sum(files[p].size * sum(g) // max(1, sum(files[p].groups)) for p, g in zip(paths, groups, strict=True))
+            raise DataError(f"{loc.uri}: the {split} split has no rows ({_why_empty(split, plan)})")
+        size = sum(
+            files[p].size * sum(g) // max(1, sum(files[p].groups))
+            for p, g in zip(paths, groups, strict=True)
+        )
         splits[split] = SplitInfo(tuple(paths), rows, size, row_groups=groups)
     return splits, labels
 
@@ -404,7 +412,9 @@ def _finish(
     """The mapping with its feature width, image shape and classes filled in."""
     fields = dict(draft.__dict__)
     if data.image_column:
-        value = images.image_bytes(first.column(data.image_column).chunk(0), data.image_column, where)
+        value = images.image_bytes(
+            first.column(data.image_column).chunk(0), data.image_column, where
+        )
         image = images.open_image(value[0].as_py(), f"{where}, row 0")
         height, width = data.image_size or (image.height, image.width)
         channels = data.image_channels or images.channels_of(image)

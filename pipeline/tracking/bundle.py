@@ -113,7 +113,9 @@ class BundleMeta:
         if meta.kind not in PYFUNC_CODE:
             raise BundleError(f"{META_FILE}: unknown kind {meta.kind!r}")
         if meta.class_names and len(meta.class_names) != meta.num_classes:
-            raise BundleError(f"{META_FILE}: {len(meta.class_names)} class names for {meta.num_classes} classes")
+            raise BundleError(
+                f"{META_FILE}: {len(meta.class_names)} class names for {meta.num_classes} classes"
+            )
         return meta
 
 

@@ -96,7 +96,7 @@ def model_signature(model: Bundle, feature_example):
     probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
     signature = infer_signature(example, probs)
     if meta.class_names:  # the pyfunc's DataFrame: the class's name, then each probability
-        columns = [ColSpec("string", "prediction")]
+        columns: list[ColSpec | TensorSpec] = [ColSpec("string", "prediction")]
         columns += [ColSpec("float", f"probability_{name}") for name in meta.class_names]
         signature = ModelSignature(inputs=signature.inputs, outputs=Schema(columns))
     return signature, example

@@ -64,6 +64,33 @@ def test_classifier_bundle_round_trip_through_its_pyfunc(tmp_path):
     np.testing.assert_allclose(served.predict(x.asnumpy()), reference, rtol=1e-5, atol=1e-6)
 
 
+def test_a_classifier_of_named_classes_predicts_names_and_probabilities(tmp_path):
+    """String labels: the pyfunc returns the class's name beside each class's probability,
+    and the logged signature says so."""
+    import dataclasses
+
+    from pipeline.data.columns import ColumnMapping
+
+    names = ("ankle boot", "bag", "coat")
+    info = dataclasses.replace(INFO, num_classes=3, mapping=ColumnMapping("y", classes=names))
+    net = build_model("mlp", MLPConfig(width=16, depth=1), info.feature_shape, 3)
+    x = mx.nd.random.uniform(shape=(40, info.num_features))
+    reference = mx.nd.softmax(_ready(net, x)).asnumpy()
+    bundle.write(tmp_path / "b", net, bundle.BundleMeta.for_data("classifier", 0, info))
+    model = bundle.read(tmp_path / "b")
+    assert model.meta.class_names == names
+
+    served = _as_pyfunc(model, tmp_path / "pyfunc", x.asnumpy()[:2])
+    frame = served.predict(x.asnumpy())
+    probs = frame[[f"probability_{n}" for n in names]].to_numpy()
+    np.testing.assert_allclose(probs, reference, rtol=1e-5, atol=1e-6)
+    assert list(frame["prediction"]) == [names[i] for i in reference.argmax(axis=1)]
+    assert served.metadata.signature.outputs.input_names()[:2] == [
+        "prediction",
+        "probability_ankle boot",
+    ]
+
+
 def test_generator_bundle_round_trip_through_its_pyfunc(tmp_path):
     cfg = GANConfig(latent_dim=8, channels=8, judge_channels=4)
     g, _, _ = build_gan(cfg, INFO.feature_shape, 10)

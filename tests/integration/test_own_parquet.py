@@ -1,0 +1,122 @@
+"""The user's own Parquet trained as it comes, by real Ray + 2 Horovod workers: pandas part
+files with string labels (digits-fcn) and a Hugging Face image set of PNG bytes (digits-cnn),
+each from a local folder (cached) and from the local S3 server (data.cache=stream).
+
+One Ray serves the module (started once the AWS variables reach the S3 server, so its workers
+inherit them); each job runs a few epochs."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.config import load_job_config
+from pipeline.distributed.threads import thread_env
+from pipeline.launch import run_job
+from tests.datasets import DIGIT_NAMES, digits_as_hf_images, digits_as_pandas
+
+pytestmark = pytest.mark.integration
+
+SETS = {
+    # recipe, column keys, epochs, the bar (chance is 0.1)
+    "pandas": (
+        "digits-fcn",
+        ["data.label_column=digit", "data.feature_columns=pixel_*"],
+        6,
+        0.9,
+    ),
+    "hf-images": (
+        "digits-cnn",
+        ["data.label_column=label", "data.image_column=image"],
+        6,
+        0.9,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def own_sets(tmp_path_factory, seaweedfs):
+    """Both sets on the local disk and in a bucket; one Ray that reaches the bucket."""
+    import boto3
+    import ray
+
+    from infra.local.seaweedfs import local_credentials
+
+    root = tmp_path_factory.mktemp("own")
+    local = {
+        "pandas": digits_as_pandas(root / "pandas"),
+        "hf-images": digits_as_hf_images(root / "hf-images"),
+    }
+    access, secret = local_credentials()
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": seaweedfs.endpoint,
+            "AWS_REGION": "us-east-1",
+        }.items():
+            env.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(key, raising=False)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="own-parquet")
+        for name, folder in local.items():
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    key = f"{name}/{path.relative_to(folder).as_posix()}"
+                    client.upload_file(str(path), "own-parquet", key)
+        ray.init(num_cpus=2, include_dashboard=True, runtime_env={"env_vars": thread_env(1)})
+        try:
+            yield {
+                "local": {name: str(path) for name, path in local.items()},
+                "s3": {name: f"s3://own-parquet/{name}" for name in local},
+            }
+        finally:
+            ray.shutdown()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("kind", list(SETS))
+def test_own_parquet_trains_as_it_comes(own_sets, kind, where, tmp_path):
+    recipe, keys, epochs, bar = SETS[kind]
+    uri = own_sets[where][kind]
+    lines: list[str] = []
+    cfg = load_job_config(
+        recipe,
+        [
+            f"data.uri={uri}",
+            f"storage.path={tmp_path / 'runs'}",
+            f"optim.epochs={epochs}",
+            *keys,
+            *(["data.cache=stream"] if where == "s3" else []),
+        ],
+    )
+    result = run_job(cfg, progress=lines.append)
+
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert sum(int(params[f"data.rows.{s}"]) for s in ("train", "val", "test")) == 1797
+    assert params["data.derived.ids"] == "derived from (file, row)"
+    assert any(line.startswith("  layout: ") for line in lines), lines
+    assert result.metrics["test_accuracy"] >= bar, result.metrics
+    if kind == "pandas":
+        assert params["data.derived.class_names"] == str(sorted(DIGIT_NAMES)).replace("'", '"')
+    else:
+        assert params["data.feature_shape"] == "[1, 8, 8]"
+    if kind == "pandas" and where == "local":
+        _registered_model_answers_in_names(result, uri, bar)
+
+
+def _registered_model_answers_in_names(result, uri: str, bar: float) -> None:
+    """The pyfunc, loaded without this project's code, names the class of the user's rows."""
+    reg = result.registration
+    model = mlflow.pyfunc.load_model(f"models:/{reg.name}/{reg.version}")
+    frame = pd.read_parquet(uri)
+    pixels = frame[[f"pixel_{i:02d}" for i in range(64)]].to_numpy(np.float32)
+    predicted = model.predict(pixels)
+    assert list(predicted.columns[:2]) == ["prediction", "probability_eight"]
+    assert (predicted["prediction"].to_numpy() == frame["digit"].to_numpy()).mean() >= bar
