@@ -34,7 +34,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench bench-report lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -127,6 +127,9 @@ test-all: $(STAMP) postgres-package fashion-package ## Every test, the slow ones
 
 bench: $(STAMP) ## Benchmarks: ratios against baselines from the same run -> .bench/results.json
 	$(BIN)/python -m jobs.benchmarks.run --size $(BENCH_SIZE) --out .bench/results.json
+
+bench-report: $(STAMP) ## Copy .bench/results.json into README.md's Performance table
+	$(BIN)/python -m jobs.benchmarks.report --results .bench/results.json --readme README.md
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy on pipeline/ and models/
 	$(BIN)/ruff check .

@@ -16,7 +16,8 @@ from pathlib import Path
 class Figure:
     """One row of .bench/results.json.
 
-    ``ratio`` = value / baseline, except where the note says otherwise; ``target`` is a bound
+    ``ratio`` = value / baseline; for an absolute figure (no baseline: a difference measured
+    within pairs, such as checkpoint_stall) ``ratio`` = value. ``target`` is a bound
     on the ratio (``>= x`` or ``<= x``), or empty where the figure is reported, not judged.
     """
 
@@ -73,11 +74,13 @@ def not_available(name: str, target: str, unit: str, why: str) -> Figure:
     return Figure(name, None, None, None, target, unit, f"n/a: {why}")
 
 
-def _fmt(v: float | None) -> str:
+def fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
-    if v == 0 or 0.01 <= abs(v) < 100_000:
-        return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if v == 0 or abs(v) >= 0.01:
+        return f"{v:,.3f}"
     return f"{v:.3g}"
 
 
@@ -88,9 +91,9 @@ def table(figures: list[Figure]) -> str:
         rows.append(
             (
                 f.name,
-                _fmt(f.value),
-                _fmt(f.baseline),
-                _fmt(f.ratio),
+                fmt(f.value),
+                fmt(f.baseline),
+                fmt(f.ratio),
                 f.target or "-",
                 met,
                 f.unit,
@@ -107,13 +110,42 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def write(figures: list[Figure], path: Path) -> None:
+def machine() -> dict[str, str | int]:
+    """What the figures were measured on: they mean little without it."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count() or 0,
+        "cpu": model,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def write(figures: list[Figure], path: Path, size: str, seconds: float) -> None:
+    """``{"machine", "size", "seconds", "figures"}`` as JSON (non-finite numbers as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = [
+    rows = [
         {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(f).items()
         }
         for f in figures
     ]
+    data = {"machine": machine(), "size": size, "seconds": round(seconds), "figures": rows}
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read(path: Path) -> tuple[dict, list[Figure]]:
+    """(the results' header, the figures) of a results file written by :func:`write`."""
+    data = json.loads(path.read_text())
+    header = {k: v for k, v in data.items() if k != "figures"}
+    return header, [Figure(**f) for f in data["figures"]]

@@ -1,11 +1,12 @@
 """``make bench``: every performance figure as a ratio of two measurements from this run.
 
-    python -m jobs.benchmarks.run                 # default sizes (about 10 minutes here)
+    python -m jobs.benchmarks.run                 # default sizes (about 20 minutes here)
     python -m jobs.benchmarks.run --size tiny     # seconds per figure: the smoke test's size
 
-Writes .bench/results.json (a list of {name, value, baseline, ratio, target, unit, note}) and
-prints the table. Run with one compute thread per process (the Makefile sets
-OMP_NUM_THREADS=1 and MXNET_CPU_WORKER_NTHREADS=1) so 2 workers fit 2 cores.
+Writes .bench/results.json (the machine, and a list of {name, value, baseline, ratio, target,
+unit, note}) and prints the table; ``python -m jobs.benchmarks.report`` puts it in README.md.
+Run with one compute thread per process (the Makefile sets OMP_NUM_THREADS=1 and
+MXNET_CPU_WORKER_NTHREADS=1) so 2 workers fit 2 cores.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SIZES = {
         "scaling_rows": 4_000,
         "scaling_epochs": 2,
         "rss_rows": 4_000,
+        "stall_epochs": 1,
+        "stall_every": 10,
     },
     "default": {
         "ingest_rows": 400_000,
@@ -40,6 +43,8 @@ SIZES = {
         "scaling_rows": 40_000,
         "scaling_epochs": 3,
         "rss_rows": 50_000,
+        "stall_epochs": 2,
+        "stall_every": 20,
     },
 }
 
@@ -98,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
 
-    write(figures, args.out)
+    seconds = time.perf_counter() - started
+    write(figures, args.out, args.size, seconds)
     print(table(figures))
-    print(f"\n{len(figures)} figures in {time.perf_counter() - started:.0f}s -> {args.out}")
+    print(f"\n{len(figures)} figures in {seconds:.0f}s -> {args.out}")
+    print("put them in README.md's Performance table: python -m jobs.benchmarks.report")
     return 0
 
 
@@ -132,7 +139,7 @@ def _ingest(local_uri: str, s3_uri: str, size: dict) -> list[Figure]:
 
 
 def _training(size: dict, tmp: Path) -> list[Figure]:
-    from jobs.benchmarks import comm, train_step
+    from jobs.benchmarks import checkpointing, comm, train_step
 
     _progress("training loop: step overhead, tracking overhead")
     out, extra = train_step.figures(size["steps"], size["batch"], size["reps"])
@@ -148,6 +155,12 @@ def _training(size: dict, tmp: Path) -> list[Figure]:
     out.append(fig)
     _progress("start-up: jobs.train on Ray vs horovodrun")
     out.append(comm.startup_figure(uri, "digits-cnn", tmp))
+    _progress("checkpoint stall: jobs with and without mid-epoch checkpoints")
+    out.append(
+        checkpointing.checkpoint_stall_figure(
+            uri, "digits-cnn", size["stall_epochs"], size["stall_every"], size["reps"], tmp
+        )
+    )
     return out
 
 

@@ -15,9 +15,9 @@ Sharding rules (:class:`ShardReader`):
 Since the whole order follows from ``(seed, epoch, world size)``, a resumed job can skip the
 steps it has done without reading them again and sees each remaining sample exactly once.
 
-Why not Ray Data: every pass of its streaming executor cost 4-7 s of fixed overhead on 2 cores
-and reached 33k rows/s where pyarrow decodes 2M (make bench, ingest_vs_pyarrow 0.016), and
-``streaming_split`` gives no position to resume an epoch from. The driver still decides the
+Why not Ray Data: every pass of its streaming executor carries seconds of fixed start-up on 2
+cores (make bench, ingest_vs_raydata), and ``streaming_split`` gives no position to resume an
+epoch from. The driver still decides the
 sharding (the plan's inputs travel with the job); the workers read their rows directly.
 """
 

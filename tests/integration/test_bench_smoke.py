@@ -30,6 +30,7 @@ EXPECTED = {
     "startup_vs_horovodrun",
     "rss_growth",
     "ingest_augmented_vs_plain",
+    "checkpoint_stall",
 }
 
 
@@ -37,12 +38,17 @@ def test_every_benchmark_figure_is_produced(tmp_path):
     out = tmp_path / "results.json"
     proc = run_cli("jobs.benchmarks.run", "--size", "tiny", "--out", str(out), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    figures = {f["name"]: f for f in json.loads(out.read_text())}
+    results = json.loads(out.read_text())
+    assert results["machine"]["cores"] >= 1 and results["size"] == "tiny"
+    figures = {f["name"]: f for f in results["figures"]}
     assert set(figures) == EXPECTED
     for name, f in figures.items():
         assert set(f) == {"name", "value", "baseline", "ratio", "target", "unit", "note"}
         if f["note"].startswith("n/a:"):
             assert f["value"] is None and len(f["note"]) > 20, name
+            continue
+        if f["baseline"] is None:  # an absolute figure (a difference: noise can make it < 0)
+            assert f["ratio"] == f["value"] and math.isfinite(f["value"]), (name, f)
             continue
         for key in ("value", "baseline", "ratio"):
             assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (name, f)

@@ -1,0 +1,44 @@
+"""The README's Performance table is generated from a results file, never typed: the report
+writes every figure with the machine, between the markers, and refuses a README without them."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.benchmarks import report
+from jobs.benchmarks.harness import Figure, ratio_figure, write
+
+
+def _results(tmp_path):
+    figures = [
+        ratio_figure("ingest_vs_pyarrow", 900_000.0, 1_000_000.0, ">= 0.8", "rows/s", "a | b"),
+        Figure("checkpoint_stall", 0.004, None, 0.004, "<= 0.1", "s/checkpoint", "pairs"),
+        Figure("scaling_efficiency", 0.5, 1.0, 0.5, ">= 0.9", "efficiency", "cores"),
+    ]
+    path = tmp_path / "results.json"
+    write(figures, path, "tiny", 12.3)
+    return path
+
+
+def test_the_table_is_the_results_file(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.BEGIN}\nold, hand-typed\n{report.END}\n\nafter\n")
+    assert report.main(["--results", str(_results(tmp_path)), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "hand-typed" not in text and text.endswith(f"{report.END}\n\nafter\n")
+    assert "size tiny, 12 s" in text and " cores of " in text
+    assert (
+        "| ingest_vs_pyarrow | 900,000 | 1,000,000 | 0.900 | >= 0.8 | yes | rows/s | a \\| b |"
+        in text
+    )
+    assert "| checkpoint_stall | 0.004 | – | 0.004 | <= 0.1 | yes |" in text
+    assert "| scaling_efficiency | 0.500 | 1.000 | 0.500 | >= 0.9 | **no** |" in text
+    args = ["--results", str(tmp_path / "results.json"), "--readme", str(readme), "--check"]
+    assert report.main(args) == 0
+    readme.write_text(text.replace("0.900", "0.950"))
+    assert report.main(args) == 1
+
+
+def test_a_readme_without_markers_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no <!-- bench-table"):
+        report.replace_table("# no table here\n", "| a |")
