@@ -122,8 +122,11 @@ def print_summary(result) -> None:
             f"  registered {reg.name} version {reg.version} WITHOUT alias @{result.alias}: "
             f"below the recipe's bar ({reg.verdict}); models:/{reg.name}/{reg.version}"
         )
-    lines.append(f"  tracking {redact(result.tracking_uri)}, experiment {result.experiment!r}")
-    lines.append("  open the UI: make mlflow-ui  ->  http://127.0.0.1:5000")
+    if not result.tracking_uri:
+        lines.append("  tracking off (tracking.enabled=false): nothing was recorded in MLflow")
+    else:
+        lines.append(f"  tracking {redact(result.tracking_uri)}, experiment {result.experiment!r}")
+        lines.append("  open the UI: make mlflow-ui  ->  http://127.0.0.1:5000")
     print("\n".join(lines), flush=True)
 
 

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +39,10 @@ Progress = Callable[[str], None]
 class JobResult:
     run_id: str
     experiment: str
+    #: Empty when tracking is off (tracking.enabled=false).
     tracking_uri: str
     metrics: dict
-    #: None when registration is off.
+    #: None when registration or tracking is off.
     registration: Registration | None
     alias: str
     seconds: float
@@ -289,8 +291,17 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
     """Train, track and register one job. Raises PipelineError for anything a user can fix.
 
     ``resume``: the MLflow run id of an interrupted job (its driver died or was stopped) to
-    continue, under the same run, from that run's newest valid checkpoint."""
+    continue, under the same run, from that run's newest valid checkpoint.
+
+    With ``tracking.enabled=false`` nothing goes to MLflow: the job trains and checkpoints
+    under a run id of its own, and the result carries no registration."""
     start = time.perf_counter()
+    tracked = cfg.tracking.enabled
+    if resume and not tracked:
+        raise ConfigError(
+            "--resume continues an MLflow run, and tracking.enabled=false records none; "
+            "resume with tracking on, or start a new run"
+        )
     info = preflight(cfg)
     for line in describe_data(cfg, info):
         progress(line)
@@ -302,8 +313,10 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     with outage.fast_failing():  # our retries, not MLflow's minutes-long ones
-        run_id = _open_run(cfg, info, uri, resume, progress)
-        heartbeat = mlflow_run.Heartbeat(uri, run_id)
+        run_id = _open_run(cfg, info, uri, resume, progress) if tracked else uuid.uuid4().hex
+        heartbeat = mlflow_run.Heartbeat(uri, run_id) if tracked else None
+        if not tracked:
+            progress(f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to MLflow")
         status = "FAILED"
         registration = None
         try:
@@ -312,7 +325,8 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
             metrics = {
                 k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
             }
-            registration = _register(cfg, info, run_id, uri, result, metrics, progress)
+            if tracked:
+                registration = _register(cfg, info, run_id, uri, result, metrics, progress)
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit) as exc:
             # SIGTERM (`ray job stop`, an eviction) or Ctrl-C.
@@ -320,23 +334,26 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
             number = _RECEIVED[-1] if _RECEIVED else signal.SIGINT
             if isinstance(exc, SystemExit):  # another library's SIGTERM handler
                 number = signal.SIGTERM
-            raise JobStopped(
-                f"stopped by {signal.Signals(number).name}: MLflow run {run_id} is KILLED; "
-                f"continue it from its last checkpoint with the same arguments and --resume "
-                f"{run_id}",
-                number,
-            ) from None
+            how = (
+                f"MLflow run {run_id} is KILLED; continue it from its last checkpoint with the"
+                f" same arguments and --resume {run_id}"
+                if tracked
+                else f"run {run_id} (not tracked) stopped"
+            )
+            raise JobStopped(f"stopped by {signal.Signals(number).name}: {how}", number) from None
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
-            heartbeat.stop()
+            if heartbeat is not None:
+                heartbeat.stop()
             if status != "FINISHED" and registration is not None:
                 registry.withdraw_versions(uri, run_id)
-            mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
+            if tracked:
+                mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
     return JobResult(
         run_id=run_id,
         experiment=cfg.tracking.experiment,
-        tracking_uri=uri,
+        tracking_uri=uri if tracked else "",
         metrics=metrics,
         registration=registration,
         alias=cfg.tracking.alias,

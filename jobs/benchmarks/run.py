@@ -1,6 +1,6 @@
 """``make bench``: every performance figure as a ratio of two measurements from this run.
 
-    python -m jobs.benchmarks.run                 # default sizes (about 20 minutes here)
+    python -m jobs.benchmarks.run                 # default sizes (about 25 minutes here)
     python -m jobs.benchmarks.run --size tiny     # seconds per figure: the smoke test's size
 
 Writes .bench/results.json (the machine, and a list of {name, value, baseline, ratio, target,
@@ -31,7 +31,7 @@ SIZES = {
         "scaling_rows": 4_000,
         "scaling_epochs": 2,
         "rss_rows": 4_000,
-        "stall_epochs": 1,
+        "job_epochs": 1,
         "stall_every": 10,
     },
     "default": {
@@ -43,7 +43,7 @@ SIZES = {
         "scaling_rows": 40_000,
         "scaling_epochs": 3,
         "rss_rows": 50_000,
-        "stall_epochs": 2,
+        "job_epochs": 2,
         "stall_every": 20,
     },
 }
@@ -139,9 +139,9 @@ def _ingest(local_uri: str, s3_uri: str, size: dict) -> list[Figure]:
 
 
 def _training(size: dict, tmp: Path) -> list[Figure]:
-    from jobs.benchmarks import checkpointing, comm, train_step
+    from jobs.benchmarks import comm, train_step, whole_jobs
 
-    _progress("training loop: step overhead, tracking overhead")
+    _progress("training loop: step overhead")
     out, extra = train_step.figures(size["steps"], size["batch"], size["reps"])
     _progress("allreduce bandwidth (horovodrun -np 2 --gloo)")
     bw, seconds = comm.allreduce_figures(size["allreduce"], max(5, size["reps"]))
@@ -156,11 +156,14 @@ def _training(size: dict, tmp: Path) -> list[Figure]:
     _progress("start-up: jobs.train on Ray vs horovodrun")
     out.append(comm.startup_figure(uri, "digits-cnn", tmp))
     _progress("checkpoint stall: jobs with and without mid-epoch checkpoints")
+    epochs = size["job_epochs"]
     out.append(
-        checkpointing.checkpoint_stall_figure(
-            uri, "digits-cnn", size["stall_epochs"], size["stall_every"], size["reps"], tmp
+        whole_jobs.checkpoint_stall_figure(
+            uri, "digits-cnn", epochs, size["stall_every"], size["reps"], tmp
         )
     )
+    _progress("tracking overhead: jobs with and without MLflow")
+    out.append(whole_jobs.tracking_overhead_figure(uri, "digits-cnn", epochs, size["reps"], tmp))
     return out
 
 

@@ -3,9 +3,9 @@
 * step_overhead_<model>: samples/s of our loop (the shard reader over a data set held in
   memory, as with data.cache=memory: shuffled windows, one device copy per window; then the
   task's train_step: masked loss, DistributedTrainer, gradient-norm tally, update) against a
-  bare Gluon loop (same model, batch and optimizer) on NDArrays already in memory;
-* tracking_overhead: an epoch of our loop with rank 0's MLflow logging (one log_batch per
-  epoch, sqlite store) against the same epoch without it.
+  bare Gluon loop (same model, batch and optimizer) on NDArrays already in memory.
+
+(tracking_overhead is a whole-job figure: whole_jobs.py.)
 """
 
 from __future__ import annotations
@@ -117,37 +117,4 @@ def figures(steps: int, batch_size: int, reps: int) -> tuple[list[Figure], dict]
         )
         extra[f"step_seconds_{label}"] = t_ours / reader.steps(batch_size)
         extra[f"params_{label}"] = task.num_params()
-        if label == "cnn":
-            out.append(_tracking(task, reader, cfg, reps))
     return out, extra
-
-
-def _tracking(task, reader, cfg, reps: int) -> Figure:
-    from mlflow import MlflowClient
-
-    from pipeline.tracking.run_logger import RunLogger
-
-    plain = _ours(task, reader, cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{tmp}/bench.db"
-        client = MlflowClient(uri)
-        run_id = client.create_run(client.create_experiment("bench")).info.run_id
-        logger = RunLogger(uri, run_id)
-        epoch = iter(range(10_000))
-
-        def logged():
-            plain()
-            logger.log_metrics(
-                {"train_loss": 0.5, "val_accuracy": 0.9, "grad_norm": 1.0}, step=next(epoch)
-            )
-
-        t_logged, t_plain = paired_times(logged, plain, reps)
-        logger.close()
-    return ratio_figure(
-        "tracking_overhead",
-        t_logged,
-        t_plain,
-        "<= 1.01",
-        "s/epoch",
-        f"{reader.steps(cfg.data.batch_size)} steps per epoch; one MLflow log_batch per epoch",
-    )

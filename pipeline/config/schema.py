@@ -366,6 +366,11 @@ class TrackingConfig(Section):
         "",
         "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db",
     )
+    enabled: bool = option(
+        True,
+        "record the run in MLflow (params, metrics, model, registry); false: train, checkpoint"
+        " and print the summary only (nothing is registered; --resume needs tracking)",
+    )
     experiment: str = option("mxtrain", "MLflow experiment the run is recorded in")
     register: bool = option(True, "register the trained model in the MLflow model registry")
     model_name: str = option("", "registered model name; empty = the recipe's name")

@@ -37,6 +37,41 @@ def _say(message: str) -> None:
     print(redact(message), file=sys.stderr, flush=True)
 
 
+def metric_entries(metrics: dict[str, float], step: int) -> list[list]:
+    """``metrics`` at ``step`` as ``[key, value, timestamp ms, step]`` entries."""
+    now = int(time.time() * 1000)
+    # NaN and infinities are logged too (MLflow stores them): a diverged run must show it.
+    return [[k, float(v), now, step] for k, v in metrics.items() if v is not None]
+
+
+class Untracked:
+    """Rank 0's logger with ``tracking.enabled=false``: the metrics become entries for the
+    checkpoints' history (as with :class:`RunLogger`) and nothing is sent anywhere."""
+
+    dropped = 0
+
+    def count_attempt(self, max_failures: int) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
+        return metric_entries(metrics, step)
+
+    def replay(self, entries: list[list]) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str, artifact_path: str) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class RunLogger:
     """Rank 0's handle on the run: metrics by epoch, params, artifacts, the attempt count."""
 
@@ -76,9 +111,7 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
         """Queue ``metrics`` at ``step``; return them as ``[key, value, timestamp, step]``
         entries (what a checkpoint keeps, for :meth:`replay`)."""
-        now = int(time.time() * 1000)
-        # NaN and infinities are logged too (MLflow stores them): a diverged run must show it.
-        entries = [[k, float(v), now, step] for k, v in metrics.items() if v is not None]
+        entries = metric_entries(metrics, step)
         self.replay(entries)
         return entries
 

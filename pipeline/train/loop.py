@@ -22,7 +22,7 @@ from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.errors import ConfigError, DivergedError
 from pipeline.tracking.images import write_grid_png
-from pipeline.tracking.run_logger import RunLogger
+from pipeline.tracking.run_logger import RunLogger, Untracked
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at
 
@@ -117,8 +117,10 @@ def train_worker(payload: WorkerPayload) -> None:
     is_chief = rank == 0
     ctx = worker_context(mx, cfg.scaling.use_gpu, hvd.local_rank())
     np.random.seed(cfg.seed)
-    logger = None
-    if is_chief:
+    logger: RunLogger | Untracked | None = None
+    if is_chief and not cfg.tracking.enabled:
+        logger = Untracked()
+    elif is_chief:
         logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
         logger.count_attempt(cfg.scaling.max_failures)
 
@@ -130,7 +132,12 @@ def train_worker(payload: WorkerPayload) -> None:
 
 
 def _train(
-    payload: WorkerPayload, hvd, ctx, rank: int, world: int, logger: RunLogger | None
+    payload: WorkerPayload,
+    hvd,
+    ctx,
+    rank: int,
+    world: int,
+    logger: RunLogger | Untracked | None,
 ) -> None:
     import mxnet as mx
 

@@ -223,3 +223,23 @@ def test_a_run_below_its_gate_finishes_without_the_alias(digits_uri, tmp_path):
     assert run.data.tags["mxtrain.gate"].endswith("< tracking.gate_min 0.97")
     (version,) = client.search_model_versions("name = 'digits-fcn'")
     assert version.run_id == run.info.run_id and version.aliases == []
+
+
+def test_tracking_off_trains_and_checkpoints_without_mlflow(digits_uri, tmp_path, monkeypatch):
+    """tracking.enabled=false: the job trains, checkpoints and prints its summary, and MLflow
+    is never reached (the tracking URI points at a server that does not exist)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
+    proc = _fcn(digits_uri, tmp_path, "tracking.enabled=false", "optim.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tracking off (tracking.enabled=false): nothing was recorded in MLflow" in proc.stdout
+    accuracy = float(re.search(r"test_accuracy (\d\.\d+)", proc.stdout).group(1))
+    assert accuracy >= 0.8
+    assert "registered" not in proc.stdout
+    (job,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in job.glob("checkpoint_*"))  # checkpoints kept
+    resumed = run_cli(
+        *("jobs.train", "--recipe", "digits-fcn", "--data", digits_uri, "--resume", "abc"),
+        *("--set", "tracking.enabled=false"),
+    )
+    assert resumed.returncode == 2
+    assert resumed.stderr.strip().splitlines()[-1].startswith("error: --resume continues an")
