@@ -268,3 +268,33 @@ def test_an_image_too_large_to_decode_is_refused_unread(tmp_path):
 def test_column_keys_that_cannot_work_are_config_errors(keys, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         load_job_config(None, keys)
+
+
+def test_one_list_column_is_the_feature_vector(tmp_path):
+    """An embedding stored as a list per row (pandas writes numpy arrays as list<double>);
+    integer labels, an id column and a split column of HF's names."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 5))
+    table = pa.table(
+        {
+            "embedding": pa.array(list(vectors), pa.list_(pa.float64())),
+            "y": pa.array(rng.integers(0, 3, 300), pa.int32()),
+            "row": pa.array(np.arange(1000, 1300), pa.int64()),
+            "split": pa.array(["train"] * 200 + ["validation"] * 50 + ["test"] * 50),
+        }
+    )
+    (tmp_path / "set").mkdir()
+    pq.write_table(table, tmp_path / "set" / "data.parquet", row_group_size=64)
+    keys = ["data.label_column=y", "data.feature_columns=embedding", "data.id_column=row"]
+    info = inspect(tmp_path / "set", [*keys, "data.split_column=split"])
+    assert info.feature_shape == (5,) and info.num_classes == 3 and info.class_names == ()
+    test = rows_of(info, "test", memory=False)
+    assert test.column(ID).to_pylist() == list(range(1250, 1300))
+    got = np.asarray(test.column(FEATURES).to_pylist(), np.float32)
+    np.testing.assert_allclose(got, vectors[250:].astype(np.float32))
+
+    short = table.set_column(0, "embedding", pa.array([[1.0, 2.0], *list(vectors[1:])]))
+    pq.write_table(short, tmp_path / "set" / "data.parquet")
+    info = inspect(tmp_path / "set", [*keys, "data.split_column=split"])  # the shape: row 0
+    with pytest.raises(DataError, match="row 1 of list column 'embedding' holds 5 values, the"):
+        rows_of(info, "train")
