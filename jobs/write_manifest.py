@@ -3,8 +3,9 @@
     python -m jobs.write_manifest data/my-set
     python -m jobs.write_manifest s3://bucket/my-set --overwrite
 
-Training requires the manifest (``data.require_manifest``): it proves the set is whole and
-lets the workers check every file's SHA-256. This command reads every file once, checks every
+Training requires the manifest for sets in the contract's layout (``data.require_manifest``):
+it proves the set is whole and lets the workers check every file's SHA-256. (Parquet read
+through the column keys, ``data.label_column``, needs none and is not certified by this.) This command reads every file once, checks every
 row (ids unique across splits, labels in range, no null or non-finite feature), and writes the
 manifest only if all of it passes.
 """
