@@ -266,7 +266,9 @@ def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_u
 def test_sigterm_kills_the_run_cleanly_and_a_live_driver_keeps_it(tmp_path, digits_uri):
     """`ray job stop` or a pod eviction sends SIGTERM: the run ends KILLED with a line that
     says how to resume it. While its driver lives, a second driver may not take the run."""
-    job = Job(tmp_path, digits_uri, "stopped", "checkpoint.every_steps=10")
+    # Long enough to be training still when the second driver has been refused (a job's
+    # length must not depend on how slow checkpoints are).
+    job = Job(tmp_path, digits_uri, "stopped", "checkpoint.every_steps=10", "optim.epochs=60")
     deadline = time.monotonic() + 300
     while not list(job.storage.glob("*/checkpoint_*/MANIFEST.json")):
         assert time.monotonic() < deadline and job.proc.poll() is None, job.wait().stderr[-3000:]
