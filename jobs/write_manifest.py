@@ -5,9 +5,9 @@
 
 Training requires the manifest for sets in the contract's layout (``data.require_manifest``):
 it proves the set is whole and lets the workers check every file's SHA-256. (Parquet read
-through the column keys, ``data.label_column``, needs none and is not certified by this.) This command reads every file once, checks every
-row (ids unique across splits, labels in range, no null or non-finite feature), and writes the
-manifest only if all of it passes.
+through the column keys, ``data.label_column``, needs none and is not certified by this.)
+This command reads every file once, checks every row (ids unique across splits, labels in
+range, no null or non-finite feature), and writes the manifest only if all of it passes.
 """
 
 from __future__ import annotations

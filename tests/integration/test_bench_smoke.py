@@ -1,7 +1,7 @@
 """`make bench` at a tiny size: every figure is produced and is a finite positive number
 (or marked n/a with its reason). No timing is asserted: the figures are measurements.
 
-Marked slow (make test-all): about 200 s on 2 cores, which make test's 30-minute budget no
+Marked slow (make test-all): about 280 s on 2 cores, which make test's 30-minute budget no
 longer holds beside the real-data tests."""
 
 from __future__ import annotations
