@@ -44,11 +44,11 @@ def _job(uri: str, recipe: str, tmp: Path, overrides: list[str]) -> tuple[float,
 def _steps_per_epoch(uri: str, recipe: str) -> tuple[int, int]:
     """(training rows, steps per epoch per worker) of ``recipe`` on ``uri``."""
     from pipeline.data.contract import inspect_dataset
+    from pipeline.data.ingest import steps_per_epoch
 
     cfg = load_job_config(recipe, [f"data.uri={uri}"])
     rows = inspect_dataset(uri, splits=("train",)).splits["train"].rows
-    per_worker = -(-rows // cfg.scaling.num_workers)
-    return rows, -(-per_worker // cfg.data.batch_size)
+    return rows, steps_per_epoch(rows, cfg.scaling.num_workers, cfg.data.batch_size)
 
 
 def checkpoint_stall_figure(

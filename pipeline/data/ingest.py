@@ -17,8 +17,8 @@ steps it has done without reading them again and sees each remaining sample exac
 
 Why not Ray Data: every pass of its streaming executor carries seconds of fixed start-up on 2
 cores (make bench, ingest_vs_raydata), and ``streaming_split`` gives no position to resume an
-epoch from. The driver still decides the
-sharding (the plan's inputs travel with the job); the workers read their rows directly.
+epoch from. The driver still decides the sharding (the plan's inputs travel with the job); the
+workers read their rows directly.
 """
 
 from __future__ import annotations
