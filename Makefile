@@ -34,7 +34,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench bench-report lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -125,8 +125,21 @@ test: $(STAMP) postgres-package fashion-package ## Unit and integration tests (r
 test-all: $(STAMP) postgres-package fashion-package ## Every test, the slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Benchmarks: ratios against baselines from the same run -> .bench/results.json
-	$(BIN)/python -m jobs.benchmarks.run --size $(BENCH_SIZE) --out .bench/results.json
+PETASTORM_VENV := .bench/petastorm-venv
+BENCH_ONLY ?=
+
+bench: $(STAMP) data/fashion-mnist/_manifest.json $(PETASTORM_VENV)/.installed ## Benchmarks: ratios against baselines from the same run -> .bench/results.json (BENCH_ONLY=tta,... runs some groups)
+	$(BIN)/python -m jobs.benchmarks.run --size $(BENCH_SIZE) --out .bench/results.json $(if $(BENCH_ONLY),--only $(BENCH_ONLY),)
+
+petastorm-venv: $(PETASTORM_VENV)/.installed ## Petastorm's own virtualenv for the ingest benchmark (it needs pyarrow < 15)
+
+$(PETASTORM_VENV)/.installed: jobs/benchmarks/petastorm-requirements.txt
+	rm -rf $(PETASTORM_VENV)
+	$(PYTHON) -m venv $(PETASTORM_VENV)
+	$(PETASTORM_VENV)/bin/pip install --quiet --upgrade pip
+	$(PETASTORM_VENV)/bin/pip install --quiet --no-deps petastorm==0.13.1
+	$(PETASTORM_VENV)/bin/pip install --quiet -r jobs/benchmarks/petastorm-requirements.txt
+	touch $@
 
 bench-report: $(STAMP) ## Copy .bench/results.json into README.md's Performance table
 	$(BIN)/python -m jobs.benchmarks.report --results .bench/results.json --readme README.md

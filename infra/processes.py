@@ -52,3 +52,21 @@ def stop_group(pid: int, grace_s: float = 3.0, proc: subprocess.Popen | None = N
         os.killpg(pid, signal.SIGKILL)  # children that outlived their leader, too
     if proc is not None:
         proc.wait()
+
+
+def http_status(url: str, authorization: str | None = None, timeout_s: float = 5) -> int:
+    """The HTTP status of a GET of ``url`` (0: nothing answered), with an ``Authorization``
+    header when given (``Bearer <token>``, ``Basic <base64>``)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if authorization:
+        request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0

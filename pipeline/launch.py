@@ -184,8 +184,11 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
     if address:
         progress(f"connecting to the Ray cluster at {address}")
         # Inside a submitted job, the job's runtime env already set some of these; Ray
-        # refuses the same key twice, so only what differs is passed again.
-        runtime_env = {"env_vars": {k: v for k, v in env.items() if os.environ.get(k) != v}}
+        # refuses the same key twice, so only what differs is passed again. A driver run by
+        # hand against the cluster has no job env: everything is passed (its own shell's
+        # variables never reach the cluster's workers otherwise).
+        inherited = _submitted_job_env_vars()
+        runtime_env = {"env_vars": {k: v for k, v in env.items() if inherited.get(k) != v}}
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
@@ -208,6 +211,20 @@ def ray_session(cfg: JobConfig, progress: Progress) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _submitted_job_env_vars() -> dict[str, str]:
+    """The env_vars of the runtime env of the submitted job this driver runs in (Ray's job
+    supervisor hands the job's config to its entrypoint in RAY_JOB_CONFIG_JSON_ENV_VAR); {} for
+    a driver started by hand."""
+    import json
+
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        env_vars = (config.get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in env_vars.items()}
 
 
 def run_name(cfg: JobConfig, run_id: str) -> str:

@@ -16,8 +16,10 @@ from pathlib import Path
 class Figure:
     """One row of .bench/results.json.
 
-    ``ratio`` = value / baseline; for an absolute figure (no baseline: a difference measured
-    within pairs, such as checkpoint_stall) ``ratio`` = value. ``target`` is a bound
+    ``ratio`` = value / baseline, or for paired figures the median of the per-pair ratios
+    (close to value / baseline, and the statistic a paired design calls for); for an absolute
+    figure (no baseline: a difference measured within pairs, such as checkpoint_stall)
+    ``ratio`` = value. ``target`` is a bound
     on the ratio (``>= x`` or ``<= x``), or empty where the figure is reported, not judged.
     """
 
@@ -37,6 +39,11 @@ class Figure:
         return self.ratio >= float(bound) if op == ">=" else self.ratio <= float(bound)
 
 
+#: Seconds added to every call of "ours" in paired measurements (``--handicap``): the smoke
+#: test slows our side on purpose to show that the harness can report a miss.
+HANDICAP = 0.0
+
+
 def median_time(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of ``fn`` over ``reps`` runs (after one warm-up run)."""
     fn()
@@ -48,20 +55,80 @@ def median_time(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+def alternate(
+    ours: Callable[[], float], baseline: Callable[[], float], reps: int
+) -> tuple[list[float], list[float]]:
+    """What two measuring functions return, run in alternation: ``reps`` pairs after one
+    unmeasured run of each, so drift in a shared machine's speed falls on both sides alike.
+    The side that goes first alternates too, so neither always runs on the other's warm
+    caches."""
+    ours()
+    baseline()
+    out: tuple[list[float], list[float]] = ([], [])
+    for rep in range(reps):
+        sides = ((ours, 0), (baseline, 1)) if rep % 2 == 0 else ((baseline, 1), (ours, 0))
+        for fn, side in sides:
+            out[side].append(fn())
+    return out
+
+
+def paired_samples(
+    ours: Callable[[], object], baseline: Callable[[], object], reps: int
+) -> tuple[list[float], list[float]]:
+    """Wall times of two functions run by :func:`alternate` (``HANDICAP`` added to ours)."""
+
+    def timed(fn: Callable[[], object], handicap: float) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            fn()
+            time.sleep(handicap)
+            return time.perf_counter() - start
+
+        return run
+
+    return alternate(timed(ours, HANDICAP), timed(baseline, 0.0), reps)
+
+
 def paired_times(
     ours: Callable[[], object], baseline: Callable[[], object], reps: int
 ) -> tuple[float, float]:
-    """Median wall times of two functions run in alternation (one warm-up each), so drift in
-    a shared machine's speed falls on both sides of the ratio alike."""
-    ours()
-    baseline()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(reps):
-        for fn, out in ((ours, times[0]), (baseline, times[1])):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    """Median wall times of :func:`paired_samples`."""
+    a, b = paired_samples(ours, baseline, reps)
+    return statistics.median(a), statistics.median(b)
+
+
+def spread(ratios: list[float]) -> str:
+    """What a figure's note says about its repetitions."""
+    if len(ratios) == 1:
+        return "1 pair (no spread)"
+    return (
+        f"median of {len(ratios)} alternated pairs, pair ratios "
+        f"{min(ratios):.3f}..{max(ratios):.3f}"
+    )
+
+
+def throughput_figure(
+    name: str,
+    work: float,
+    samples: tuple[list[float], list[float]],
+    target: str,
+    unit: str,
+    note: str,
+) -> Figure:
+    """``work`` per second of each side from :func:`paired_samples`: the value and baseline
+    are the sides' medians, the ratio is the median of the per-pair ratios (the paired
+    statistic), and the note ends with their spread."""
+    ours, base = samples
+    ratios = [b / a for a, b in zip(ours, base, strict=True)]
+    return Figure(
+        name,
+        work / statistics.median(ours),
+        work / statistics.median(base),
+        statistics.median(ratios),
+        target,
+        unit,
+        f"{note}; {spread(ratios)}",
+    )
 
 
 def ratio_figure(
@@ -130,8 +197,15 @@ def machine() -> dict[str, str | int]:
     }
 
 
-def write(figures: list[Figure], path: Path, size: str, seconds: float) -> None:
-    """``{"machine", "size", "seconds", "figures"}`` as JSON (non-finite numbers as null)."""
+def write(
+    figures: list[Figure],
+    path: Path,
+    size: str,
+    seconds: float,
+    group_seconds: dict[str, float] | None = None,
+) -> None:
+    """``{"machine", "size", "seconds", "group_seconds", "figures"}`` as JSON (non-finite
+    numbers as null); ``group_seconds``: what each group of figures took when last run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [
         {
@@ -140,7 +214,13 @@ def write(figures: list[Figure], path: Path, size: str, seconds: float) -> None:
         }
         for f in figures
     ]
-    data = {"machine": machine(), "size": size, "seconds": round(seconds), "figures": rows}
+    data = {
+        "machine": machine(),
+        "size": size,
+        "seconds": round(seconds),
+        "group_seconds": group_seconds or {},
+        "figures": rows,
+    }
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 

@@ -1,6 +1,7 @@
-"""Run under ``horovodrun -np N --gloo``: our training task on this rank's share of a Parquet
-data set, without Ray. Rank 0 prints one JSON line with the first step's wall-clock time and
-the steady-state throughput of all ranks (epochs after the first)."""
+"""Our training task on this rank's share of a Parquet data set held in memory, without Ray:
+under ``horovodrun -np N --gloo``, or as a plain process (1 rank). Rank 0 prints one JSON
+line with the first step's wall-clock time and the steady-state throughput of all ranks
+(epochs after the first)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def main() -> None:
                     "first_step_unix": first_step,
                     "samples_per_s": world * steps * batch_size / steady,
                     "step_s": steady / steps,
+                    "params": task.num_params(),
                 }
             ),
             flush=True,

@@ -2,32 +2,41 @@
 
 * ours: the worker's path with ``data.cache=stream`` (the path that scales past memory): the
   shard reader's row groups and shuffled windows, batches, ``mx.nd.array``;
-* pyarrow: ``pq.read_table`` with one thread + to numpy, no batching: the decode limit;
-* Ray Data: ``read_parquet().iter_batches(batch_format="numpy")`` + ``np.stack``, the way
-  its docs feed a framework;
-* Petastorm: cannot run with our pins (see PETASTORM_WHY).
+* pyarrow: ``pq.read_table`` with its own thread pool (as many threads as cores) + to numpy,
+  no batching, no shuffling: the decode limit;
+* Ray Data as a competent user runs it: one dataset reused for every epoch, Ray started with
+  as many CPUs as the machine has, ``iter_batches`` of a whole window in pyarrow format,
+  flattened to numpy without a per-row ``np.stack``, one device copy per window and batches
+  sliced from it on the device (the copy our reader makes), no shuffling (ours shuffles);
+* Petastorm in its own virtualenv (petastorm_worker.py): ``make_batch_reader`` with as many
+  reader threads as cores, one device copy per row group. Petastorm 0.13.1 drops
+  fixed_size_list columns (our contract's features) from the schema it infers, so its side
+  reads a copy of the same rows with features as list<float32>, the type it supports.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np
-
-from jobs.benchmarks.harness import Figure, median_time, not_available, paired_times, ratio_figure
+from jobs.benchmarks import harness
+from jobs.benchmarks.harness import (
+    Figure,
+    not_available,
+    paired_samples,
+    throughput_figure,
+)
+from jobs.benchmarks.procs import REPO, json_line
 from pipeline.config import S3Config
 from pipeline.data.contract import FEATURES, LABEL, DatasetInfo
 from pipeline.storage import resolve
 
-PETASTORM_WHY = (
-    "petastorm 0.13.1 (the latest release) builds on pyarrow's legacy ParquetDataset API "
-    "(ParquetDataset(validate_schema=...), dataset.pieces), removed in pyarrow 15; our pin is "
-    "pyarrow 25, which mxnet/numpy 1.23.5 also constrain; it also pulls in pyspark"
-)
-
-
-def _train_only(info: DatasetInfo) -> DatasetInfo:
-    return dataclasses.replace(info, splits={"train": info.splits["train"]})
+#: The interpreter of Petastorm's own virtualenv (``make petastorm-venv``, which ``make bench``
+#: runs): petastorm 0.13.1 needs pyarrow < 15, this project pins pyarrow 25.
+PETASTORM_PYTHON = REPO / ".bench" / "petastorm-venv" / "bin" / "python"
 
 
 #: For the augmented ingest figure: fashion-cnn's crop and flip, plus erasing, so every image
@@ -75,19 +84,34 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def raydata(info: DatasetInfo, batch_size: int) -> int:
-    import mxnet as mx
+#: Rows per device copy in the Ray Data baseline: the window our reader copies at batch 64
+#: with shuffle_rows=2048 (``ShardReader.batches`` rounds windows up to 4,096 rows).
+WINDOW = 4096
+
+
+def raydata_dataset(info: DatasetInfo):
+    """The Ray Data side's dataset, made once and iterated every epoch."""
     import ray.data
 
     loc = resolve(info.uri)
-    ds = ray.data.read_parquet(
+    return ray.data.read_parquet(
         list(info.splits["train"].files), filesystem=loc.filesystem, columns=[FEATURES, LABEL]
     )
+
+
+def raydata(ds, num_features: int, batch_size: int) -> int:
+    import mxnet as mx
+
     rows = 0
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-        x = mx.nd.array(np.stack(batch[FEATURES]))
-        mx.nd.array(batch[LABEL])
-        rows += x.shape[0]
+    for window in ds.iter_batches(batch_size=WINDOW, batch_format="pyarrow", prefetch_batches=2):
+        column = window.column(FEATURES).combine_chunks()
+        feats = column.flatten().to_numpy().reshape(-1, num_features)
+        x = mx.nd.array(feats)
+        y = mx.nd.array(window.column(LABEL).to_numpy())
+        for lo in range(0, len(feats), batch_size):
+            b = x[lo : lo + batch_size]
+            y[lo : lo + batch_size]
+            rows += b.shape[0]
     mx.nd.waitall()
     return rows
 
@@ -99,7 +123,7 @@ def pyarrow_decode(info: DatasetInfo) -> int:
     rows = 0
     for path in info.splits["train"].files:
         table = pq.read_table(
-            path, filesystem=loc.filesystem, columns=[FEATURES, LABEL], use_threads=False
+            path, filesystem=loc.filesystem, columns=[FEATURES, LABEL], use_threads=True
         )
         feats = table.column(FEATURES).combine_chunks().flatten().to_numpy()
         labels = table.column(LABEL).to_numpy()
@@ -108,42 +132,119 @@ def pyarrow_decode(info: DatasetInfo) -> int:
     return rows
 
 
+def _list_copy(info: DatasetInfo, out: Path) -> Path:
+    """The train split's files with features as list<float32> (what Petastorm reads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(info.splits["train"].files):
+        table = pq.read_table(path)
+        column = table.column(FEATURES).cast(pa.list_(pa.float32()))
+        table = table.set_column(table.schema.get_field_index(FEATURES), FEATURES, column)
+        meta = pq.ParquetFile(path).metadata
+        pq.write_table(
+            table, out / f"part-{i:05d}.parquet", row_group_size=meta.row_group(0).num_rows
+        )
+    return out
+
+
+def _petastorm_epoch(url: str, batch_size: int) -> float:
+    """Seconds of one measured Petastorm epoch, as its worker timed it."""
+    proc = subprocess.run(
+        [str(PETASTORM_PYTHON), str(REPO / "jobs/benchmarks/petastorm_worker.py"), url,
+         str(batch_size)],
+        capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?")
+    return json_line(proc.stdout, "PETASTORM ")["seconds"]
+
+
+def petastorm_figure(local: DatasetInfo, batch_size: int, reps: int, ours_note: str) -> Figure:
+    name, target, unit = "ingest_vs_petastorm", ">= 2.0", "rows/s"
+    if not PETASTORM_PYTHON.exists():
+        return not_available(
+            name, target, unit, f"no {PETASTORM_PYTHON.parent.parent}: make petastorm-venv"
+        )
+    rows = local.splits["train"].rows
+    with tempfile.TemporaryDirectory(prefix="petastorm-") as tmp:
+        url = _list_copy(local, Path(tmp, "train")).as_uri()
+        times: tuple[list[float], list[float]] = ([], [])
+        try:
+            for rep in range(reps):
+                for side in (0, 1) if rep % 2 == 0 else (1, 0):
+                    if side == 1:
+                        times[1].append(_petastorm_epoch(url, batch_size))
+                        continue
+                    if rep == 0:
+                        ours(local, batch_size)  # the warm-up Petastorm's worker also has
+                    start = time.perf_counter()
+                    ours(local, batch_size)
+                    time.sleep(harness.HANDICAP)
+                    times[0].append(time.perf_counter() - start)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return not_available(name, target, unit, f"petastorm failed: {exc}")
+    return throughput_figure(
+        name,
+        rows,
+        times,
+        target,
+        unit,
+        f"{ours_note}; baseline: petastorm 0.13.1 make_batch_reader, {os.cpu_count()} reader "
+        "threads, shuffled row groups, one device copy per row group, reading a copy with "
+        "features as list<float32> (it drops fixed_size_list columns)",
+    )
+
+
 def figures(
     local: DatasetInfo, s3_info: DatasetInfo | None, batch_size: int, reps: int
-) -> tuple[list[Figure], dict]:
+) -> list[Figure]:
+    import os
+
+    import pyarrow as pa
+
     rows = local.splits["train"].rows
-    t_ours, t_arrow = paired_times(
-        lambda: ours(local, batch_size), lambda: pyarrow_decode(local), reps
+    cores = os.cpu_count() or 1
+    pa.set_cpu_count(cores)
+    arrow = paired_samples(lambda: ours(local, batch_size), lambda: pyarrow_decode(local), reps)
+    ds = raydata_dataset(local)
+    ray = paired_samples(
+        lambda: ours(local, batch_size), lambda: raydata(ds, local.num_features, batch_size), reps
     )
-    t_ray = median_time(lambda: raydata(local, batch_size), reps)
-    ours_rps = rows / t_ours
+    ours_threads = "ours: 2 row-group reader threads + 1 read-ahead thread, batches of "
+    ours_threads += f"{batch_size} from shuffled windows"
     out = [
-        ratio_figure(
+        throughput_figure(
             "ingest_vs_pyarrow",
-            ours_rps,
-            rows / t_arrow,
+            rows,
+            arrow,
             ">= 0.8",
             "rows/s",
-            f"{rows:,} rows; baseline decodes only (1 thread, no batching)",
+            f"{rows:,} rows from local disk; {ours_threads}; baseline: pq.read_table with "
+            f"pyarrow's pool of {cores} threads + to numpy (decode only)",
         ),
-        ratio_figure(
+        throughput_figure(
             "ingest_vs_raydata",
-            ours_rps,
-            rows / t_ray,
+            rows,
+            ray,
             ">= 1.0",
             "rows/s",
-            "baseline: Ray Data iter_batches(numpy) + np.stack",
+            f"{ours_threads}; baseline: one Ray Data dataset reused, Ray with {cores} CPUs, "
+            f"iter_batches of {WINDOW} rows as pyarrow -> numpy, one device copy per window, "
+            "no shuffle",
         ),
-        not_available("ingest_vs_petastorm", ">= 2.0", "rows/s", PETASTORM_WHY),
+        petastorm_figure(local, batch_size, reps, ours_threads),
     ]
-    t_aug, t_plain = paired_times(
+    aug = paired_samples(
         lambda: ours(local, batch_size, augment=True), lambda: ours(local, batch_size), reps
     )
     out.append(
-        ratio_figure(
+        throughput_figure(
             "ingest_augmented_vs_plain",
-            rows / t_aug,
-            rows / t_plain,
+            rows,
+            aug,
             "",
             "rows/s",
             f"the same reader with {AUGMENT} (in its read-ahead thread) vs without; reported, "
@@ -151,22 +252,24 @@ def figures(
         )
     )
     if s3_info is not None:
-        t_s3, t_local = paired_times(
+        s3 = paired_samples(
             lambda: ours(s3_info, batch_size), lambda: ours(local, batch_size), reps
         )
         # What pyarrow itself reads from the same server, for the note: SeaweedFS shares
         # the cores with the reader, so this bounds the ratio.
-        t_arrow_s3 = median_time(lambda: pyarrow_decode(s3_info), reps)
+        arrow_s3 = paired_samples(
+            lambda: pyarrow_decode(s3_info), lambda: pyarrow_decode(local), reps
+        )
+        bound = throughput_figure("pyarrow_s3_vs_local", rows, arrow_s3, "", "rows/s", "")
         out.append(
-            ratio_figure(
+            throughput_figure(
                 "ingest_s3_vs_local",
-                rows / t_s3,
-                rows / t_local,
+                rows,
+                s3,
                 ">= 0.8",
                 "rows/s",
                 "same path; SeaweedFS on loopback vs local disk; pyarrow's own decode from "
-                f"this server: {rows / t_arrow_s3:,.0f} rows/s "
-                f"({t_arrow / t_arrow_s3:.2f} of its local rate)",
+                f"this server: {bound.value:,.0f} rows/s ({bound.ratio:.2f} of its local rate)",
             )
         )
-    return out, {"ingest_rows_per_s": ours_rps}
+    return out

@@ -1,26 +1,41 @@
-"""Training-loop figures, in this process with a 1-rank Horovod:
+"""step_overhead_<model>: our training loop against a bare Horovod Gluon loop, 2 ranks.
 
-* step_overhead_<model>: samples/s of our loop (the shard reader over a data set held in
-  memory, as with data.cache=memory: shuffled windows, one device copy per window; then the
-  task's train_step: masked loss, DistributedTrainer, gradient-norm tally, update) against a
-  bare Gluon loop (same model, batch and optimizer) on NDArrays already in memory.
+Both sides run in the same ``horovodrun -np 2 --gloo`` processes, in alternation, on the same
+model, batch size and optimizer, over the same rows held in memory:
+
+* ours: the shard reader over the rank's shard (as with ``data.cache=memory``: shuffled
+  windows, one device copy per window), then the task's ``train_step`` (masked loss,
+  ``hvd.DistributedTrainer`` through our DistributedNetwork, gradient-norm tally, update) with
+  the loop's bound on steps queued ahead;
+* bare: the loop Horovod's own MXNet example writes: ``hvd.DistributedTrainer`` over
+  params broadcast from rank 0, forward, backward, ``trainer.step`` on NDArrays made
+  once before timing.
+
+Run as ``python -m jobs.benchmarks.train_step RECIPE STEPS BATCH REPS HANDICAP`` under
+horovodrun; rank 0 prints ``STEP {"ours": [...], "bare": [...], ...}`` (seconds per epoch).
 
 (tracking_overhead is a whole-job figure: whole_jobs.py.)
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 
-from jobs.benchmarks.harness import Figure, paired_times, ratio_figure
-from pipeline.config import load_job_config
+from jobs.benchmarks import harness
+from jobs.benchmarks.harness import Figure, paired_samples, throughput_figure
+from jobs.benchmarks.procs import horovodrun, json_line
+
+SHAPE = (1, 8, 8)
 
 
 def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
-    """A 1-rank task and a reader over a synthetic data set held in memory, as the loop has."""
+    """This rank's task and a reader over its shard of a synthetic set held in memory."""
     import horovod.mxnet as hvd
     import mxnet as mx
 
+    from pipeline.config import load_job_config
     from pipeline.data.contract import inspect_dataset
     from pipeline.data.datasets import synthetic_splits
     from pipeline.data.ingest import ShardReader, open_source
@@ -28,39 +43,44 @@ def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
     from pipeline.train.context import WorkerContext
     from pipeline.train.tasks import make_task
 
-    hvd.init()
-    rows = steps * batch_size
-    dataset = synthetic_splits(rows * 10 // 8 + 3, (1, 8, 8), 10, seed=0)
-    write_dataset(tmp, dataset, rows_per_file=rows, row_group_size=1024)
+    world, rank = hvd.size(), hvd.rank()
+    rows = steps * batch_size * world
+    write_dataset(tmp, synthetic_splits(rows * 10 // 8 + 3, SHAPE, 10, seed=0), rows_per_file=rows)
     info = inspect_dataset(tmp, splits=("train",))
     cfg = load_job_config(recipe, [f"data.batch_size={batch_size}", f"data.uri={tmp}"])
     reader = ShardReader(
         open_source(info, "train", memory=True),
         info.splits["train"],
         info.num_features,
-        0,
-        1,
+        rank,
+        world,
         cfg.seed,
     )
     mx.random.seed(0)
-    task = make_task(WorkerContext(cfg, info, mx.cpu(), hvd, hvd.size(), hvd.rank()))
+    task = make_task(WorkerContext(cfg, info, mx.cpu(), hvd, world, rank))
     return cfg, reader, task
 
 
 def _bare(cfg, reader):
+    import horovod.mxnet as hvd
     import mxnet as mx
     from mxnet import autograd, gluon
 
     from models import build_model
+    from pipeline.distributed.collectives import broadcast_from_root
 
-    net = build_model(cfg.model.name, cfg.model.arch, (1, 8, 8), 10)
+    net = build_model(cfg.model.name, cfg.model.arch, SHAPE, 10)
     net.initialize(mx.init.Xavier(magnitude=2.0))
     net.hybridize(static_alloc=True)
     net(mx.nd.zeros((2, 64)))
+    params = net.collect_params()
+    # Horovod's own hvd.broadcast_parameters crashes on this stack (oneDNN layouts, a
+    # use-after-free: pipeline/distributed/collectives.py); the baseline gets our work-around.
+    broadcast_from_root(hvd, params, "bare")
     o = cfg.optim
     kwargs = {"learning_rate": o.learning_rate, "wd": o.weight_decay}
     kwargs["momentum" if o.optimizer in ("sgd", "nag") else "beta1"] = o.momentum
-    trainer = gluon.Trainer(net.collect_params(), o.optimizer, kwargs)
+    trainer = hvd.DistributedTrainer(params, o.optimizer, kwargs, prefix="bare")
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     data = [
         (mx.nd.array(b.features), mx.nd.array(b.labels))
@@ -98,23 +118,49 @@ def _ours(task, reader, cfg):
     return run
 
 
-def figures(steps: int, batch_size: int, reps: int) -> tuple[list[Figure], dict]:
-    out, extra = [], {}
+def figures(steps: int, batch: int, reps: int, handicap: float) -> list[Figure]:
+    """The two step_overhead figures, each from its own ``horovodrun -np 2``."""
+    out = []
     for recipe, label in (("digits-cnn", "cnn"), ("digits-fcn", "mlp")):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg, reader, task = _setup(recipe, steps, batch_size, tmp)
-        samples = reader.split.rows
-        t_ours, t_bare = paired_times(_ours(task, reader, cfg), _bare(cfg, reader), reps)
+        args = (recipe, str(steps), str(batch), str(reps), str(handicap))
+        stdout, _ = horovodrun(2, "jobs.benchmarks.train_step", *args)
+        line = json_line(stdout, "STEP ")
         out.append(
-            ratio_figure(
+            throughput_figure(
                 f"step_overhead_{label}",
-                samples / t_ours,
-                samples / t_bare,
+                line["samples"],
+                (line["ours"], line["bare"]),
                 ">= 0.95",
                 "samples/s",
-                f"{recipe} model, batch {batch_size}, 1 thread",
+                f"{recipe} model ({line['params']:,} parameters), 2 ranks (horovodrun), batch "
+                f"{batch} per rank, 1 compute thread each, {steps} steps an epoch; ours: reader "
+                "over data in memory + task train_step; baseline: bare Gluon loop with "
+                "hvd.DistributedTrainer on prepared NDArrays",
             )
         )
-        extra[f"step_seconds_{label}"] = t_ours / reader.steps(batch_size)
-        extra[f"params_{label}"] = task.num_params()
-    return out, extra
+    return out
+
+
+def main() -> None:
+    import horovod.mxnet as hvd
+
+    recipe, steps, batch, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    handicap = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    hvd.init()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, reader, task = _setup(recipe, steps, batch, tmp)
+    harness.HANDICAP = handicap
+    ours, bare = paired_samples(_ours(task, reader, cfg), _bare(cfg, reader), reps)
+    if hvd.rank() == 0:
+        samples = reader.steps(batch) * batch * hvd.size()
+        print(
+            "STEP "
+            + json.dumps(
+                {"ours": ours, "bare": bare, "samples": samples, "params": task.num_params()}
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

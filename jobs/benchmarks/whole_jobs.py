@@ -1,5 +1,6 @@
 """Figures from whole training jobs (local Ray, 2 workers, our backend and reader, a sqlite
-MLflow store), run in pairs in alternation so a shared machine's drift falls on both sides:
+MLflow store), run in pairs in alternation (the side that goes first alternating too) so a
+shared machine's drift falls on both sides:
 
 * checkpoint_stall: seconds of training lost per mid-epoch checkpoint. A job with
   ``checkpoint.every_steps`` against the same job without; each job's training time is its
@@ -23,7 +24,7 @@ from jobs.benchmarks.harness import Figure, ratio_figure
 from pipeline.config import load_job_config
 
 
-def _job(uri: str, recipe: str, tmp: Path, overrides: list[str]) -> tuple[float, dict]:
+def run_job_for_bench(uri: str, recipe: str, tmp: Path, overrides: list[str]) -> tuple[float, dict]:
     """(wall seconds, final metrics) of one job."""
     from pipeline.launch import run_job
 
@@ -59,10 +60,12 @@ def checkpoint_stall_figure(
     checkpoints = epochs * ((steps - 1) // every)
     common = ["tracking.register=false", f"optim.epochs={epochs}", "optim.warmup_epochs=0"]
     losses = []
-    for _ in range(reps):
-        _, with_ckpt = _job(uri, recipe, tmp, [*common, f"checkpoint.every_steps={every}"])
-        _, without = _job(uri, recipe, tmp, [*common, "checkpoint.every_steps=0"])
-        seconds = [epochs * rows / m["samples_per_sec"] for m in (with_ckpt, without)]
+    for rep in range(reps):
+        metrics = {}
+        for steps_ in (every, 0) if rep % 2 == 0 else (0, every):
+            overrides = [*common, f"checkpoint.every_steps={steps_}"]
+            metrics[steps_] = run_job_for_bench(uri, recipe, tmp, overrides)[1]
+        seconds = [epochs * rows / metrics[k]["samples_per_sec"] for k in (every, 0)]
         losses.append((seconds[0] - seconds[1]) / checkpoints)
     lost = statistics.median(losses)
     return Figure(
@@ -81,9 +84,12 @@ def tracking_overhead_figure(uri: str, recipe: str, epochs: int, reps: int, tmp:
     common = [f"optim.epochs={epochs}", "optim.warmup_epochs=0"]
     walls: tuple[list[float], list[float]] = ([], [])
     rates: tuple[list[float], list[float]] = ([], [])
-    for _ in range(reps):
-        for side, enabled in ((0, "true"), (1, "false")):
-            seconds, metrics = _job(uri, recipe, tmp, [*common, f"tracking.enabled={enabled}"])
+    for rep in range(reps):
+        sides = ((0, "true"), (1, "false"))
+        for side, enabled in sides if rep % 2 == 0 else sides[::-1]:
+            seconds, metrics = run_job_for_bench(
+                uri, recipe, tmp, [*common, f"tracking.enabled={enabled}"]
+            )
             walls[side].append(seconds)
             rates[side].append(metrics["samples_per_sec"])
     ratios = [a / b for a, b in zip(*walls, strict=True)]

@@ -68,3 +68,11 @@ def allreduce_sum(hvd, values: list[float], name: str) -> np.ndarray:
     import mxnet as mx
 
     return hvd.allreduce(mx.nd.array(values, dtype="float64"), average=False, name=name).asnumpy()
+
+
+def allreduce_max(hvd, value: float, name: str) -> float:
+    """The largest of one host number over all ranks (e.g. the peak memory of any worker)."""
+    import mxnet as mx
+
+    out = hvd.allreduce(mx.nd.array([value], dtype="float64"), op=hvd.Max, name=name)
+    return float(out.asscalar())

@@ -20,6 +20,7 @@ from pipeline.config import JobConfig
 from pipeline.data.augment import Augmenter
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
+from pipeline.distributed.collectives import allreduce_max
 from pipeline.errors import ConfigError, DivergedError
 from pipeline.tracking.images import write_grid_png
 from pipeline.tracking.run_logger import RunLogger, Untracked
@@ -237,7 +238,7 @@ def _train(
         train_samples += int(samples)
         metrics.update(task.evaluate(readers["val"], "val", f"val{epoch}"))
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
-        metrics["peak_rss_mb"] = _peak_rss_mb()
+        metrics["peak_rss_mb"] = allreduce_max(hvd, _peak_rss_mb(), f"rss{epoch}")
         metrics["epoch_time_s"] = epoch_time
         metrics["world_size"] = world
         last = epoch == optim.epochs - 1
@@ -344,7 +345,8 @@ def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tu
 
 
 def _peak_rss_mb() -> float:
-    """This worker's peak resident memory so far (Linux reports KiB)."""
+    """This worker's peak resident memory so far (Linux reports KiB); the logged metric is the
+    largest over the workers."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

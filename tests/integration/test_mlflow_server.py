@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
 import pytest
 
+from infra.processes import http_status
 from pipeline.config import load_job_config
 from tests.conftest import run_cli
 
@@ -23,15 +22,9 @@ ADMIN_PASSWORD = "admin-test-password-1"
 
 
 def _status(uri: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=5")
-    if auth:
-        token = b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    basic = b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
+    url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=5"
+    return http_status(url, f"Basic {basic}" if basic else None, timeout_s=10)
 
 
 @pytest.fixture(scope="module")

@@ -3,86 +3,24 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from infra.processes import free_port, stop_group
+from infra.local.ray_head import http_status as _status
+from infra.local.ray_head import start_head
 from tests.conftest import REPO, fresh_mlflow_store
 
 pytestmark = pytest.mark.integration
 
 
-def _answers(address: str) -> bool:
-    """Whether the dashboard answers at all (token authentication may answer 401)."""
-    return _status(f"{address}/api/version") != 0
-
-
-def _status(url: str, token: str | None = None) -> int:
-    """The HTTP status of a GET (0: no answer), with ``token`` as the bearer token."""
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head of its own (own ports, own process group), with token authentication as the
-    shipped cluster configs start it; stopped by process group: `ray stop` would also stop any
-    other Ray on the machine. Yields (dashboard address, token)."""
-    import secrets
-
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    port, dashboard = free_port(), free_port()
-    # Its own temp dir, so its address file (ray_current_cluster) does not outlive it in
-    # /tmp/ray, where every later ray.init() on this machine would try to join it. Short,
-    # because Ray's socket paths must fit in 107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    token = secrets.token_hex(32)
-    log = (tmp_path_factory.mktemp("ray-head") / "head.log").open("w")
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={
-            **os.environ,
-            # The job's entrypoint says `python`: on a cluster the image's; here this venv's.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "OMP_NUM_THREADS": "1",
-            "MXNET_CPU_WORKER_NTHREADS": "1",
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": token,
-        },
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dashboard}"
-
-    try:
-        deadline = time.monotonic() + 120
-        while not _answers(address):
-            assert head.poll() is None and time.monotonic() < deadline, "Ray head did not start"
-            time.sleep(0.5)
-        yield address, token
-    finally:
-        stop_group(head.pid, grace_s=5, proc=head)  # its workers outlive SIGTERM
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    log.close()
+    """A Ray head of its own with token authentication (infra/local/ray_head.py).
+    Yields (dashboard address, token)."""
+    with start_head(tmp_path_factory.mktemp("ray-head") / "head.log") as head:
+        yield head.dashboard, head.token
 
 
 def _submit(

@@ -39,3 +39,22 @@ def test_shared_outputs_pass_and_a_cluster_on_this_machine_may_use_local_ones(mo
     assert _train_args(["--"], "http://127.0.0.1:8265") == []
     with pytest.raises(ConfigError):
         _train_args(["--"], "10.0.0.7:8265")
+
+
+def test_a_driver_started_by_hand_forwards_its_env_and_a_submitted_job_only_what_differs(
+    monkeypatch,
+):
+    """With RAY_ADDRESS, a driver run from a shell must pass its settings (the trace dir, S3
+    endpoint, Ray Train's poll) to the workers itself; inside a submitted job the job's
+    runtime env already holds them, and Ray refuses a key given twice."""
+    import json
+
+    from pipeline.launch import _submitted_job_env_vars
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert _submitted_job_env_vars() == {}
+    job = {"runtime_env": {"env_vars": {"MXTRAIN_TRACE_DIR": "/t", "PYTHONWARNINGS": "ignore"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _submitted_job_env_vars() == {"MXTRAIN_TRACE_DIR": "/t", "PYTHONWARNINGS": "ignore"}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "not json")
+    assert _submitted_job_env_vars() == {}

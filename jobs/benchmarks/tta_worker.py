@@ -1,0 +1,135 @@
+"""The time-to-accuracy baseline: the training script a competent Horovod user writes for the
+same recipe, run under ``horovodrun -np N --gloo``. No Ray, no MLflow, no checkpoints, no
+reader: the Parquet files are read once into memory.
+
+Same as the recipe: model (``models.build_model`` with the recipe's arch, Xavier init),
+optimizer and its settings, batch per rank, epochs, the learning-rate schedule (linear
+scaling, warm-up, cosine), and the augmentation (random crop after zero padding, horizontal
+flip), done here vectorised over the rank's shard once per epoch. Each epoch reshuffles the
+rows, and each rank takes its share. At the end every rank scores half of the test split.
+
+    horovodrun -np 2 --gloo python -m jobs.benchmarks.tta_worker DATA RECIPE [key=value ...]
+
+Rank 0 prints ``TTA {"test_accuracy", "end_unix", "train_seconds", "samples_per_s_per_worker"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _read(uri: str, split: str, shape: tuple[int, ...]):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sorted(str(p) for p in Path(uri, split).glob("*.parquet")))
+    meta = table.schema.metadata or {}
+    scale = float(meta.get(b"mxtrain.feature_scale", b"1"))
+    flat = table.column("features").combine_chunks().flatten().to_numpy()
+    x = flat.astype(np.float32).reshape(-1, *shape) * np.float32(scale)
+    return x, table.column("label").to_numpy()
+
+
+def _augment(x, rng, padding: int, flip: bool):
+    """Random crop of the zero-padded images and a random horizontal flip, per image."""
+    import numpy as np
+
+    n, _, h, w = x.shape
+    if padding:
+        padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        dy = rng.integers(0, 2 * padding + 1, n)
+        dx = rng.integers(0, 2 * padding + 1, n)
+        out = np.empty_like(x)
+        for oy in range(2 * padding + 1):
+            for ox in range(2 * padding + 1):
+                rows = np.flatnonzero((dy == oy) & (dx == ox))
+                out[rows] = padded[rows, :, oy : oy + h, ox : ox + w]
+        x = out
+    if flip:
+        mirror = rng.random(n) < 0.5
+        x[mirror] = x[mirror, :, :, ::-1]
+    return x
+
+
+def main() -> None:
+    import horovod.mxnet as hvd
+    import mxnet as mx
+    import numpy as np
+    import pyarrow.parquet as pq
+    from mxnet import autograd, gluon
+
+    from models import build_model
+    from pipeline.config import load_job_config
+    from pipeline.distributed.collectives import broadcast_from_root
+    from pipeline.train.schedule import lr_at
+
+    uri, recipe, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+    hvd.init()
+    rank, world = hvd.rank(), hvd.size()
+    cfg = load_job_config(recipe, [f"data.uri={uri}", *overrides])
+    first = next(Path(uri, "train").glob("*.parquet"))
+    meta = pq.read_schema(first).metadata
+    shape = tuple(json.loads(meta[b"mxtrain.feature_shape"]))
+    classes = int(meta[b"mxtrain.num_classes"])
+    x_train, y_train = _read(uri, "train", shape)
+    x_test, y_test = _read(uri, "test", shape)
+
+    mx.random.seed(cfg.seed)
+    net = build_model(cfg.model.name, cfg.model.arch, shape, classes)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    net.hybridize(static_alloc=True)
+    net(mx.nd.zeros((2, int(np.prod(shape)))))
+    params = net.collect_params()
+    # Horovod's own hvd.broadcast_parameters crashes on this stack (oneDNN layouts, a
+    # use-after-free: pipeline/distributed/collectives.py); the baseline gets our work-around.
+    broadcast_from_root(hvd, params, "bare")
+    o = cfg.optim
+    kwargs = {"learning_rate": o.learning_rate, "wd": o.weight_decay}
+    kwargs["momentum" if o.optimizer in ("sgd", "nag") else "beta1"] = o.momentum
+    trainer = hvd.DistributedTrainer(params, o.optimizer, kwargs)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    batch = cfg.data.batch_size
+    per_rank = len(y_train) // world
+    steps = per_rank // batch
+    aug = cfg.augment
+    start = time.perf_counter()
+    for epoch in range(o.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        mine = rng.permutation(len(y_train))[rank::world][: steps * batch]
+        x = x_train[mine]
+        if aug.crop_padding or aug.flip:
+            x = _augment(
+                x, np.random.default_rng([cfg.seed, epoch, rank]), aug.crop_padding, aug.flip
+            )
+        xs = mx.nd.array(x.reshape(len(x), -1))  # one copy per epoch
+        ys = mx.nd.array(y_train[mine])
+        for s in range(steps):
+            trainer.set_learning_rate(lr_at(o, world, epoch * steps + s, steps))
+            xb, yb = xs[s * batch : (s + 1) * batch], ys[s * batch : (s + 1) * batch]
+            with autograd.record():
+                loss = loss_fn(net(xb), yb)
+            loss.backward()
+            trainer.step(batch)
+        mx.nd.waitall()
+    train_seconds = time.perf_counter() - start
+
+    share = np.array_split(np.arange(len(y_test)), world)[rank]
+    pred = net(mx.nd.array(x_test[share].reshape(len(share), -1))).argmax(axis=1).asnumpy()
+    correct = hvd.allreduce(mx.nd.array([float((pred == y_test[share]).sum())]), average=False)
+    accuracy = float(correct.asscalar()) / len(y_test)
+    if rank == 0:
+        result = {
+            "test_accuracy": accuracy,
+            "end_unix": time.time(),
+            "train_seconds": train_seconds,
+            "samples_per_s_per_worker": o.epochs * steps * batch / train_seconds,
+        }
+        print("TTA " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
