@@ -76,6 +76,10 @@ WORKER = textwrap.dedent(
         weights[fp16] = dense.weight.data().asnumpy()
     gap = float(np.abs(weights[True] - weights[False]).max())
     print("FP16", hvd.rank(), digest({"w": weights[True]}), gap, flush=True)
+
+    # The largest of one number per rank (peak_rss_mb: the worker with the most memory).
+    from pipeline.distributed.collectives import allreduce_max
+    print("MAX", hvd.rank(), allreduce_max(hvd, 100.0 - 30 * hvd.rank(), "max"), flush=True)
     """
 )
 
@@ -118,3 +122,5 @@ def test_thousands_of_broadcasts_give_every_rank_rank_0s_exact_bits(tmp_path):
     assert len(fp16) == 2 and fp16[0][1] == fp16[1][1]
     gap = float(fp16[0][2])
     assert 0 < gap < 1e-2, gap
+
+    assert sorted(_lines(stdout, "MAX")) == [["0", "100.0"], ["1", "100.0"]]
