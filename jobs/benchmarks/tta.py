@@ -65,9 +65,9 @@ def tta_figure(
 
     def describe(side: str) -> str:
         r = runs[side]
-        acc = ", ".join(f"{x['test_accuracy']:.4f}" for x in r)
+        each = ", ".join(f"{x['test_accuracy']:.4f} in {x['seconds']:.0f} s" for x in r)
         rate = statistics.median(x["per_worker"] for x in r)
-        return f"test_accuracy {acc}, {rate:,.0f} samples/s per worker"
+        return f"test_accuracy {each}, {rate:,.0f} samples/s per worker"
 
     ok = [
         (a["seconds"], b["seconds"])
