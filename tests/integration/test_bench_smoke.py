@@ -70,7 +70,9 @@ def test_every_benchmark_figure_is_produced(tiny_results):
 
 
 #: Figures where a slowed "ours" must land below the target (ours / baseline throughput).
-SLOWED = ("ingest_vs_pyarrow", "ingest_vs_raydata", "ingest_vs_petastorm", "step_overhead_cnn")
+#: Not ingest_vs_raydata: at the tiny size Ray Data's own epoch takes about 3 s (its
+#: execution's start-up), longer than the handicap.
+SLOWED = ("ingest_vs_pyarrow", "ingest_vs_petastorm", "step_overhead_cnn", "step_overhead_mlp")
 
 
 def test_a_slowed_side_is_reported_as_a_miss_and_merged(tiny_results, tmp_path):
