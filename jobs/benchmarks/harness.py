@@ -44,17 +44,6 @@ class Figure:
 HANDICAP = 0.0
 
 
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    """Median wall time of ``fn`` over ``reps`` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def alternate(
     ours: Callable[[], float], baseline: Callable[[], float], reps: int
 ) -> tuple[list[float], list[float]]:
@@ -87,14 +76,6 @@ def paired_samples(
         return run
 
     return alternate(timed(ours, HANDICAP), timed(baseline, 0.0), reps)
-
-
-def paired_times(
-    ours: Callable[[], object], baseline: Callable[[], object], reps: int
-) -> tuple[float, float]:
-    """Median wall times of :func:`paired_samples`."""
-    a, b = paired_samples(ours, baseline, reps)
-    return statistics.median(a), statistics.median(b)
 
 
 def spread(ratios: list[float]) -> str:
