@@ -24,6 +24,7 @@ import sys
 import tempfile
 
 from jobs.benchmarks import harness
+from jobs.benchmarks.bare_gluon import bare_network
 from jobs.benchmarks.harness import Figure, paired_samples, throughput_figure
 from jobs.benchmarks.procs import horovodrun, json_line
 
@@ -62,25 +63,10 @@ def _setup(recipe: str, steps: int, batch_size: int, tmp: str):
 
 
 def _bare(cfg, reader):
-    import horovod.mxnet as hvd
     import mxnet as mx
     from mxnet import autograd, gluon
 
-    from models import build_model
-    from pipeline.distributed.collectives import broadcast_from_root
-
-    net = build_model(cfg.model.name, cfg.model.arch, SHAPE, 10)
-    net.initialize(mx.init.Xavier(magnitude=2.0))
-    net.hybridize(static_alloc=True)
-    net(mx.nd.zeros((2, 64)))
-    params = net.collect_params()
-    # Horovod's own hvd.broadcast_parameters crashes on this stack (oneDNN layouts, a
-    # use-after-free: pipeline/distributed/collectives.py); the baseline gets our work-around.
-    broadcast_from_root(hvd, params, "bare")
-    o = cfg.optim
-    kwargs = {"learning_rate": o.learning_rate, "wd": o.weight_decay}
-    kwargs["momentum" if o.optimizer in ("sgd", "nag") else "beta1"] = o.momentum
-    trainer = hvd.DistributedTrainer(params, o.optimizer, kwargs, prefix="bare")
+    net, trainer = bare_network(cfg, SHAPE, 10)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     data = [
         (mx.nd.array(b.features), mx.nd.array(b.labels))

@@ -61,9 +61,8 @@ def main() -> None:
     import pyarrow.parquet as pq
     from mxnet import autograd, gluon
 
-    from models import build_model
+    from jobs.benchmarks.bare_gluon import bare_network
     from pipeline.config import load_job_config
-    from pipeline.distributed.collectives import broadcast_from_root
     from pipeline.train.schedule import lr_at
 
     uri, recipe, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -78,18 +77,8 @@ def main() -> None:
     x_test, y_test = _read(uri, "test", shape)
 
     mx.random.seed(cfg.seed)
-    net = build_model(cfg.model.name, cfg.model.arch, shape, classes)
-    net.initialize(mx.init.Xavier(magnitude=2.0))
-    net.hybridize(static_alloc=True)
-    net(mx.nd.zeros((2, int(np.prod(shape)))))
-    params = net.collect_params()
-    # Horovod's own hvd.broadcast_parameters crashes on this stack (oneDNN layouts, a
-    # use-after-free: pipeline/distributed/collectives.py); the baseline gets our work-around.
-    broadcast_from_root(hvd, params, "bare")
+    net, trainer = bare_network(cfg, shape, classes)
     o = cfg.optim
-    kwargs = {"learning_rate": o.learning_rate, "wd": o.weight_decay}
-    kwargs["momentum" if o.optimizer in ("sgd", "nag") else "beta1"] = o.momentum
-    trainer = hvd.DistributedTrainer(params, o.optimizer, kwargs)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
     batch = cfg.data.batch_size
