@@ -9,8 +9,10 @@
   threads).
 * ratio = efficiency / ceiling, target >= 0.9.
 
-The note keeps two references: two bare Gluon loops side by side (no reader, no Horovod), and
-the model t_c / (t_c + t_allreduce) from the 1-rank step time and the allreduce time of the
+The note keeps three references: two bare Gluon loops side by side (no reader, no Horovod);
+Horovod's own example loop (``hvd.DistributedTrainer``, no Ray, no reader) with 2 ranks
+against twice 1 rank, i.e. how far the stack itself scales here with none of our code; and the
+model t_c / (t_c + t_allreduce) from the 1-rank step time and the allreduce time of the
 model's gradient size (no overlap, every parameter counted as a gradient).
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from jobs.benchmarks.comm import allreduce_time
 from jobs.benchmarks.harness import Figure, spread
-from jobs.benchmarks.procs import json_line, python
+from jobs.benchmarks.procs import horovodrun, json_line, python
 from jobs.benchmarks.whole_jobs import run_job_for_bench
 
 
@@ -50,7 +52,7 @@ def scaling_figure(
         "tracking.enabled=false",
     ]
     rates: dict[int, list[float]] = {1: [], 2: []}
-    ceilings, bare_ceilings, steps = [], [], []
+    ceilings, bare_ceilings, bare_horovod, steps = [], [], [], []
     task_args = [uri, recipe, str(epochs), str(batch)]
     for rep in range(reps):
         for workers in (1, 2) if rep % 2 == 0 else (2, 1):
@@ -67,6 +69,13 @@ def scaling_figure(
             "jobs.benchmarks.bare_worker", [recipe, "300", str(batch)], "BARE "
         )
         bare_ceilings.append(pair / (2 * alone))
+        bare_args = [recipe, "300", str(batch), "hvd"]
+        hvd_rates = [
+            json_line(horovodrun(n, "jobs.benchmarks.bare_worker", *bare_args)[0], "BARE ")
+            for n in ((1, 2) if rep % 2 == 0 else (2, 1))
+        ]
+        one, two = sorted(hvd_rates, key=lambda r: r["ranks"])
+        bare_horovod.append(two["samples_per_s"] / (2 * one["samples_per_s"]))
     efficiencies = [two / (2 * one) for one, two in zip(rates[1], rates[2], strict=True)]
     ratios = [e / c for e, c in zip(efficiencies, ceilings, strict=True)]
     efficiency, ceiling = statistics.median(efficiencies), statistics.median(ceilings)
@@ -84,6 +93,8 @@ def scaling_figure(
         f"{statistics.median(rates[2]):,.0f} samples/s; baseline: our task in two 1-rank "
         f"processes side by side (no communication) vs one alone; {spread(ratios)}; "
         f"two bare Gluon loops side by side: {statistics.median(bare_ceilings):.2f}; "
+        "Horovod's example loop (hvd.DistributedTrainer, data in memory, no Ray) 2 ranks vs "
+        f"twice 1 rank: {statistics.median(bare_horovod):.2f}; "
         f"model t_c/(t_c+t_a): step {t_c * 1e3:.2f} ms + allreduce of "
         f"{grad_bytes / 2**20:.2f} MB {t_a * 1e3:.2f} ms = {t_c / (t_c + t_a):.2f}",
     )
