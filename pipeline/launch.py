@@ -30,6 +30,7 @@ from pipeline.redact import redact
 from pipeline.storage import check_access, check_writable, endpoint_url, resolve
 from pipeline.tracking import mlflow_run, outage, registry
 from pipeline.tracking.registry import Registration
+from pipeline.train.init_weights import check_init_weights
 from pipeline.train.loop import WorkerPayload
 
 Progress = Callable[[str], None]
@@ -46,6 +47,9 @@ class JobResult:
     registration: Registration | None
     alias: str
     seconds: float
+    #: The final checkpoint (a ``ray.train.Checkpoint``; read it with
+    #: :func:`verified_checkpoint`): what a job that builds on the trained weights reads.
+    checkpoint: Any = None
 
 
 def inspect_data(cfg: JobConfig) -> DatasetInfo:
@@ -90,6 +94,7 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
         raise ConfigError(
             f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
         ) from None
+    check_init_weights(cfg, info)
     return info
 
 
@@ -375,6 +380,7 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
         registration=registration,
         alias=cfg.tracking.alias,
         seconds=time.perf_counter() - start,
+        checkpoint=result.checkpoint,
     )
 
 

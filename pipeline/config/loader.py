@@ -7,6 +7,7 @@ a "did you mean" hint.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import os
@@ -23,6 +24,7 @@ from pipeline.config.schema import (
     AugmentConfig,
     CheckpointConfig,
     DataConfig,
+    InitConfig,
     JobConfig,
     ModelConfig,
     OptimConfig,
@@ -41,6 +43,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "augment": AugmentConfig,
     "model": ModelConfig,
+    "init": InitConfig,
     "optim": OptimConfig,
     "scaling": ScalingConfig,
     "tracking": TrackingConfig,
@@ -222,4 +225,46 @@ def load_job_config(
             section[parts[1]] = value
         else:
             raise _unknown_key(".".join(parts), all_keys())
+    return job_config_from_mapping(values)
+
+
+def _from_param(text: str, tp: Any) -> Any:
+    """One value as ``str(value)`` wrote it (what MLflow records as a param)."""
+    if typing.get_origin(tp) is tuple:
+        value = ast.literal_eval(text)  # "('a', 'b')": literals only, never code
+        return list(value) if isinstance(value, tuple | list) else value
+    if tp is bool:
+        return {"True": True, "False": False}.get(text, text)
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            return text  # _coerce names the key and what it expected
+    return text
+
+
+def config_from_params(params: Mapping[str, str]) -> JobConfig:
+    """The JobConfig a run was trained with, from its MLflow params (``to_dict`` values as
+    strings). Params that are not config keys (row counts, derived facts) are skipped; keys
+    added since the run was logged keep their defaults."""
+    family = params.get("model.name", ModelConfig().name)
+    if family not in MODEL_CONFIGS:
+        raise ConfigError(f"model.name={family!r}: not a model family of this version")
+    known: dict[str, Any] = {name: field_types(JobConfig)[name] for name in TOP_LEVEL}
+    for section, cls in SECTIONS.items():
+        known.update({f"{section}.{k}": tp for k, tp in field_types(cls).items()})
+    known.update({f"model.{k}": tp for k, tp in field_types(MODEL_CONFIGS[family]).items()})
+    values: dict[str, Any] = {}
+    for key, text in params.items():
+        if key not in known:
+            continue
+        try:
+            value = _from_param(text, known[key])
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{key}: logged value {text!r} is not readable") from None
+        section, _, name = key.rpartition(".")
+        if section:
+            values.setdefault(section, {})[name] = value
+        else:
+            values[name] = value
     return job_config_from_mapping(values)

@@ -237,6 +237,32 @@ PRECISIONS = ("float32", "float16", "amp")
 
 
 @dataclass(frozen=True)
+class InitConfig(Section):
+    """Where the network's starting weights come from (fine-tuning, e.g. a pruned model)."""
+
+    KEY = "init"
+
+    weights: str = option(
+        "",
+        "start from the weights of this model bundle (a folder or s3:// URI holding "
+        "model-symbol.json, model-0000.params and model.json, as a checkpoint or a registered "
+        "model stores it) instead of random ones; empty = Xavier initialisation",
+    )
+    hold_zeros: bool = option(
+        False,
+        "conv and dense weights that are zero at the start stay zero through training "
+        "(fine-tuning a pruned model with its mask held); needs init.weights",
+    )
+
+    def check(self) -> None:
+        require(
+            not self.hold_zeros or bool(self.weights),
+            "init.hold_zeros",
+            "holds the zeros of init.weights, which is empty; set init.weights to a bundle",
+        )
+
+
+@dataclass(frozen=True)
 class OptimConfig(Section):
     """The optimizer, its schedule and the length of training."""
 
@@ -467,6 +493,7 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -500,7 +527,13 @@ class JobConfig:
         import hashlib
         import json
 
-        keep: tuple[str, ...] = ("model.", "data.uri", "data.batch_size", "data.shuffle_buffer")
+        keep: tuple[str, ...] = (
+            "model.",
+            "init.",
+            "data.uri",
+            "data.batch_size",
+            "data.shuffle_buffer",
+        )
         keep += ("seed",)
         if self.data.own_parquet:  # which rows, ids and pixels the columns map to
             keep += ("data.label_column", "data.feature_columns", "data.image", "data.id_column")

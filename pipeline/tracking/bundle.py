@@ -4,7 +4,8 @@ A checkpoint carries it, the driver logs it to MLflow as a pyfunc model, and wha
 scores or compresses a registered model reads it back. A bundle is three files in a folder::
 
     model-symbol.json   the network's graph (``HybridBlock.export``)
-    model-0000.params   its weights, MXNet's NDArray format (no pickle)
+    model-0000.params   its weights, MXNet's NDArray format (no pickle), or
+    model-0000.params.gz  the same file gzip-compressed (a pruned model: its zeros compress)
     model.json          :class:`BundleMeta` as JSON: kind, input names, data shape, classes
 
 This module is the only one that knows those names. The pyfunc loaders
@@ -15,12 +16,17 @@ bundle through each of them.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
+import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.data.contract import DatasetInfo
 
@@ -28,6 +34,7 @@ PREFIX = "model"
 #: ``HybridBlock.export(prefix, epoch=0)`` writes these two files.
 SYMBOL_FILE = f"{PREFIX}-symbol.json"
 PARAMS_FILE = f"{PREFIX}-0000.params"
+PARAMS_GZ_FILE = f"{PARAMS_FILE}.gz"
 META_FILE = "model.json"
 FILES = (SYMBOL_FILE, PARAMS_FILE, META_FILE)
 
@@ -129,13 +136,35 @@ class Bundle:
     def path(self, name: str) -> str:
         return str(self.directory / name)
 
+    @property
+    def params_file(self) -> str:
+        """The weights' file name: plain or gzip-compressed."""
+        return PARAMS_GZ_FILE if (self.directory / PARAMS_GZ_FILE).is_file() else PARAMS_FILE
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (SYMBOL_FILE, self.params_file, META_FILE)
+
     def artifacts(self) -> dict[str, str]:
         """The files under the artifact keys the pyfunc loaders read."""
         return {
             "symbol": self.path(SYMBOL_FILE),
-            "params": self.path(PARAMS_FILE),
+            "params": self.path(self.params_file),
             "meta": self.path(META_FILE),
         }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights by MXNet's saved names (``arg:conv0_weight``, ``aux:...``), on the
+        host."""
+        import mxnet as mx
+
+        raw = Path(self.path(self.params_file)).read_bytes()
+        if self.params_file == PARAMS_GZ_FILE:
+            raw = gzip.decompress(raw)
+        loaded = mx.nd.load_frombuffer(raw)
+        if not isinstance(loaded, dict):
+            raise BundleError(f"{self.params_file} holds no named weights")
+        return {name: array.asnumpy() for name, array in loaded.items()}
 
     @property
     def pyfunc_code(self) -> Path:
@@ -145,34 +174,75 @@ class Bundle:
         """The network as a Gluon ``SymbolBlock`` (on the CPU unless ``device`` is given)."""
         import mxnet as mx
 
-        return mx.gluon.SymbolBlock.imports(
-            self.path(SYMBOL_FILE),
-            list(self.meta.inputs),
-            self.path(PARAMS_FILE),
-            ctx=device or mx.cpu(),
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            params = self.path(self.params_file)
+            if self.params_file == PARAMS_GZ_FILE:  # MXNet reads weights from a file only
+                params = os.path.join(tmp, PARAMS_FILE)
+                Path(params).write_bytes(
+                    gzip.decompress(Path(self.path(PARAMS_GZ_FILE)).read_bytes())
+                )
+            with warnings.catch_warnings():
+                # "Cannot decide type for the following arguments": MXNet cannot infer an
+                # imported graph's input dtype; it is float32 and the forward pass says so.
+                warnings.simplefilter("ignore", UserWarning)
+                return mx.gluon.SymbolBlock.imports(
+                    self.path(SYMBOL_FILE), list(self.meta.inputs), params, ctx=device or mx.cpu()
+                )
 
     def copy_to(self, directory: str | Path) -> Bundle:
-        """The same bundle in ``directory`` (the three files only)."""
+        """The same bundle in ``directory`` (its three files only)."""
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
+        for name in self.files:
             shutil.copyfile(self.directory / name, target / name)
         return Bundle(target, self.meta)
 
+    def size_bytes(self) -> int:
+        """What the weights take on disk (the graph and description are a few KB)."""
+        return (self.directory / self.params_file).stat().st_size
 
-def write(directory: str | Path, net, meta: BundleMeta) -> Bundle:
-    """Export the hybridized ``net`` and its description into ``directory``."""
+
+def write(directory: str | Path, net, meta: BundleMeta, compress: bool = False) -> Bundle:
+    """Export the hybridized ``net`` (run at least once) and its description into
+    ``directory``; ``compress`` stores the weights gzip-compressed."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     net.export(os.path.join(directory, PREFIX), epoch=0)
     Path(directory, META_FILE).write_text(meta.to_json())
+    if compress:
+        compress_params(Path(directory))
     return Bundle(Path(directory), meta)
+
+
+def write_arrays(directory: str | Path, source: Bundle, arrays: dict, compress: bool) -> Bundle:
+    """A bundle with ``source``'s graph and description and the weights ``arrays`` (by saved
+    name, as :meth:`Bundle.arrays` gives them)."""
+    import mxnet as mx
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.path(SYMBOL_FILE), target / SYMBOL_FILE)
+    shutil.copyfile(source.path(META_FILE), target / META_FILE)
+    mx.nd.save(
+        str(target / PARAMS_FILE), {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}
+    )
+    if compress:
+        compress_params(target)
+    return Bundle(target, source.meta)
+
+
+def compress_params(directory: Path) -> None:
+    """Replace the plain weights file by its gzip-compressed copy."""
+    plain = directory / PARAMS_FILE
+    (directory / PARAMS_GZ_FILE).write_bytes(gzip.compress(plain.read_bytes(), compresslevel=9))
+    plain.unlink()
 
 
 def read(directory: str | Path) -> Bundle:
     """The bundle in ``directory``; BundleError when a file is missing or malformed."""
     folder = Path(directory)
-    missing = [name for name in FILES if not (folder / name).is_file()]
+    missing = [name for name in (SYMBOL_FILE, META_FILE) if not (folder / name).is_file()]
+    if not (folder / PARAMS_FILE).is_file() and not (folder / PARAMS_GZ_FILE).is_file():
+        missing.append(PARAMS_FILE)
     if missing:
         raise BundleError(f"{folder} holds no model bundle: {', '.join(missing)} missing")
     return Bundle(folder, BundleMeta.from_json((folder / META_FILE).read_text()))

@@ -4,7 +4,7 @@ MLflow dropped its Gluon flavor in 2.20, so a trained network is logged as a pyf
 artifacts are MXNet's own export files (``-symbol.json`` graph + ``.params`` weights, no pickle)
 and ``model.json`` with the input names, the input width, the class count and, for data
 whose labels were strings, the class names (the bundle format of
-``pipeline/tracking/bundle.py``).
+``pipeline/tracking/bundle.py``; a pruned model's weights come gzip-compressed).
 
 This file is logged as the model's code ("models from code"): MLflow stores the file itself,
 not a pickle of an object, and runs it on load. It must import nothing from this project,
@@ -13,7 +13,11 @@ only mlflow, mxnet and numpy.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import shutil
+import tempfile
 
 import mlflow.models
 import mlflow.pyfunc
@@ -33,12 +37,16 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         self._num_features = int(meta["num_features"])
         self._class_names = [str(n) for n in meta.get("class_names", ())]
         self._ctx = mx.cpu()
-        self._net = mx.gluon.SymbolBlock.imports(
-            context.artifacts["symbol"],
-            meta.get("inputs", ["data"]),
-            context.artifacts["params"],
-            ctx=self._ctx,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            params = context.artifacts["params"]
+            if params.endswith(".gz"):  # a pruned model's weights; MXNet reads a plain file
+                plain = os.path.join(tmp, "model-0000.params")
+                with gzip.open(params, "rb") as src, open(plain, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                params = plain
+            self._net = mx.gluon.SymbolBlock.imports(
+                context.artifacts["symbol"], meta.get("inputs", ["data"]), params, ctx=self._ctx
+            )
 
     def predict(self, context, model_input, params=None):
         import mxnet as mx

@@ -234,3 +234,17 @@ def live_driver(tags: dict[str, str]) -> str | None:
             alive = False
         return who if alive else None
     return who if time.time() - beat < 3 * HEARTBEAT_S else None
+
+
+@contextlib.contextmanager
+def quiet_mlflow():
+    """MLflow's INFO lines ("Registered model ...", download progress) off for a block."""
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -56,7 +56,7 @@ def gate_verdict(cfg: JobConfig, metrics: dict) -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def _tracking_uri_scope(uri: str):
+def tracking_uri_scope(uri: str):
     """``mlflow.set_tracking_uri`` for a block only: it sets a process global and the
     MLFLOW_TRACKING_URI variable, which must not leak into the program that called us."""
     import mlflow
@@ -102,6 +102,24 @@ def model_signature(model: Bundle, feature_example):
     return signature, example
 
 
+def log_bundle_model(model: Bundle, input_example):
+    """Log ``model`` as the active run's pyfunc model ``model`` (its signature and input
+    example computed by running it); MLflow's ModelInfo."""
+    import mlflow
+    import mxnet as mx
+    import numpy as np
+
+    signature, example = model_signature(model, input_example)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(model.pyfunc_code),
+        artifacts=model.artifacts(),
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
+    )
+
+
 def log_and_register_model(
     cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example, metrics: dict
 ) -> Registration | None:
@@ -131,15 +149,13 @@ def _log_and_register_model(
     cfg: JobConfig, run_id: str, checkpoint_dir: str, input_example, metrics: dict
 ) -> Registration | None:
     import mlflow
-    import mxnet as mx
-    import numpy as np
 
     uri = cfg.tracking.resolved_uri()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if has_password(uri):  # MLflow prints "View run at: <tracking URI>", password and all
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with (
-        _tracking_uri_scope(uri),
+        tracking_uri_scope(uri),
         tempfile.TemporaryDirectory() as tmp,
         warnings.catch_warnings(),
     ):
@@ -149,16 +165,8 @@ def _log_and_register_model(
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         # Only the bundle's own files are logged (the checkpoint holds more).
         model = bundle.read(checkpoint_dir).copy_to(tmp)
-        signature, example = model_signature(model, input_example)
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(model.pyfunc_code),
-                artifacts=model.artifacts(),
-                signature=signature,
-                input_example=example,
-                pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
-            )
+            info = log_bundle_model(model, input_example)
         if not cfg.tracking.register:
             return None
         withdraw_versions(uri, run_id)  # what an earlier, interrupted try left

@@ -3,7 +3,8 @@
 It puts together what every trained network needs, whatever the objective: initialisation,
 the precision mode, hybridization, the same starting weights on every rank, a Horovod
 ``DistributedTrainer`` with its own prefix (so the allreduce names of different networks never
-collide), gradient clipping and the global gradient norm.
+collide), gradient clipping and the global gradient norm; optionally the starting weights
+of a bundle, with its zeros held (``pipeline/train/init_weights.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from pipeline.distributed.collectives import broadcast_from_root
 from pipeline.train.context import WorkerContext
+from pipeline.train.init_weights import ZeroMask, load_weights, read_bundle
 
 #: Without clipping, the gradient norm is a metric only: sampled every this many steps (its
 #: kernel cost ~5% of a small MLP's step when run on every step).
@@ -33,7 +35,17 @@ class DistributedNetwork:
     """A network with its DistributedTrainer; ``step`` applies clipping and tracks the global
     gradient norm of the mean loss (the vanishing/exploding-gradient signal)."""
 
-    def __init__(self, context: WorkerContext, net, prefix: str, sample_inputs: list):
+    def __init__(
+        self,
+        context: WorkerContext,
+        net,
+        prefix: str,
+        sample_inputs: list,
+        start_from: str = "",
+        hold_zeros: bool = False,
+    ):
+        """``start_from``: a model bundle's URI whose weights replace the random ones;
+        ``hold_zeros``: its zero conv/dense weights stay zero (a pruned model's mask)."""
         import mxnet as mx
 
         cfg = context.cfg
@@ -46,7 +58,11 @@ class DistributedNetwork:
         net.hybridize(static_alloc=True)
         net(*(precision.inputs(x) for x in sample_inputs))  # resolve deferred shapes
         self.params = net.collect_params()
+        if start_from and context.rank == 0:  # the others get rank 0's weights just below
+            _, arrays = read_bundle(start_from, cfg.s3)
+            load_weights(self.params, arrays, start_from)
         broadcast_from_root(context.hvd, self.params, prefix)
+        self.zero_mask = ZeroMask(self.params) if hold_zeros else None
         self.trainable = [p for p in self.params.values() if p.grad_req != "null"]
         optim = cfg.optim
         kwargs: dict[str, Any] = {
@@ -95,6 +111,8 @@ class DistributedNetwork:
             scale = self.precision.gradient_scale(self.trainer)
             self._tally_grad_norm(batch_size * scale, clip)
         self.trainer.update(self.precision.update_divisor(batch_size))
+        if self.zero_mask is not None:
+            self.zero_mask.apply()
 
     def _gradients_finite(self) -> bool:
         """One fused kernel and a host sync per step: what AMP pays for the same check."""

@@ -82,7 +82,10 @@ class ClassificationTask:
             context.cfg.model.name, context.cfg.model.arch, info.feature_shape, info.num_classes
         )
         rows = mx.nd.zeros((2, info.num_features), ctx=context.device)
-        self.model = DistributedNetwork(context, net, "net", [rows])
+        init = context.cfg.init
+        self.model = DistributedNetwork(
+            context, net, "net", [rows], start_from=init.weights, hold_zeros=init.hold_zeros
+        )
         self.loss_fn = masked_loss_sum(gluon.loss.SoftmaxCrossEntropyLoss())
         self._losses: list = []  # per step, on the device; summed at the end of the epoch
         self._real = 0
