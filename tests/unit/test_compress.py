@@ -82,7 +82,8 @@ def test_a_pruned_model_keeps_its_zeros_through_training(tmp_path, hvd):
     tuned = one_rank_task(hvd, "digits-cnn", 1, sets)
     weights = {n: p.data().asnumpy() for n, p in tuned.model.params.items()}
     zero = {n: w == 0 for n, w in weights.items() if n.endswith("weight") and w.ndim >= 2}
-    assert np.mean(np.concatenate([z.ravel() for z in zero.values()])) == pytest.approx(0.8, abs=1e-4)
+    share = np.mean(np.concatenate([z.ravel() for z in zero.values()]))
+    assert share == pytest.approx(0.8, abs=1e-4)
     for batch in random_batches(6, seed=2):
         tuned.train_step(batch, 0.5)
     after = {n: p.data().asnumpy() for n, p in tuned.model.params.items()}
