@@ -146,7 +146,35 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run_job(cfg, progress=lambda msg: print(msg, flush=True), resume=args.resume)
     print_summary(result)
+    if cfg.compress.wanted:
+        make_variants(cfg, result)
     return 0
+
+
+def make_variants(cfg: JobConfig, result) -> None:
+    """The recipe's [compress] section: smaller variants of the model just registered."""
+    reg = result.registration
+    if reg is None or not reg.promoted:
+        print("\ncompress: skipped, the model did not pass its gate", flush=True)
+        return
+    from jobs.compress import format_table
+    from pipeline.compress.run import CompressRequest, compress
+
+    print(f"\ncompress: variants of {reg.name} version {reg.version}", flush=True)
+    rows = compress(
+        CompressRequest(
+            model=f"models:/{reg.name}/{reg.version}",
+            prune=cfg.compress.prune or None,
+            quantize=cfg.compress.quantize,
+            exclude=cfg.compress.exclude,
+            finetune_epochs=cfg.compress.finetune_epochs,
+            max_drop=cfg.compress.max_drop,
+            storage=cfg.storage.resolved_path(),
+            tracking_uri=result.tracking_uri,
+        ),
+        progress=lambda msg: print(msg, flush=True),
+    )
+    print("\n" + format_table(rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pipeline.config.schema import (
     REPO_ROOT,
     AugmentConfig,
     CheckpointConfig,
+    CompressConfig,
     DataConfig,
     InitConfig,
     JobConfig,
@@ -48,6 +49,7 @@ SECTIONS: dict[str, type] = {
     "scaling": ScalingConfig,
     "tracking": TrackingConfig,
     "checkpoint": CheckpointConfig,
+    "compress": CompressConfig,
     "storage": StorageConfig,
     "s3": S3Config,
 }

@@ -448,6 +448,38 @@ class CheckpointConfig(Section):
 
 
 @dataclass(frozen=True)
+class CompressConfig(Section):
+    """Smaller variants a training job makes of its model once it is registered and passed
+    its gate (what ``python -m jobs.compress`` does on its own)."""
+
+    KEY = "compress"
+
+    prune: float = option(
+        0.0,
+        "make a pruned variant with this share of conv/dense weights zeroed, fine-tuned with "
+        "the zeros held (0 = none)",
+        ge=0,
+        lt=1,
+    )
+    quantize: str = option("", "make an INT8 variant ('' = none)", choices=("", "int8"))
+    finetune_epochs: int = option(3, "epochs of fine-tuning after pruning", ge=1)
+    exclude: tuple[str, ...] = option(
+        (), "name patterns of layers the INT8 variant keeps in float32"
+    )
+    max_drop: float = option(
+        0.01,
+        "a variant whose test accuracy is lower than the model's by more than this is "
+        "registered without its alias",
+        ge=0,
+        le=1,
+    )
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.prune or self.quantize)
+
+
+@dataclass(frozen=True)
 class StorageConfig(Section):
     """Where run outputs (checkpoints, Ray Train state) are written."""
 
@@ -498,6 +530,7 @@ class JobConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     s3: S3Config = field(default_factory=S3Config)
 
@@ -508,6 +541,12 @@ class JobConfig:
             re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.recipe) is not None,
             "recipe",
             f"must be a plain name (letters, digits, '.', '_', '-'), got {self.recipe!r}",
+        )
+        require(
+            not self.compress.wanted or (self.tracking.enabled and self.tracking.register),
+            "compress",
+            "variants are registered beside the model: needs tracking.enabled and "
+            "tracking.register",
         )
         require(
             self.optim.precision == "float32" or self.scaling.use_gpu,
