@@ -295,6 +295,10 @@ class _Work:
                 f"fine-tuning lost the mask: {layers['all']:.4f} of the weights are zero, "
                 f"{sparsity:.4f} were pruned"
             )
+        self.progress(
+            "pruned: zeros per layer after fine-tuning: "
+            + ", ".join(f"{n.split(':', 1)[-1]} {v:.2f}" for n, v in layers.items() if n != "all")
+        )
         bundle.compress_params(model.directory)
         extra = {f"finetune_{k}": v for k, v in result.metrics.items() if k in _FINETUNE_METRICS}
         extra["sparsity"] = layers["all"]
