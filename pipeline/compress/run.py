@@ -242,7 +242,9 @@ class _Work:
         calibration = read_split(
             self.info, "train", self.source.cfg.s3, limit=request.calibration_rows
         )
-        quantized = quantize_classifier(self.reference, calibration.x, request.exclude)
+        # A copy of its own: quantizing re-hybridizes the network it is given, and the
+        # reference must stay as it is timed.
+        quantized = quantize_classifier(self.source.bundle.load(), calibration.x, request.exclude)
         quantized(_nd(self.test.x[:2]))  # export needs one call
         model = bundle.write(self.tmp / "int8", quantized, self.source.bundle.meta)
         row, metrics = self._row("int8", model, _ready(model.load()), {})
@@ -284,10 +286,12 @@ class _Work:
             f"before fine-tuning); fine-tuning {cfg.optim.epochs} epochs on "
             f"{cfg.scaling.num_workers} workers with the zeros held"
         )
-        result = run_job(cfg, progress=self.progress)
-        with verified_checkpoint(result.checkpoint) as ckpt:
-            model = bundle.read(ckpt).copy_to(self.tmp / "pruned")
-        self._delete(start_uri)
+        try:
+            result = run_job(cfg, progress=self.progress)
+            with verified_checkpoint(result.checkpoint) as ckpt:
+                model = bundle.read(ckpt).copy_to(self.tmp / "pruned")
+        finally:
+            self._delete(start_uri)
         tuned = model.arrays()
         layers = sparsity_by_layer(tuned)
         if layers["all"] < sparsity - 1e-3:
