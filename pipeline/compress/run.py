@@ -118,12 +118,12 @@ def compress(request: CompressRequest, progress: Progress = print) -> list[Row]:
             f"{source.cfg.recipe}), data {source.cfg.data.uri}"
         )
         work = _Work(request, source, Path(tmp), uri, progress)
-        rows = [work.float32_row()]
+        variants = []
         if request.quantize:
-            rows.append(work.int8())
+            variants.append(work.int8())
         if request.prune is not None:
-            rows.append(work.pruned())
-    return rows
+            variants.append(work.pruned())
+    return [work.float32_row(), *variants]
 
 
 class _Work:
@@ -152,7 +152,9 @@ class _Work:
         )
 
     def float32_row(self) -> Row:
-        b1, b64, _, _ = self._latency(self.reference)
+        """The source's line: its latencies as timed beside the first variant."""
+        assert self.reference_latency is not None, "measured with a variant"
+        b1, b64 = self.reference_latency
         return Row(
             "float32",
             self.reference_size,
@@ -178,6 +180,8 @@ class _Work:
         """Measure ``net`` (loaded from ``model``, as the registry will serve it)."""
         acc = accuracy(net, self.test)
         ref1, ref64, ratio1, ratio64 = self._latency(net)
+        if self.reference_latency is None:
+            self.reference_latency = (ref1, ref64)
         nonzero = nonzero_params(model.arrays())
         delta = acc - self.reference_accuracy
         row = Row(
