@@ -29,7 +29,7 @@ from pipeline.compress.prune import (
     sparsity_by_layer,
 )
 from pipeline.compress.quantize import CALIBRATION_ROWS, quantize_classifier
-from pipeline.config import InitConfig, TrackingConfig
+from pipeline.config import CompressConfig, InitConfig, TrackingConfig
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.storage import resolve
 from pipeline.tracking import bundle
@@ -352,8 +352,10 @@ class _Work:
             init=InitConfig(weights=start_uri, hold_zeros=True),
             optim=optim,
             scaling=scaling,
-            # The variant's run records the fine-tuning; the job itself tracks nothing.
+            # The variant's run records the fine-tuning; the job itself tracks nothing and
+            # makes no variants of its own.
             tracking=dataclasses.replace(cfg.tracking, enabled=False),
+            compress=CompressConfig(),
             storage=dataclasses.replace(cfg.storage, path=self._storage()),
         )
 

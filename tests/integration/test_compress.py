@@ -46,7 +46,7 @@ def test_compress_registers_a_pruned_and_an_int8_variant(digits_uri, tmp_path):
     variants = {a: client.get_model_version_by_alias("digits-cnn", a) for a in ("int8", "pruned")}
     for name, version in variants.items():
         assert version.tags["mxtrain.variant"] == name
-        assert version.tags["mxtrain.source_version"] == source.version
+        assert version.tags["mxtrain.source_version"] == str(source.version)
         assert version.description.startswith(f"{'INT8' if name == 'int8' else 'Pruned'} variant")
         run = client.get_run(version.run_id)
         assert run.info.status == "FINISHED"
