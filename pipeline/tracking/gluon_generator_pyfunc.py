@@ -11,10 +11,12 @@ this project, only mlflow, mxnet, numpy.
 from __future__ import annotations
 
 import json
+import warnings
 
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 
 class GluonGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
@@ -26,14 +28,18 @@ class GluonGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         self._latent = int(meta["latent_dim"])
         self._classes = int(meta["num_classes"])
         self._ctx = mx.cpu()
-        self._net = mx.gluon.SymbolBlock.imports(
-            context.artifacts["symbol"],
-            meta.get("inputs", ["data0", "data1"]),
-            context.artifacts["params"],
-            ctx=self._ctx,
-        )
+        with warnings.catch_warnings():  # "Cannot decide type": the inputs are float32
+            warnings.simplefilter("ignore", UserWarning)
+            self._net = mx.gluon.SymbolBlock.imports(
+                context.artifacts["symbol"],
+                meta.get("inputs", ["data0", "data1"]),
+                context.artifacts["params"],
+                ctx=self._ctx,
+            )
 
-    def predict(self, context, model_input, params=None):
+    # The hint is what the signature's label column hands us; MLflow infers no schema from
+    # it (the logged signature is the schema) and asks for no other.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         import mxnet as mx
 
         if hasattr(model_input, "columns"):  # a pandas DataFrame

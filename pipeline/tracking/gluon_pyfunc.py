@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import mlflow.models
 import mlflow.pyfunc
@@ -37,7 +38,9 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         self._num_features = int(meta["num_features"])
         self._class_names = [str(n) for n in meta.get("class_names", ())]
         self._ctx = mx.cpu()
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # "Cannot decide type for the following arguments": the input is float32.
+            warnings.simplefilter("ignore", UserWarning)
             params = context.artifacts["params"]
             if params.endswith(".gz"):  # a pruned model's weights; MXNet reads a plain file
                 plain = os.path.join(tmp, "model-0000.params")
@@ -48,7 +51,9 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
                 context.artifacts["symbol"], meta.get("inputs", ["data"]), params, ctx=self._ctx
             )
 
-    def predict(self, context, model_input, params=None):
+    # The hint is what the signature's tensor spec hands us; MLflow infers no schema from it
+    # (the logged signature is the schema) and asks for no other.
+    def predict(self, context, model_input: np.ndarray, params=None):
         import mxnet as mx
 
         if hasattr(model_input, "to_numpy"):  # a pandas DataFrame
