@@ -28,7 +28,11 @@ from pipeline.compress.prune import (
     nonzero_params,
     sparsity_by_layer,
 )
-from pipeline.compress.quantize import CALIBRATION_ROWS, quantize_classifier
+from pipeline.compress.quantize import (
+    CALIBRATION_ROWS,
+    int8_storage,
+    quantize_classifier,
+)
 from pipeline.config import CompressConfig, InitConfig, TrackingConfig
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.storage import resolve
@@ -251,11 +255,14 @@ class _Work:
         quantized = quantize_classifier(self.source.bundle.load(), calibration.x, request.exclude)
         quantized(_nd(self.test.x[:2]))  # export needs one call
         model = bundle.write(self.tmp / "int8", quantized, self.source.bundle.meta)
+        model = bundle.pack_int8(model, *int8_storage(model))
         row, metrics = self._row("int8", model, _ready(model.load()), {})
         description = (
             f"INT8 variant of {self.source.name} version {self.source.version}: weights and "
             f"activations int8 (MXNet oneDNN, calibrated on {len(calibration.y):,} training "
-            f"rows, min/max), float32 layers: {', '.join(request.exclude) or 'none'}. Weights "
+            f"rows, min/max), float32 layers: {', '.join(request.exclude) or 'none'}; "
+            "convolution weights stored as int8, batch norm folded into them as oneDNN does "
+            "when the model first runs. Weights "
             f"{row.size_bytes:,} bytes ({metrics['size_ratio']:.2f}x), CPU latency "
             f"{row.ratio_b64:.2f}x at batch 64 and {row.ratio_b1:.2f}x at batch 1, test "
             f"accuracy {row.accuracy:.4f} ({row.delta:+.4f})."

@@ -16,6 +16,7 @@ bundle through each of them.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -73,6 +74,10 @@ class BundleMeta:
         latent_dim: length of the noise vector (generators only, else 0).
         class_names: the classes' names, index = class, when the data's labels were strings
             (the classifier's pyfunc then returns them with the probabilities); else empty.
+        int8_weights: weights stored as int8 with a float32 scale (``NAME`` and ``NAME`` +
+            :data:`SCALE_SUFFIX` in the params file), to be
+            dequantized before the graph is loaded: an INT8 model whose operators quantize
+            float32 weights themselves (:func:`pack_int8`).
     """
 
     kind: str
@@ -83,6 +88,7 @@ class BundleMeta:
     num_classes: int
     latent_dim: int = 0
     class_names: tuple[str, ...] = ()
+    int8_weights: tuple[str, ...] = ()
 
     @classmethod
     def for_data(cls, kind: str, epoch: int, info: DatasetInfo, latent_dim: int = 0) -> BundleMeta:
@@ -114,6 +120,7 @@ class BundleMeta:
                 num_classes=int(raw["num_classes"]),
                 latent_dim=int(raw.get("latent_dim", 0)),
                 class_names=tuple(str(n) for n in raw.get("class_names", ())),
+                int8_weights=tuple(str(n) for n in raw.get("int8_weights", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{META_FILE} is not a bundle description: {exc!r}") from None
@@ -164,7 +171,7 @@ class Bundle:
         loaded = mx.nd.load_frombuffer(raw)
         if not isinstance(loaded, dict):
             raise BundleError(f"{self.params_file} holds no named weights")
-        return {name: array.asnumpy() for name, array in loaded.items()}
+        return unpack_int8({name: a.asnumpy() for name, a in loaded.items()}, self.meta)
 
     @property
     def pyfunc_code(self) -> Path:
@@ -176,11 +183,10 @@ class Bundle:
 
         with tempfile.TemporaryDirectory() as tmp:
             params = self.path(self.params_file)
-            if self.params_file == PARAMS_GZ_FILE:  # MXNet reads weights from a file only
+            if self.params_file == PARAMS_GZ_FILE or self.meta.int8_weights:
+                # MXNet reads weights from a plain file only.
                 params = os.path.join(tmp, PARAMS_FILE)
-                Path(params).write_bytes(
-                    gzip.decompress(Path(self.path(PARAMS_GZ_FILE)).read_bytes())
-                )
+                save_arrays(params, self.arrays())
             with warnings.catch_warnings():
                 # "Cannot decide type for the following arguments": MXNet cannot infer an
                 # imported graph's input dtype; it is float32 and the forward pass says so.
@@ -216,18 +222,53 @@ def write(directory: str | Path, net, meta: BundleMeta, compress: bool = False) 
 def write_arrays(directory: str | Path, source: Bundle, arrays: dict, compress: bool) -> Bundle:
     """A bundle with ``source``'s graph and description and the weights ``arrays`` (by saved
     name, as :meth:`Bundle.arrays` gives them)."""
-    import mxnet as mx
-
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source.path(SYMBOL_FILE), target / SYMBOL_FILE)
     shutil.copyfile(source.path(META_FILE), target / META_FILE)
-    mx.nd.save(
-        str(target / PARAMS_FILE), {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}
-    )
+    save_arrays(str(target / PARAMS_FILE), arrays)
     if compress:
         compress_params(target)
     return Bundle(target, source.meta)
+
+
+def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Host arrays as an MXNet params file (names as :meth:`Bundle.arrays` gives them)."""
+    import mxnet as mx
+
+    mx.nd.save(path, {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()})
+
+
+#: The name suffix of an int8-stored weight's scale.
+SCALE_SUFFIX = "__int8_scale"
+
+
+def pack_int8(model: Bundle, arrays: dict[str, np.ndarray], names: list[str]) -> Bundle:
+    """Write ``arrays`` as the bundle's weights, those of ``names`` (without ``arg:``) as
+    int8 with one scale per tensor (max |w| / 127, what oneDNN's INT8 operators use), and
+    record them in ``model.json``; they are dequantized on load (:func:`unpack_int8`)."""
+    packed = dict(arrays)
+    for name in names:
+        w = packed.pop(f"arg:{name}")
+        peak = float(np.abs(w).max())
+        step = np.float32(peak / 127.0 if peak > 0 else 1.0)
+        packed[f"arg:{name}"] = np.clip(np.rint(w / step), -127, 127).astype(np.int8)
+        packed[f"arg:{name}{SCALE_SUFFIX}"] = np.array([step], dtype=np.float32)
+    meta = dataclasses.replace(model.meta, int8_weights=tuple(names))
+    Path(model.path(META_FILE)).write_text(meta.to_json())
+    save_arrays(model.path(PARAMS_FILE), packed)
+    return Bundle(model.directory, meta)
+
+
+def unpack_int8(arrays: dict[str, np.ndarray], meta: BundleMeta) -> dict[str, np.ndarray]:
+    """The float32 weights of ``meta.int8_weights`` back from int8 and their scales (the
+    other arrays as they are)."""
+    out = dict(arrays)
+    for name in meta.int8_weights:
+        q = out[f"arg:{name}"]
+        scale = out.pop(f"arg:{name}{SCALE_SUFFIX}")
+        out[f"arg:{name}"] = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (q.ndim - 1))
+    return out
 
 
 def compress_params(directory: Path) -> None:

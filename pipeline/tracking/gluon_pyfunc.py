@@ -4,7 +4,8 @@ MLflow dropped its Gluon flavor in 2.20, so a trained network is logged as a pyf
 artifacts are MXNet's own export files (``-symbol.json`` graph + ``.params`` weights, no pickle)
 and ``model.json`` with the input names, the input width, the class count and, for data
 whose labels were strings, the class names (the bundle format of
-``pipeline/tracking/bundle.py``; a pruned model's weights come gzip-compressed).
+``pipeline/tracking/bundle.py``; a pruned model's weights come gzip-compressed, an INT8
+model's convolution weights as int8 with their scale).
 
 This file is logged as the model's code ("models from code"): MLflow stores the file itself,
 not a pickle of an object, and runs it on load. It must import nothing from this project,
@@ -47,6 +48,16 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
                 with gzip.open(params, "rb") as src, open(plain, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 params = plain
+            packed = meta.get("int8_weights", [])
+            if packed:  # an INT8 model's convolution weights, stored as int8 + a scale
+                arrays = mx.nd.load(params)
+                for name in packed:
+                    q = arrays[f"arg:{name}"].astype("float32")
+                    scale = arrays.pop(f"arg:{name}__int8_scale")
+                    shape = (-1,) + (1,) * (q.ndim - 1)
+                    arrays[f"arg:{name}"] = mx.nd.broadcast_mul(q, scale.reshape(shape))
+                params = os.path.join(tmp, "model-float32.params")
+                mx.nd.save(params, arrays)
             self._net = mx.gluon.SymbolBlock.imports(
                 context.artifacts["symbol"], meta.get("inputs", ["data"]), params, ctx=self._ctx
             )
