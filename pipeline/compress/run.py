@@ -146,7 +146,8 @@ class _Work:
         self.reference = _ready(source.bundle.load())
         self.reference_accuracy = accuracy(self.reference, self.test)
         self.reference_size = source.bundle.size_bytes()
-        self.reference_nonzero = nonzero_params(source.bundle.arrays())
+        self.reference_arrays = source.bundle.arrays()
+        self.reference_nonzero = nonzero_params(self.reference_arrays)
         self.reference_latency: tuple[float, float] | None = None
         logged = source.metrics.get("test_accuracy")
         progress(
@@ -286,7 +287,7 @@ class _Work:
 
         request, source = self.request, self.source
         sparsity = float(request.prune or 0.0)
-        arrays = source.bundle.arrays()
+        arrays = self.reference_arrays
         masked = apply_masks(arrays, global_magnitude_masks(arrays, sparsity))
         start = bundle.write_arrays(self.tmp / "pruned-start", source.bundle, masked, False)
         start_uri = self._upload(start)

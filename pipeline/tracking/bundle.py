@@ -163,15 +163,8 @@ class Bundle:
     def arrays(self) -> dict[str, np.ndarray]:
         """The weights by MXNet's saved names (``arg:conv0_weight``, ``aux:...``), on the
         host."""
-        import mxnet as mx
-
         raw = Path(self.path(self.params_file)).read_bytes()
-        if self.params_file == PARAMS_GZ_FILE:
-            raw = gzip.decompress(raw)
-        loaded = mx.nd.load_frombuffer(raw)
-        if not isinstance(loaded, dict):
-            raise BundleError(f"{self.params_file} holds no named weights")
-        return unpack_int8({name: a.asnumpy() for name, a in loaded.items()}, self.meta)
+        return decode_params(raw, self.params_file, self.meta)
 
     @property
     def pyfunc_code(self) -> Path:
@@ -208,15 +201,31 @@ class Bundle:
         return (self.directory / self.params_file).stat().st_size
 
 
-def write(directory: str | Path, net, meta: BundleMeta, compress: bool = False) -> Bundle:
+def write(directory: str | Path, net, meta: BundleMeta) -> Bundle:
     """Export the hybridized ``net`` (run at least once) and its description into
-    ``directory``; ``compress`` stores the weights gzip-compressed."""
+    ``directory``."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     net.export(os.path.join(directory, PREFIX), epoch=0)
     Path(directory, META_FILE).write_text(meta.to_json())
-    if compress:
-        compress_params(Path(directory))
     return Bundle(Path(directory), meta)
+
+
+def decode_params(raw: bytes, name: str, meta: BundleMeta) -> dict[str, np.ndarray]:
+    """A weights file's bytes (``name``: plain or gzip-compressed) as host arrays by saved
+    name, int8-stored weights turned back into float32; BundleError when it holds no named
+    weights. The one reader of a bundle's weights, wherever the bytes come from (a folder,
+    or storage for ``init.weights``)."""
+    import mxnet as mx
+
+    if name == PARAMS_GZ_FILE:
+        raw = gzip.decompress(raw)
+    try:
+        loaded = mx.nd.load_frombuffer(raw)
+    except mx.base.MXNetError as exc:
+        raise BundleError(f"{name} is not an MXNet weights file ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise BundleError(f"{name} holds no named weights")
+    return unpack_int8({key: a.asnumpy() for key, a in loaded.items()}, meta)
 
 
 def write_arrays(directory: str | Path, source: Bundle, arrays: dict, compress: bool) -> Bundle:

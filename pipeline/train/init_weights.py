@@ -21,11 +21,8 @@ from pipeline.tracking import bundle
 
 
 def read_bundle(uri: str, s3) -> tuple[bundle.BundleMeta, dict[str, np.ndarray]]:
-    """The description and weights of the bundle at ``uri`` (a folder or s3:// prefix)."""
-    import gzip
-
-    import mxnet as mx
-
+    """The description and weights of the bundle at ``uri`` (a folder or s3:// prefix), the
+    weights by name without MXNet's ``arg:``/``aux:`` prefix."""
     location = resolve(uri, s3)
     fs = location.filesystem
 
@@ -37,9 +34,11 @@ def read_bundle(uri: str, s3) -> tuple[bundle.BundleMeta, dict[str, np.ndarray]]
             return None
 
     meta_text = fetch(bundle.META_FILE)
-    params = fetch(bundle.PARAMS_FILE)
-    if params is None and (packed := fetch(bundle.PARAMS_GZ_FILE)) is not None:
-        params = gzip.decompress(packed)
+    params_name = bundle.PARAMS_FILE
+    params = fetch(params_name)
+    if params is None:
+        params_name = bundle.PARAMS_GZ_FILE
+        params = fetch(params_name)
     if meta_text is None or params is None:
         raise StorageError(
             f"init.weights={uri}: no model bundle there ({bundle.META_FILE} and "
@@ -47,12 +46,10 @@ def read_bundle(uri: str, s3) -> tuple[bundle.BundleMeta, dict[str, np.ndarray]]
         )
     try:
         meta = bundle.BundleMeta.from_json(meta_text.decode())
-        loaded = mx.nd.load_frombuffer(params)
-    except (bundle.BundleError, mx.base.MXNetError, UnicodeDecodeError) as exc:
+        arrays = bundle.decode_params(params, params_name, meta)
+    except (bundle.BundleError, UnicodeDecodeError) as exc:
         raise ConfigError(f"init.weights={uri}: not a readable model bundle ({exc})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"init.weights={uri}: its weights file holds no named weights")
-    return meta, {name.split(":", 1)[-1]: a.asnumpy() for name, a in loaded.items()}
+    return meta, {name.split(":", 1)[-1]: a for name, a in arrays.items()}
 
 
 def match_weights(params, arrays: dict[str, np.ndarray], uri: str) -> list:

@@ -50,14 +50,11 @@ def test_global_pruning_zeroes_the_smallest_weights_over_all_layers():
         global_magnitude_masks(weights, 1.0)
 
 
-def _export(net, directory, arrays=None, compress=False) -> bundle.Bundle:
-    meta = bundle.BundleMeta.for_data("classifier", 0, INFO)
-    written = bundle.write(directory, net, meta)
-    if arrays is None and not compress:
-        return written
-    return bundle.write_arrays(
-        f"{directory}-2", written, arrays or written.arrays(), compress=compress
-    )
+def _export(net, directory, compress=False) -> bundle.Bundle:
+    written = bundle.write(directory, net, bundle.BundleMeta.for_data("classifier", 0, INFO))
+    if compress:
+        bundle.compress_params(written.directory)
+    return written
 
 
 def _small_cnn():
