@@ -49,7 +49,7 @@ def test_a_driver_started_by_hand_forwards_its_env_and_a_submitted_job_only_what
     runtime env already holds them, and Ray refuses a key given twice."""
     import json
 
-    from pipeline.launch import _submitted_job_env_vars
+    from pipeline.distributed.ray_runtime import _submitted_job_env_vars
 
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     assert _submitted_job_env_vars() == {}

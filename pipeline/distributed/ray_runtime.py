@@ -1,0 +1,111 @@
+"""The Ray a driver works in: a local one started and ended here, or the cluster at
+RAY_ADDRESS; and SIGTERM turned into the Ctrl-C that unwinds a driver cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+from pipeline.distributed.threads import thread_env
+from pipeline.tracking import outage
+
+Progress = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def ray_runtime(cpus: float, threads: int, progress: Progress) -> Iterator[None]:
+    """A local Ray with room for ``cpus`` CPUs of work, its processes set to ``threads``
+    compute threads each, started and ended here; or a connection to the cluster at
+    RAY_ADDRESS."""
+    import ray
+
+    env = {
+        **thread_env(threads),
+        "PYTHONWARNINGS": "ignore",
+        # A worker killed by a signal (an MXNet crash, say) leaves its Python stack in its log.
+        "PYTHONFAULTHANDLER": "1",
+        # Ray Train re-routes print() through its logger, which shows every line twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # How often Train's controller collects the workers' reports. A worker holds one
+        # uncollected report; the next ray.train.report blocks until the controller's poll
+        # takes it. At Ray's default of 2 s every mid-epoch checkpoint (checkpoint.every_steps)
+        # cost 1.35 s of training (make bench, checkpoint_stall); at 0.2 s about 0.02 s.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
+        ),
+    }
+    env.update(outage.FAST_FAILING)  # rank 0's logger retries by itself (tracking/outage.py)
+    for name in ("MXTRAIN_TRACE_DIR", "MLFLOW_S3_ENDPOINT_URL"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    runtime_env = {"env_vars": env}
+    address = os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():  # an embedding program (or a test) owns Ray
+        yield
+        return
+    if address:
+        progress(f"connecting to the Ray cluster at {address}")
+        # Inside a submitted job, the job's runtime env already set some of these; Ray
+        # refuses the same key twice, so only what differs is passed again. A driver run by
+        # hand against the cluster has no job env: everything is passed (its own shell's
+        # variables never reach the cluster's workers otherwise).
+        inherited = _submitted_job_env_vars()
+        runtime_env = {"env_vars": {k: v for k, v in env.items() if inherited.get(k) != v}}
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
+        # logical CPUs are slots, not cores.
+        num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))
+        progress(f"starting a local Ray ({num_cpus} logical CPUs); set RAY_ADDRESS for a cluster")
+        ray.init(
+            num_cpus=num_cpus,
+            # Ray Train v2 watches its controller through the State API, which the
+            # dashboard process serves; without it the driver logs a warning every second.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    stop_on_sigterm()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _submitted_job_env_vars() -> dict[str, str]:
+    """The env_vars of the runtime env of the submitted job this driver runs in (Ray's job
+    supervisor hands the job's config to its entrypoint in RAY_JOB_CONFIG_JSON_ENV_VAR); {} for
+    a driver started by hand."""
+    import json
+
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        env_vars = (config.get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in env_vars.items()}
+
+
+#: Signals received by :func:`stop`, newest last.
+RECEIVED_SIGNALS: list[int] = []
+
+
+def stop(signum: int, _frame) -> None:
+    """SIGTERM unwinds the driver as Ctrl-C does. It must be a KeyboardInterrupt: Ray's
+    ``ray.get`` lets that one through and mangles other exceptions raised in a handler."""
+    RECEIVED_SIGNALS.append(signum)
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the job in the main thread (see :func:`stop`). Called again after
+    ``ray.init``, which installs handlers of its own (a Python one, and a native one that
+    aborts the process)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
