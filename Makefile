@@ -34,7 +34,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress predict serve mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -100,6 +100,17 @@ QUANTIZE ?= int8
 compress: $(STAMP) ## Smaller variants of MODEL=models:/<name>@<alias>: PRUNE=0.8 (magnitude-pruned, fine-tuned) and QUANTIZE=int8, measured and registered
 	@test -n "$(MODEL)" || { echo "error: give the model to compress: make compress MODEL=models:/<name>@<alias> (e.g. models:/fashion-cnn@candidate)" >&2; exit 2; }
 	$(BIN)/python -m jobs.compress --model "$(MODEL)" $(if $(PRUNE),--prune $(PRUNE)) $(if $(QUANTIZE),--quantize $(QUANTIZE)) $(ARGS)
+
+OUT ?=
+SERVE_PORT ?= 5001
+predict: $(STAMP) ## Score DATA (Parquet folder or s3://) with MODEL=models:/<name>@<alias>; predictions as Parquet to OUT (Ray Data, 2 actors)
+	@test -n "$(MODEL)" || { echo "error: give the model: make predict MODEL=models:/<name>@<alias> DATA=<parquet> OUT=<folder> (e.g. MODEL=models:/digits-cnn@candidate DATA=data/digits/test OUT=runs/predictions/digits-test)" >&2; exit 2; }
+	@test -n "$(OUT)" || { echo "error: give the output folder: make predict MODEL=$(MODEL) DATA=<parquet> OUT=<folder or s3://bucket/prefix>" >&2; exit 2; }
+	$(BIN)/python -m jobs.predict --model "$(MODEL)" --data "$(DATA)" --out "$(OUT)" $(ARGS)
+
+serve: $(STAMP) ## Serve MODEL=models:/<name>@<alias> over HTTP on 127.0.0.1:SERVE_PORT (MLflow's scoring server; Ctrl-C stops it)
+	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/<name>@<alias> (e.g. models:/digits-cnn@candidate)" >&2; exit 2; }
+	$(BIN)/python -m jobs.serve --model "$(MODEL)" --port $(SERVE_PORT) $(ARGS)
 
 mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)

@@ -59,15 +59,18 @@ def inspect_own_parquet(data: DataConfig, seed: int, s3: S3Config | None = None)
     """The data set at ``data.uri`` read through the column keys; DataError if it cannot be."""
     check_access(data.uri, s3)
     loc = resolve(data.uri, s3)
-    found = _list_parquet(loc)
+    found = list_parquet(loc)
     layout, plan = _plan_splits(data, seed, loc, found)
     files = {path: _footer(loc, path, size) for path, size in found if _used(path, plan)}
     first_train = files[plan["train"][0][0]]
     data = dataclasses.replace(
-        data, feature_columns=_expand(first_train.schema, data, loc.uri_of(first_train.path))
+        data,
+        feature_columns=expand_feature_columns(
+            first_train.schema, data, loc.uri_of(first_train.path)
+        ),
     )
     for f in [first_train] + [f for f in files.values() if f is not first_train]:
-        _check_columns(f.schema, data, loc.uri_of(f.path))
+        check_columns(f.schema, data, loc.uri_of(f.path))
     numbers = {path: i for i, path in enumerate(sorted(files))}
     draft = ColumnMapping(
         label=data.label_column,
@@ -97,7 +100,7 @@ def inspect_own_parquet(data: DataConfig, seed: int, s3: S3Config | None = None)
 # -- which files and rows make each split -------------------------------------------------------
 
 
-def _list_parquet(loc: Location) -> list[tuple[str, int]]:
+def list_parquet(loc: Location) -> list[tuple[str, int]]:
     """Every ``.parquet`` file under the URI, at any depth; names starting with ``_`` or ``.``
     (Spark's ``_SUCCESS``, ``_temporary/``, hidden files) are not data."""
     selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
@@ -203,7 +206,7 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
 
 
-def _expand(schema: pa.Schema, data: DataConfig, where: str) -> tuple[str, ...]:
+def expand_feature_columns(schema: pa.Schema, data: DataConfig, where: str) -> tuple[str, ...]:
     """``data.feature_columns`` with each pattern (``px_*``, ``*``) replaced by the columns it
     matches, in the file's order; the label, id and split columns never match a pattern."""
     taken = {data.label_column, data.id_column, data.split_column}
@@ -222,9 +225,10 @@ def _expand(schema: pa.Schema, data: DataConfig, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_columns(schema: pa.Schema, data: DataConfig, where: str) -> None:
-    """Every named column exists with a type it can be read as."""
-    wanted = [(data.label_column, "data.label_column")]
+def check_columns(schema: pa.Schema, data: DataConfig, where: str, label: bool = True) -> None:
+    """Every named column exists with a type it can be read as (the label column too, unless
+    ``label`` is false: data to score may have none)."""
+    wanted = [(data.label_column, "data.label_column")] if label else []
     wanted += [(name, "data.feature_columns") for name in data.feature_columns]
     for name, key in (
         (data.image_column, "data.image_column"),
@@ -247,8 +251,8 @@ def _check_columns(schema: pa.Schema, data: DataConfig, where: str) -> None:
             f"{where}: column {name!r} ({key}) is {schema.field(name).type}, expected {expected}"
         )
 
-    label = schema.field(data.label_column).type
-    if not (pa.types.is_integer(label) or is_string(label)):
+    label_type = schema.field(data.label_column).type if label else pa.int64()
+    if not (pa.types.is_integer(label_type) or is_string(label_type)):
         refuse(data.label_column, "data.label_column", "integers or strings")
     if data.image_column and not images.is_image_type(schema.field(data.image_column).type):
         refuse(

@@ -30,6 +30,9 @@ class SourceModel:
     run_id: str
     experiment_id: str
     bundle: Bundle
+    #: The downloaded MLflow model folder (MLmodel, the pyfunc code, the bundle's files),
+    #: there as long as the directory given to :func:`fetch_source_model`.
+    path: Path
     #: The configuration the source run trained with (from its params).
     cfg: JobConfig
     metrics: dict[str, float]
@@ -113,6 +116,7 @@ def fetch_source_model(uri: str, tracking_uri: str, directory: str | Path) -> So
         run_id=found.run_id,
         experiment_id=run.info.experiment_id,
         bundle=model,
+        path=Path(local),
         cfg=config_from_params(run.data.params),
         metrics=dict(run.data.metrics),
     )

@@ -1,0 +1,207 @@
+"""Batch scoring for real: a trained, registered model scores the digits test split with Ray
+Data actors, from local disk and from the S3 server, and MLflow's scoring server answers
+REST calls with the same probabilities."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow.pyfunc
+import mxnet as mx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.config import load_job_config
+from pipeline.data.contract import MANIFEST
+from pipeline.launch import run_job
+from pipeline.predict.run import PredictRequest, predict
+from tests.conftest import REPO, list_keys, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _test_split(digits_uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = pq.read_table(f"{digits_uri}/test")
+    x = np.stack(table.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+    return table.column("id").to_numpy(), x, table.column("label").to_numpy()
+
+
+def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
+    digits_uri, s3_env, tmp_path
+):
+    bucket, env = s3_env
+    cfg = load_job_config(
+        "digits-cnn",
+        [
+            f"data.uri={digits_uri}",
+            f"storage.path={tmp_path / 'runs'}",
+            "optim.epochs=4",
+            "tracking.gate_min=0.9",
+        ],
+    )
+    result = run_job(cfg, progress=lambda _msg: None)
+    assert result.registration is not None and result.registration.promoted
+    model = "models:/digits-cnn@candidate"
+
+    lines: list[str] = []
+    summary = predict(
+        PredictRequest(model, f"{digits_uri}/test", str(tmp_path / "preds"), batch_size=64),
+        progress=lines.append,
+    )
+    ids, x, labels = _test_split(digits_uri)
+    out = pq.read_table(tmp_path / "preds")
+    assert out.column_names == ["id", "label", "prediction", "probabilities"]
+    assert summary.rows == out.num_rows == len(ids)
+    # Every row once, each with what the pyfunc loaded here gives it.
+    order = np.argsort(out.column("id").to_numpy())
+    assert (out.column("id").to_numpy()[order] == np.sort(ids)).all()
+    reference = mlflow.pyfunc.load_model(model).predict(x[np.argsort(ids)])
+    probs = np.stack(out.column("probabilities").to_numpy(zero_copy_only=False))[order]
+    np.testing.assert_allclose(probs, reference, rtol=1e-5, atol=1e-7)
+    assert (out.column("prediction").to_numpy()[order] == reference.argmax(axis=1)).all()
+    assert (out.column("label").to_numpy()[order] == labels[np.argsort(ids)]).all()
+    # The job's accuracy is the training run's own test_accuracy.
+    assert summary.accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-9)
+
+    manifest = json.loads((tmp_path / "preds" / MANIFEST).read_text())
+    assert manifest["rows"] == len(ids) and manifest["model"] == "models:/digits-cnn/1"
+    run = MlflowClient().get_run(summary.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model_version"] == "1"
+    assert run.data.params["data_digest"] == manifest["data_digest"]
+    assert run.data.metrics["rows"] == len(ids)
+    assert run.data.metrics["accuracy"] == pytest.approx(summary.accuracy)
+    assert run.inputs.dataset_inputs[0].dataset.digest == manifest["data_digest"][:36]
+    assert any("scoring with 2 actors" in line for line in lines)
+
+    # From the S3 server to the S3 server, as a user runs it: one summary, rows/s, the place.
+    for path in sorted(Path(digits_uri, "test").iterdir()):
+        import boto3
+
+        boto3.client("s3").upload_file(str(path), bucket, f"digits-test/{path.name}")
+    argv = [
+        "jobs.predict",
+        "--model",
+        model,
+        "--data",
+        f"s3://{bucket}/digits-test",
+        "--out",
+        f"s3://{bucket}/preds",
+    ]
+    done = run_cli(*argv, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"scored {len(ids)} rows from 2 files" in done.stdout and "rows/s" in done.stdout
+    assert f"to s3://{bucket}/preds" in done.stdout
+    assert f"accuracy on the labelled rows: {summary.accuracy:.4f}" in done.stdout
+    keys = list_keys(bucket, "preds/")
+    assert f"preds/{MANIFEST}" in keys and "preds/part-00000.parquet" in keys
+    assert env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
+    # Again to the same place: refused, the result kept.
+    again = run_cli(*argv, env=env, timeout=300)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: --out s3://{bucket}/preds already holds a finished result; pass --overwrite "
+        "to replace it, or choose another --out"
+    ]
+    assert list_keys(bucket, "preds/") == keys
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
+    from models import build_model
+    from pipeline.tracking import bundle, registry
+    from tests.unit.test_predict import INFO
+
+    net = build_model("cnn", load_job_config("digits-cnn").model.arch, INFO.feature_shape, 10)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.zeros((2, 64)))
+    written = bundle.write(tmp_path / "cnn", net, bundle.BundleMeta.for_data("classifier", 0, INFO))
+    _, x, _ = _test_split(digits_uri)
+    run_id = MlflowClient().create_run("0").info.run_id
+    cfg = load_job_config("digits-cnn", [])
+    registry.log_and_register_model(cfg, run_id, str(written.directory), x[:2], {})
+    reference = mlflow.pyfunc.load_model("models:/digits-cnn/1").predict(x[:5])
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.serve",
+            "--model",
+            "models:/digits-cnn/1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                assert time.monotonic() < deadline, "the scoring server did not come up"
+                time.sleep(1)
+        split = {"columns": list(range(64)), "data": x[:5].tolist()}
+        for body in ({"dataframe_split": split}, {"inputs": x[:5].tolist()}):
+            status, answer = _post(port, body)
+            assert status == 200, answer
+            np.testing.assert_allclose(
+                np.asarray(answer["predictions"], np.float32), reference, rtol=1e-5, atol=1e-7
+            )
+        # Malformed: rows of the wrong width, and not JSON of any accepted format.
+        status, answer = _post(port, {"inputs": x[:2, :10].tolist()})
+        assert 400 <= status < 500 and "shape" in answer.get("message", "").lower(), answer
+        status, answer = _post(port, {"rows": [1, 2]})
+        assert 400 <= status < 500 and "dataframe_split" in answer.get("message", ""), answer
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert "try:  curl -s http://127.0.0.1:" in output
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_serve_refuses_a_host_other_than_loopback(tmp_path):
+    done = run_cli("jobs.serve", "--model", "models:/x@y", "--host", "0.0.0.0", timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --host 0.0.0.0: MLflow's scoring server has no authentication, so it listens "
+        "on 127.0.0.1 only; to serve other machines put an authenticating reverse proxy in "
+        "front of it"
+    ]

@@ -1,0 +1,265 @@
+"""Batch scoring without Ray: what is read, how a piece is scored, how the output is written,
+and every refusal before work starts (the Ray Data path: tests/integration/test_predict.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import mxnet as mx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from models import build_model
+from pipeline.config import load_job_config
+from pipeline.data.contract import MANIFEST, DatasetInfo, SplitInfo
+from pipeline.errors import ConfigError, DataError
+from pipeline.predict.inputs import PIECE_ROWS, _pieces, inspect_scoring_input
+from pipeline.predict.output import PredictionWriter
+from pipeline.predict.run import PredictRequest, _Tally, predict
+from pipeline.predict.scorer import model_files, score, unpack_model
+from pipeline.progress import ProgressBar
+from pipeline.tracking import bundle, registry
+from pipeline.tracking.model_source import fetch_source_model
+from tests.conftest import run_cli
+
+INFO = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
+
+
+@pytest.fixture
+def registered_fcn(tmp_path):
+    """An (untrained) digits-fcn registered as version 1 of digits-fcn (no alias: no gate)."""
+    net = build_model("mlp", load_job_config("digits-fcn").model.arch, INFO.feature_shape, 10)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.zeros((2, 64)))
+    written = bundle.write(tmp_path / "fcn", net, bundle.BundleMeta.for_data("classifier", 0, INFO))
+    cfg = load_job_config("digits-fcn", [])
+    run_id = MlflowClient().create_run("0").info.run_id
+    registry.log_and_register_model(cfg, run_id, str(written.directory), np.zeros((2, 64)), {})
+    return "models:/digits-fcn/1"
+
+
+def test_a_prepared_split_is_read_in_pieces_with_its_manifest_digest(digits_uri, registered_fcn):
+    meta = bundle.BundleMeta.for_data("classifier", 0, INFO)
+    cfg = load_job_config("digits-fcn").data
+    scoring = inspect_scoring_input(f"{digits_uri}/test", meta, cfg)
+    manifest = json.loads(Path(digits_uri, MANIFEST).read_text())
+    assert scoring.rows == manifest["splits"]["test"]["rows"] == sum(p.rows for p in scoring.pieces)
+    assert scoring.reader.has_labels and scoring.reader.mapping is None
+    assert scoring.digest_basis.startswith("names, sizes and SHA-256")
+    assert len(scoring.digest) == 64
+    # The same files give the same digest; another split another one.
+    assert inspect_scoring_input(f"{digits_uri}/test", meta, cfg).digest == scoring.digest
+    assert inspect_scoring_input(f"{digits_uri}/val", meta, cfg).digest != scoring.digest
+    # Rows of every piece decode to ids, uint8 features and labels as stored.
+    stored = pq.read_table(f"{digits_uri}/test")
+    decoded = pa.concat_tables(scoring.reader.read(p) for p in scoring.pieces)
+    assert sorted(decoded.column("id").to_pylist()) == sorted(stored.column("id").to_pylist())
+    assert decoded.column("label").to_pylist() == stored.column("label").to_pylist()
+
+
+def test_row_groups_join_into_pieces_of_bounded_rows():
+    pieces = _pieces("f", 3, [4000, 4000, 4000, 100, PIECE_ROWS + 5])
+    assert [p.groups for p in pieces] == [(0, 1), (2, 3), (4,)]
+    assert [p.first_row for p in pieces] == [0, 8000, 12100]
+    assert sum(p.rows for p in pieces) == 12100 + PIECE_ROWS + 5
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("", "holds the splits train, val, test; score one of them, e.g. --data .*/test"),
+        ("/test-wide", "features hold 65 values per row, the model takes 64"),
+        ("/no-features", "no column 'features'"),
+    ],
+)
+def test_data_that_does_not_fit_the_model_is_refused_in_one_line(
+    digits_uri, tmp_path, data, message
+):
+    meta = bundle.BundleMeta.for_data("classifier", 0, INFO)
+    wide = tmp_path / "test-wide"
+    wide.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "id": pa.array([1, 2], pa.int64()),
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(130, "f4")), 65),
+            }
+        ),
+        wide / "a.parquet",
+    )
+    bare = tmp_path / "no-features"
+    bare.mkdir()
+    pq.write_table(pa.table({"id": [1], "pixels": [[0.0] * 64]}), bare / "a.parquet")
+    uri = digits_uri if not data else str(tmp_path) + data
+    with pytest.raises(DataError, match=message):
+        inspect_scoring_input(uri, meta, load_job_config("digits-fcn").data)
+
+
+def test_a_piece_scored_in_process_matches_the_pyfunc(digits_uri, registered_fcn, tmp_path):
+    source = fetch_source_model(registered_fcn, mlflow.get_tracking_uri(), tmp_path / "dl")
+    # What the actors receive: the model folder's files, unpacked elsewhere.
+    files = model_files(source.path)
+    assert "MLmodel" in files and any(name.endswith("model.json") for name in files)
+    loaded = mlflow.pyfunc.load_model(str(unpack_model(files, tmp_path / "actor")))
+    with pytest.raises(ValueError, match="escapes"):
+        unpack_model({"../evil": b"x"}, tmp_path / "actor2")
+
+    meta = source.bundle.meta
+    scoring = inspect_scoring_input(f"{digits_uri}/test", meta, source.cfg.data)
+    rows = scoring.reader.read(scoring.pieces[0])
+    out = score(loaded, rows, meta.kind, meta.num_features, scoring.reader.scale, ())
+    assert out.column_names == ["id", "label", "prediction", "probabilities"]
+    x = np.stack(rows.column("features").to_numpy(zero_copy_only=False)).astype("f4")
+    assert scoring.reader.scale is None  # digits are stored as float32
+    expected = loaded.predict(x)
+    probs = np.stack(out.column("probabilities").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(probs, expected, rtol=1e-6)
+    assert out.column("prediction").to_pylist() == expected.argmax(axis=1).tolist()
+    tally = _Tally()
+    tally.add(out)
+    right = (expected.argmax(axis=1) == rows.column("label").to_numpy()).sum()
+    assert tally.accuracy == pytest.approx(right / rows.num_rows)
+
+
+def _part(n: int, first: int = 0) -> pa.Table:
+    return pa.table({"id": pa.array(range(first, first + n), pa.int64())})
+
+
+def test_the_output_is_parts_then_a_manifest_with_checksums(tmp_path, monkeypatch):
+    import hashlib
+
+    from pipeline.predict import output
+
+    monkeypatch.setattr(output, "PART_BYTES", 8 * 100)  # a part per 100 rows of int64
+    writer = PredictionWriter(str(tmp_path / "out"))
+    writer.prepare()
+    for i in range(5):
+        writer.write(_part(50, i * 50))
+    assert not (tmp_path / "out" / MANIFEST).exists()  # not whole before finish()
+    manifest = writer.finish({"model": "m"})
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [MANIFEST, "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert manifest["rows"] == 250 and manifest["model"] == "m"
+    for entry in manifest["files"]:
+        data = (tmp_path / "out" / entry["path"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["rows"] == pq.read_table(tmp_path / "out" / entry["path"]).num_rows
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
+
+
+def test_an_existing_output_is_refused_and_replaced_only_when_asked(tmp_path):
+    out = str(tmp_path / "out")
+    first = PredictionWriter(out)
+    first.prepare()
+    first.write(_part(3))
+    first.finish({})
+    with pytest.raises(ConfigError, match="already holds a finished result; pass --overwrite"):
+        PredictionWriter(out).prepare()
+    again = PredictionWriter(out, overwrite=True)
+    again.prepare()
+    assert list((tmp_path / "out").iterdir()) == []
+    # A failed job leaves nothing: the parts it wrote are deleted.
+    again.write(_part(3))
+    again._flush()
+    assert (tmp_path / "out" / "part-00000.parquet").exists()
+    again.abort()
+    assert list((tmp_path / "out").iterdir()) == []
+    # --overwrite deletes only what this job writes.
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files this job does not write \(notes.txt\)"):
+        PredictionWriter(out, overwrite=True).prepare()
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_progress_is_redrawn_on_a_terminal_and_a_line_per_interval_in_a_log(monkeypatch):
+    from pipeline import progress
+
+    clock = iter([0.0, 5.0, 11.0, 12.0, 25.0, 26.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()
+    bar = ProgressBar(1000, "scoring", out=log, every_s=10)
+    for _ in range(3):
+        bar.update(200)  # at 5 s (quiet), 11 s (a line), 12 s (quiet)
+    bar.close()  # 25 s: the final line
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue()
+    assert "400/1,000 rows" in lines[0] and "40.0%" in lines[0]
+    assert "600/1,000 rows" in lines[1] and "24 rows/s" in lines[1]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    clock = iter([0.0, 1.0, 2.0])
+    term = Terminal()
+    bar = ProgressBar(10, "scoring", out=term)
+    bar.update(5)
+    bar.close()
+    assert term.getvalue().count("\r") == 2 and term.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "models:/nope@candidate"], "no registered model 'nope'"),
+        (["--model", "models:/digits-fcn@best"], "has no alias @best"),
+        (["--data", "DATA"], "holds the splits train, val, test"),
+        (["--out", "DATA/test/preds"], "overlap; write the predictions outside"),
+        (["--actors", "0"], "at least one actor"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_before_ray_starts(
+    registered_fcn, digits_uri, tmp_path, args, message
+):
+    given = {
+        "--model": registered_fcn,
+        "--data": f"{digits_uri}/test",
+        "--out": str(tmp_path / "o"),
+    }
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    merged = {**given, **{k: v.replace("DATA", digits_uri) for k, v in flags.items()}}
+    argv = [item for pair in merged.items() for item in pair]
+    done = run_cli("jobs.predict", *argv, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message.split(".*")[0] in lines[0]
+    assert "starting a local Ray" not in done.stdout
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_an_output_that_exists_is_refused_and_kept(registered_fcn, digits_uri, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "part-00000.parquet").write_bytes(b"an earlier result")
+    with pytest.raises(ConfigError, match=r"already holds 1 files, no _manifest\.json"):
+        predict(PredictRequest(registered_fcn, f"{digits_uri}/test", str(out)))
+    assert (out / "part-00000.parquet").read_bytes() == b"an earlier result"
+
+
+def test_unreachable_s3_is_one_line(registered_fcn, tmp_path):
+    done = run_cli(
+        "jobs.predict",
+        "--model",
+        registered_fcn,
+        "--data",
+        "s3://nowhere/test",
+        "--out",
+        str(tmp_path / "o"),
+        env={
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "y",
+            "AWS_MAX_ATTEMPTS": "1",
+        },
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach bucket 'nowhere' at http://127.0.0.1:9" in lines[0]
