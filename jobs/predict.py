@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows per call of the model (default: %(default)s)",
     )
     p.add_argument(
+        "--buffer-mb",
+        type=int,
+        default=512,
+        metavar="MB",
+        help="object store memory the job holds in flight, rows read and not yet scored or "
+        "written; bounds its memory whatever the data's size (default: %(default)s)",
+    )
+    p.add_argument(
         "--id-column",
         metavar="NAME",
         help="the scoring data's id column (default: the one the model was trained with; "
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_actor=args.cpus_per_actor,
         gpus_per_actor=args.gpus_per_actor,
         batch_size=args.batch_size,
+        buffer_mb=args.buffer_mb,
         id_column=args.id_column,
         seed=args.seed,
         experiment=args.experiment,

@@ -46,6 +46,7 @@ SIZES = {
             "set": ["optim.epochs=1", "optim.warmup_epochs=0"],
         },
         "tta_reps": 1,
+        "predict": {"data": "", "copies": 1},
     },
     "default": {
         "ingest_rows": 400_000,
@@ -61,11 +62,12 @@ SIZES = {
         "stall_every": 20,
         "tta": {"recipe": "fashion-cnn", "data": "data/fashion-mnist", "target": 0.93, "set": []},
         "tta_reps": 3,
+        "predict": {"data": "data/fashion-mnist/test", "copies": 16},
     },
 }
 
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
-GROUPS = ("ingest", "step", "comm", "startup", "jobs", "memory", "tta")
+GROUPS = ("ingest", "step", "comm", "startup", "jobs", "memory", "predict", "tta")
 
 
 def _prepare(uri: str, rows: int, rows_per_file: int) -> None:
@@ -277,6 +279,15 @@ def _memory(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     return [memory.rss_figure("s3://bench/rss-1x", "s3://bench/rss-8x", rows, tmp, "SeaweedFS")]
 
 
+def _predict(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
+    from jobs.benchmarks import inference
+
+    spec = size["predict"]
+    data = spec["data"] or f"{_synthetic(tmp, 'scaling', size['scaling_rows'])}/train"
+    _progress(f"batch scoring: jobs.predict (2 actors) vs one process's pyfunc, on {data}")
+    return inference.predict_figures(data, spec["copies"], size["reps"], tmp)
+
+
 def _tta(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     from jobs.benchmarks import tta
 
@@ -294,6 +305,7 @@ RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "startup": _startup,
     "jobs": _jobs,
     "memory": _memory,
+    "predict": _predict,
     "tta": _tta,
 }
 

@@ -56,6 +56,8 @@ class PredictRequest:
     gpus_per_actor: float = 0.0
     #: Rows per call of the model.
     batch_size: int = 1024
+    #: Object store memory the job may hold in flight (read rows and predictions), MB.
+    buffer_mb: int = 512
     #: The scoring data's id column; None = the one the model was trained with, "" = none
     #: (ids derived from file and row).
     id_column: str | None = None
@@ -72,6 +74,8 @@ class PredictRequest:
             raise ConfigError(f"--actors {self.actors}: at least one actor scores")
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
             raise ConfigError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+        if self.buffer_mb < 16:
+            raise ConfigError(f"--buffer-mb {self.buffer_mb}: at least 16 (MB in flight)")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if _overlap(self.data, self.out):
@@ -159,6 +163,7 @@ def predict(
         threads = max(1, int(request.cpus_per_actor))
         tally = _Tally()
         with ray_runtime(cpus, threads, progress):
+            _check_resources(request)
             progress(
                 f"scoring with {request.actors} actors ({request.cpus_per_actor:g} CPU"
                 f"{f', {request.gpus_per_actor:g} GPU' if request.gpus_per_actor else ''} each),"
@@ -212,6 +217,23 @@ def predict(
             metrics["accuracy"] = summary.accuracy
         run.finish(metrics, manifest)
     return summary
+
+
+def _check_resources(request: PredictRequest) -> None:
+    """The actors fit the cluster (else Ray Data would wait for them forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for kind, per_actor, flag in (
+        ("CPU", request.cpus_per_actor, "--cpus-per-actor"),
+        ("GPU", request.gpus_per_actor, "--gpus-per-actor"),
+    ):
+        need = request.actors * per_actor
+        if need > have.get(kind, 0.0) + 1e-9:
+            raise ConfigError(
+                f"{request.actors} actors x {flag} {per_actor:g} need {need:g} {kind}s; the "
+                f"Ray cluster has {have.get(kind, 0.0):g}: use fewer actors or less per actor"
+            )
 
 
 def _open_run(
@@ -279,6 +301,13 @@ def _scored(
     context = DataContext.get_current()
     context.enable_progress_bars = False  # ours counts the rows written
     context.print_on_execution_start = False
+    # Bounded memory: Ray Data holds at most this much in flight in the object store (its
+    # default is a share of the whole store: gigabytes, filled whenever reading outruns the
+    # actors, so memory grew with the data set).
+    limits = context.execution_options.resource_limits
+    context.execution_options.resource_limits = limits.copy(
+        object_store_memory=request.buffer_mb * 2**20
+    )
     # Ray Data's INFO lines (execution started, finished) and the warning that its bars
     # are off would interleave with our bar.
     logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -19,6 +19,15 @@ import numpy as np
 import pandas as pd
 
 
+def device(mx):
+    """The first GPU this process sees (a Ray actor given a GPU, a GPU server), else the
+    CPU. A GPU build of MXNet is needed for the former; the CPU wheel sees none."""
+    try:
+        return mx.gpu(0) if mx.context.num_gpus() > 0 else mx.cpu()
+    except mx.base.MXNetError:  # a GPU build on a machine whose driver does not answer
+        return mx.cpu()
+
+
 class GluonGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     def load_context(self, context) -> None:
         import mxnet as mx
@@ -27,7 +36,7 @@ class GluonGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
             meta = json.load(f)
         self._latent = int(meta["latent_dim"])
         self._classes = int(meta["num_classes"])
-        self._ctx = mx.cpu()
+        self._ctx = device(mx)
         with warnings.catch_warnings():  # "Cannot decide type": the inputs are float32
             warnings.simplefilter("ignore", UserWarning)
             self._net = mx.gluon.SymbolBlock.imports(

@@ -26,6 +26,15 @@ import mlflow.pyfunc
 import numpy as np
 
 
+def device(mx):
+    """The first GPU this process sees (a Ray actor given a GPU, a GPU server), else the
+    CPU. A GPU build of MXNet is needed for the former; the CPU wheel sees none."""
+    try:
+        return mx.gpu(0) if mx.context.num_gpus() > 0 else mx.cpu()
+    except mx.base.MXNetError:  # a GPU build on a machine whose driver does not answer
+        return mx.cpu()
+
+
 class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """Feature rows (N, D) float32 in; class probabilities (N, C) float32 out, or, when the
     classes have names, a DataFrame: ``prediction`` (the most likely class's name) and one
@@ -38,7 +47,7 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
             meta = json.load(f)
         self._num_features = int(meta["num_features"])
         self._class_names = [str(n) for n in meta.get("class_names", ())]
-        self._ctx = mx.cpu()
+        self._ctx = device(mx)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             # "Cannot decide type for the following arguments": the input is float32.
             warnings.simplefilter("ignore", UserWarning)

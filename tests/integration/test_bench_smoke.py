@@ -32,6 +32,8 @@ EXPECTED = {
     "allreduce_bus_bw_64KB",
     "allreduce_bus_bw_1MB",
     "scaling_efficiency",
+    "predict_vs_pyfunc",
+    "predict_rss_growth",
     "startup_warm_vs_horovodrun",
     "startup_cold_vs_horovodrun",
     "time_to_accuracy",
@@ -65,7 +67,7 @@ def test_every_benchmark_figure_is_produced(tiny_results):
         for key in ("value", "baseline", "ratio"):
             assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (name, f)
     assert set(results["group_seconds"]) == {
-        "ingest", "step", "comm", "startup", "jobs", "memory", "tta"
+        "ingest", "step", "comm", "startup", "jobs", "memory", "predict", "tta"
     }  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 
 from pipeline.config import load_job_config
 from pipeline.data.contract import MANIFEST
+from pipeline.errors import ConfigError
 from pipeline.launch import run_job
 from pipeline.predict.run import PredictRequest, predict
 from tests.conftest import REPO, list_keys, run_cli
@@ -82,6 +83,11 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
     assert run.data.metrics["accuracy"] == pytest.approx(summary.accuracy)
     assert run.inputs.dataset_inputs[0].dataset.digest == manifest["data_digest"][:36]
     assert any("scoring with 2 actors" in line for line in lines)
+
+    # GPUs asked of a cluster that has none: refused once Ray says what it has, not a hang.
+    with pytest.raises(ConfigError, match="need 2 GPUs; the Ray cluster has 0"):
+        predict(PredictRequest(model, f"{digits_uri}/test", str(tmp_path / "g"), gpus_per_actor=1))
+    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
 
     # From the S3 server to the S3 server, as a user runs it: one summary, rows/s, the place.
     for path in sorted(Path(digits_uri, "test").iterdir()):

@@ -263,3 +263,132 @@ def test_unreachable_s3_is_one_line(registered_fcn, tmp_path):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach bucket 'nowhere' at http://127.0.0.1:9" in lines[0]
+
+
+def _register(tmp_path, net, meta, cfg, example) -> str:
+    """``net`` logged and registered as the next version of ``cfg``'s model, its run holding
+    ``cfg`` as params (what the scoring job reads the data settings from)."""
+    from mlflow.entities import Param
+
+    from pipeline.tracking.mlflow_run import param_value
+
+    written = bundle.write(tmp_path / meta.kind, net, meta)
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    params = [Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
+    client.log_batch(run_id, params=params)
+    reg = registry.log_and_register_model(cfg, run_id, str(written.directory), example, {})
+    assert reg is not None
+    return f"models:/{reg.name}/{reg.version}"
+
+
+def test_your_own_columns_are_scored_as_the_model_was_trained_on_them(tmp_path):
+    """A model trained on the user's Parquet (string labels, stacked pixel columns, no id
+    column): scoring data in those columns, with and without labels, ids derived from
+    (file, row), the class names in the output."""
+    import dataclasses
+
+    names = tuple(f"digit-{i}" for i in range(10))
+    info = dataclasses.replace(INFO)
+    meta = dataclasses.replace(bundle.BundleMeta.for_data("classifier", 0, info), class_names=names)
+    net = build_model("mlp", load_job_config("digits-fcn").model.arch, INFO.feature_shape, 10)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.zeros((2, 64)))
+    cfg = load_job_config(
+        "digits-fcn", ["data.label_column=digit", "data.feature_columns=['px_*']"]
+    )
+    model = _register(tmp_path, net, meta, cfg, np.zeros((2, 64), np.float32))
+
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 64), dtype=np.float32)
+    columns = {f"px_{i}": x[:, i] for i in range(64)}
+    data = tmp_path / "mine"
+    data.mkdir()
+    pq.write_table(
+        pa.table({**columns, "digit": [names[i % 10] for i in range(30)]}), data / "a.parquet"
+    )
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    pq.write_table(pa.table(columns), unlabelled / "a.parquet", row_group_size=7)
+
+    source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
+    loaded = mlflow.pyfunc.load_model(str(source.path))
+    expected = loaded.predict(x)
+    for where, labelled in ((data, True), (unlabelled, False)):
+        scoring = inspect_scoring_input(str(where), source.bundle.meta, source.cfg.data)
+        assert scoring.reader.has_labels is labelled
+        assert "no manifest" in scoring.digest_basis
+        rows = pa.concat_tables(scoring.reader.read(p) for p in scoring.pieces)
+        assert rows.column("id").to_pylist() == list(range(30))  # file 0, rows 0..29
+        out = score(loaded, rows, "classifier", 64, scoring.reader.scale, names)
+        assert out.column("prediction_name").to_pylist() == expected["prediction"].tolist()
+        probs = np.stack(out.column("probabilities").to_numpy(zero_copy_only=False))
+        want = expected[[f"probability_{n}" for n in names]].to_numpy(np.float32)
+        np.testing.assert_allclose(probs, want, rtol=1e-6)
+        if labelled:
+            assert out.column("label").to_pylist() == [i % 10 for i in range(30)]
+        else:
+            assert "label" not in out.column_names
+
+    short = tmp_path / "short"
+    short.mkdir()
+    pq.write_table(pa.table({f"px_{i}": x[:, i] for i in range(60)}), short / "a.parquet")
+    with pytest.raises(DataError, match="match 60 columns here, the model takes 64 features"):
+        inspect_scoring_input(str(short), source.bundle.meta, source.cfg.data)
+
+
+def test_a_generator_makes_an_image_per_requested_label(tmp_path):
+    from models import build_gan
+
+    cfg = load_job_config("digits-gan", [])
+    generator, _, _ = build_gan(cfg.model.arch, INFO.feature_shape, 10)
+    generator.initialize(mx.init.Xavier())
+    generator.hybridize()
+    latent = cfg.model.arch.latent_dim
+    generator(mx.nd.zeros((2, latent)), mx.nd.zeros((2, 10)))
+    meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=latent)
+    model = _register(tmp_path, generator, meta, cfg, np.zeros((2, 64), np.float32))
+    source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
+    loaded = mlflow.pyfunc.load_model(str(source.path))
+
+    wanted = tmp_path / "wanted"
+    wanted.mkdir()
+    pq.write_table(pa.table({"label": pa.array([3, 3, 7], pa.int64())}), wanted / "a.parquet")
+    scoring = inspect_scoring_input(str(wanted), source.bundle.meta, source.cfg.data)
+    rows = scoring.reader.read(scoring.pieces[0])
+    out = score(loaded, rows, "generator", 64, None, (), seed=5)
+    assert out.column_names == ["id", "label", "features"]
+    assert out.column("label").to_pylist() == [3, 3, 7]
+    images = np.stack(out.column("features").to_numpy(zero_copy_only=False))
+    assert images.shape == (3, 64) and images.min() >= 0 and images.max() <= 1
+    assert not np.allclose(images[0], images[1])  # each row its own noise
+    again = score(loaded, rows, "generator", 64, None, (), seed=5)
+    assert again.equals(out)  # the same seed and rows: the same images
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    pq.write_table(pa.table({"class": [1]}), bare / "a.parquet")
+    with pytest.raises(DataError, match="a generator model needs an integer column 'label'"):
+        inspect_scoring_input(str(bare), source.bundle.meta, source.cfg.data)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "generator"])
+def test_the_pyfunc_runs_on_a_gpu_when_the_process_has_one(monkeypatch, kind):
+    """The GPU path, checked on the CPU: an actor given a GPU (or a GPU server) sees one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"loader_{kind}", bundle.PYFUNC_CODE[kind])
+    assert spec is not None and spec.loader is not None
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 1)
+    assert loader.device(mx) == mx.gpu(0)
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 0)
+    assert loader.device(mx) == mx.cpu()
+
+    def broken() -> int:
+        raise mx.base.MXNetError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(mx.context, "num_gpus", broken)
+    assert loader.device(mx) == mx.cpu()
