@@ -341,17 +341,17 @@ def _scored(
     )
     try:
         yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2)
-    except PipelineError:
-        raise
     except Exception as exc:
         error = _user_error(exc)
-        if error is not None:
+        if error is not None and error is not exc:
             raise error from None
         raise
 
 
 def _user_error(exc: BaseException) -> PipelineError | None:
     """A PipelineError raised in a read task or actor, wherever Ray wrapped it."""
+    from ray.exceptions import RayError
+
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -359,7 +359,9 @@ def _user_error(exc: BaseException) -> PipelineError | None:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, PipelineError):
+        # Ray re-raises a task's exception as a subclass of its type whose text is the
+        # whole remote traceback; the original (its ``cause``) has the one line.
+        if isinstance(item, PipelineError) and not isinstance(item, RayError):
             return item
         todo += [item.__cause__, item.__context__, getattr(item, "cause", None)]
     return None

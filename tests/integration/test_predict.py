@@ -5,6 +5,7 @@ REST calls with the same probabilities."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from pathlib import Path
 import mlflow.pyfunc
 import mxnet as mx
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import load_job_config
 from pipeline.data.contract import MANIFEST
-from pipeline.errors import ConfigError
+from pipeline.errors import DataError
 from pipeline.launch import run_job
 from pipeline.predict.run import PredictRequest, predict
 from tests.conftest import REPO, list_keys, run_cli
@@ -45,8 +47,8 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
         [
             f"data.uri={digits_uri}",
             f"storage.path={tmp_path / 'runs'}",
-            "optim.epochs=4",
-            "tracking.gate_min=0.9",
+            "optim.epochs=2",
+            "tracking.gate_min=0.5",
         ],
     )
     result = run_job(cfg, progress=lambda _msg: None)
@@ -84,11 +86,6 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
     assert run.inputs.dataset_inputs[0].dataset.digest == manifest["data_digest"][:36]
     assert any("scoring with 2 actors" in line for line in lines)
 
-    # GPUs asked of a cluster that has none: refused once Ray says what it has, not a hang.
-    with pytest.raises(ConfigError, match="need 2 GPUs; the Ray cluster has 0"):
-        predict(PredictRequest(model, f"{digits_uri}/test", str(tmp_path / "g"), gpus_per_actor=1))
-    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
-
     # From the S3 server to the S3 server, as a user runs it: one summary, rows/s, the place.
     for path in sorted(Path(digits_uri, "test").iterdir()):
         import boto3
@@ -119,6 +116,28 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
         "to replace it, or choose another --out"
     ]
     assert list_keys(bucket, "preds/") == keys
+
+    # A bad file met by a read task mid-job: its one line, no output, the run FAILED.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = sorted(Path(digits_uri, "test").iterdir())[0]
+    shutil.copyfile(good, bad / "a.parquet")
+    table = pq.read_table(good)
+    features = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.zeros(64 * 3, np.float32)), 64, mask=pa.array([False, True, False])
+    )
+    rows = pa.table({"id": [10**6, 10**6 + 1, 10**6 + 2], "features": features, "label": [1, 2, 3]})
+    pq.write_table(rows.replace_schema_metadata(table.schema.metadata), bad / "b.parquet")
+    with pytest.raises(DataError) as refused:
+        predict(PredictRequest(model, str(bad), str(tmp_path / "bad-out")), progress=print)
+    assert type(refused.value) is DataError  # the worker's own error, not Ray's wrapper
+    assert str(refused.value).startswith(f"{bad / 'b.parquet'}: ")
+    assert "Traceback" not in str(refused.value) and "ray::" not in str(refused.value)
+    assert not any((tmp_path / "bad-out").iterdir())
+    failed = MlflowClient().search_runs(
+        [run.info.experiment_id], "attributes.status = 'FAILED'", max_results=5
+    )
+    assert len(failed) == 1 and failed[0].data.params["data_uri"] == str(bad)
 
 
 def _free_port() -> int:

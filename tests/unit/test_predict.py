@@ -216,7 +216,7 @@ def test_progress_is_redrawn_on_a_terminal_and_a_line_per_interval_in_a_log(monk
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_ray_starts(
-    registered_fcn, digits_uri, tmp_path, args, message
+    registered_fcn, digits_uri, tmp_path, args, message, capsys
 ):
     given = {
         "--model": registered_fcn,
@@ -225,13 +225,50 @@ def test_bad_input_is_one_line_and_exit_2_before_ray_starts(
     }
     flags = dict(zip(args[::2], args[1::2], strict=True))
     merged = {**given, **{k: v.replace("DATA", digits_uri) for k, v in flags.items()}}
-    argv = [item for pair in merged.items() for item in pair]
-    done = run_cli("jobs.predict", *argv, timeout=120)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message.split(".*")[0] in lines[0]
-    assert "starting a local Ray" not in done.stdout
+    code, out, err = _cli([item for pair in merged.items() for item in pair], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "starting a local Ray" not in out
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``python -m jobs.predict argv`` in this process: (exit code, stdout, stderr)."""
+    from jobs._cli import run_main
+    from jobs.predict import main
+
+    with pytest.raises(SystemExit) as done:
+        run_main(lambda: main(argv))
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out, captured.err
+
+
+def test_the_entry_point_ends_a_user_error_in_one_line(tmp_path):
+    """As a user runs it: a process, its exit code and its last line."""
+    done = run_cli(
+        "jobs.predict", "--model", "models:/nope/1", "--data", str(tmp_path / "d"), "--out",
+        str(tmp_path / "o"), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: no registered model 'nope' in {mlflow.get_tracking_uri()}; registered: none "
+        "(train one with make train-distributed)"
+    ]
+
+
+def test_more_gpus_than_the_cluster_has_are_refused(monkeypatch):
+    import ray
+
+    from pipeline.predict.run import _check_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    request = PredictRequest("models:/m/1", "/d", "/o", gpus_per_actor=1)
+    with pytest.raises(ConfigError, match="2 actors x --gpus-per-actor 1 need 2 GPUs; the Ray"):
+        _check_resources(request)
+    _check_resources(PredictRequest("models:/m/1", "/d", "/o", actors=4))
+    with pytest.raises(ConfigError, match=r"need 4\.5 CPUs; the Ray cluster has 4"):
+        _check_resources(PredictRequest("models:/m/1", "/d", "/o", actors=3, cpus_per_actor=1.5))
 
 
 def test_an_output_that_exists_is_refused_and_kept(registered_fcn, digits_uri, tmp_path):
@@ -243,25 +280,18 @@ def test_an_output_that_exists_is_refused_and_kept(registered_fcn, digits_uri, t
     assert (out / "part-00000.parquet").read_bytes() == b"an earlier result"
 
 
-def test_unreachable_s3_is_one_line(registered_fcn, tmp_path):
-    done = run_cli(
-        "jobs.predict",
-        "--model",
-        registered_fcn,
-        "--data",
-        "s3://nowhere/test",
-        "--out",
-        str(tmp_path / "o"),
-        env={
-            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-            "AWS_ACCESS_KEY_ID": "x",
-            "AWS_SECRET_ACCESS_KEY": "y",
-            "AWS_MAX_ATTEMPTS": "1",
-        },
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+def test_unreachable_s3_is_one_line(registered_fcn, tmp_path, monkeypatch, capsys):
+    for key, value in {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    argv = ["--model", registered_fcn, "--data", "s3://nowhere/test", "--out", str(tmp_path / "o")]
+    code, _, err = _cli(argv, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "cannot reach bucket 'nowhere' at http://127.0.0.1:9" in lines[0]
 
 
