@@ -34,7 +34,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress predict serve mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress tune predict serve mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -100,6 +100,10 @@ QUANTIZE ?= int8
 compress: $(STAMP) ## Smaller variants of MODEL=models:/<name>@<alias>: PRUNE=0.8 (magnitude-pruned, fine-tuned) and QUANTIZE=int8, measured and registered
 	@test -n "$(MODEL)" || { echo "error: give the model to compress: make compress MODEL=models:/<name>@<alias> (e.g. models:/fashion-cnn@candidate)" >&2; exit 2; }
 	$(BIN)/python -m jobs.compress --model "$(MODEL)" $(if $(PRUNE),--prune $(PRUNE)) $(if $(QUANTIZE),--quantize $(QUANTIZE)) $(ARGS)
+
+TRIALS ?=
+tune: $(STAMP) $(DATA_DEP) ## Search RECIPE's hyperparameters ([tune] section) with Ray Tune: TRIALS trials of WORKERS workers, ASHA; best model registered @tuned (RESUME=<run id> continues a search)
+	$(BIN)/python -m jobs.tune --recipe $(RECIPE) --data $(DATA) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
 OUT ?=
 SERVE_PORT ?= 5001

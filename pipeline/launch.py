@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +171,13 @@ def run_name(cfg: JobConfig, run_id: str) -> str:
     return f"{cfg.recipe}-{run_id[:8]}"
 
 
-def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
+def fit(
+    cfg: JobConfig,
+    info: DatasetInfo,
+    run_id: str,
+    tracking_uri: str,
+    callbacks: Sequence[Any] = (),
+):
     """Run the distributed training; return Ray Train's Result."""
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -207,6 +213,7 @@ def fit(cfg: JobConfig, info: DatasetInfo, run_id: str, tracking_uri: str):
             # Train logs a failed worker's traceback at INFO; run_job turns it into one line
             # (the full text stays in the Ray session's log files).
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
     )
     with stop_on_user_errors():
@@ -224,11 +231,20 @@ def _worker_error(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[-1][:500]
 
 
-def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = None) -> JobResult:
+def run_job(
+    cfg: JobConfig,
+    progress: Progress = print,
+    resume: str | None = None,
+    run_tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> JobResult:
     """Train, track and register one job. Raises PipelineError for anything a user can fix.
 
     ``resume``: the MLflow run id of an interrupted job (its driver died or was stopped) to
     continue, under the same run, from that run's newest valid checkpoint.
+
+    ``run_tags`` are added to a new MLflow run (a search's trial: ``mlflow.parentRunId``);
+    ``callbacks`` go to Ray Train's RunConfig (a search's trial reports to Ray Tune).
 
     With ``tracking.enabled=false`` nothing goes to MLflow: the job trains and checkpoints
     under a run id of its own, and the result carries no registration."""
@@ -250,7 +266,11 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     with outage.fast_failing():  # our retries, not MLflow's minutes-long ones
-        run_id = _open_run(cfg, info, uri, resume, progress) if tracked else uuid.uuid4().hex
+        run_id = (
+            _open_run(cfg, info, uri, resume, progress, run_tags or {})
+            if tracked
+            else uuid.uuid4().hex
+        )
         heartbeat = mlflow_run.Heartbeat(uri, run_id) if tracked else None
         if not tracked:
             progress(f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to MLflow")
@@ -258,7 +278,7 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
         registration = None
         try:
             with ray_session(cfg, progress):
-                result = _train(cfg, info, run_id, uri)
+                result = _train(cfg, info, run_id, uri, callbacks)
             metrics = {
                 k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
             }
@@ -300,11 +320,16 @@ def run_job(cfg: JobConfig, progress: Progress = print, resume: str | None = Non
 
 
 def _open_run(
-    cfg: JobConfig, info: DatasetInfo, uri: str, resume: str | None, progress: Progress
+    cfg: JobConfig,
+    info: DatasetInfo,
+    uri: str,
+    resume: str | None,
+    progress: Progress,
+    tags: Mapping[str, str],
 ) -> str:
     where = f"(experiment {cfg.tracking.experiment!r}, {redact(uri)})"
     if not resume:
-        run_id = mlflow_run.start_run(cfg, info)
+        run_id = mlflow_run.start_run(cfg, info, tags)
         progress(f"MLflow run {run_id} {where}")
         return run_id
     mlflow_run.reopen_run(cfg, resume)
@@ -314,10 +339,10 @@ def _open_run(
     return resume
 
 
-def _train(cfg: JobConfig, info: DatasetInfo, run_id: str, uri: str):
+def _train(cfg: JobConfig, info: DatasetInfo, run_id: str, uri: str, callbacks: Sequence[Any]):
     """Ray Train's result; a worker's user error as itself, any other failure explained."""
     try:
-        return fit(cfg, info, run_id, uri)
+        return fit(cfg, info, run_id, uri, callbacks)
     except PipelineError:
         raise
     except Exception as exc:

@@ -34,6 +34,7 @@ from pipeline.config.schema import (
     ScalingConfig,
     StorageConfig,
     TrackingConfig,
+    TuneConfig,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "ScalingConfig",
     "StorageConfig",
     "TrackingConfig",
+    "TuneConfig",
     "all_keys",
     "config_from_params",
     "describe_options",

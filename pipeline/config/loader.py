@@ -33,6 +33,7 @@ from pipeline.config.schema import (
     ScalingConfig,
     StorageConfig,
     TrackingConfig,
+    TuneConfig,
 )
 from pipeline.errors import ConfigError
 
@@ -50,6 +51,7 @@ SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "checkpoint": CheckpointConfig,
     "compress": CompressConfig,
+    "tune": TuneConfig,
     "storage": StorageConfig,
     "s3": S3Config,
 }

@@ -480,6 +480,49 @@ class CompressConfig(Section):
 
 
 @dataclass(frozen=True)
+class TuneConfig(Section):
+    """A hyperparameter search over this recipe (``python -m jobs.tune``): each trial is an
+    ordinary job of this recipe with some keys drawn from ``space``."""
+
+    KEY = "tune"
+
+    space: tuple[str, ...] = option(
+        (),
+        "the search space, one 'section.key = DIST' per item; DIST is loguniform(lo, hi), "
+        "uniform(lo, hi), randint(lo, hi) (hi excluded) or choice(a, b, ...)",
+    )
+    trials: int = option(8, "trials (configurations drawn from the space)", ge=1)
+    metric: str = option(
+        "",
+        "the per-epoch metric trials are judged on; empty = the validation counterpart of "
+        "tracking.gate_metric (test_accuracy -> val_accuracy)",
+    )
+    mode: str = option("max", "whether a higher or lower metric is better", ("max", "min"))
+    scheduler: str = option(
+        "asha",
+        "early stopping: asha (successive halving of trials by epoch), median (stop a trial "
+        "below the median of others at the same epoch) or fifo (none)",
+        ("asha", "median", "fifo"),
+    )
+    grace_epochs: int = option(1, "epochs every trial runs before it may be stopped", ge=1)
+    reduction_factor: float = option(
+        3.0, "asha: keep the best 1/reduction_factor of trials at each rung", gt=1
+    )
+    max_concurrent: int = option(
+        0, "trials at a time; 0 = as many as the cluster has CPUs for", ge=0
+    )
+    max_failures: int = option(
+        1, "times a trial that died is started again (it resumes its own checkpoint)", ge=0
+    )
+    alias: str = option("tuned", "alias the best trial's registered model gets")
+
+    def metric_name(self, gate_metric: str) -> str:
+        if self.metric:
+            return self.metric
+        return "val_" + gate_metric.removeprefix("test_") if gate_metric else "val_accuracy"
+
+
+@dataclass(frozen=True)
 class StorageConfig(Section):
     """Where run outputs (checkpoints, Ray Train state) are written."""
 
@@ -531,6 +574,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     s3: S3Config = field(default_factory=S3Config)
 

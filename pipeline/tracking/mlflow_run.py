@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline.config import JobConfig
@@ -31,8 +32,8 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
-    """Create the run with every config field as a param; return its id."""
+def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None = None) -> str:
+    """Create the run with every config field as a param (and ``tags``); return its id."""
     import mlflow
 
     uri = cfg.tracking.resolved_uri()
@@ -60,6 +61,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo) -> str:
                 TAG_DATA_URI: redact(cfg.data.uri),
                 TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
                 TAG_RESUME_KEY: cfg.resume_key(),
+                **(tags or {}),
             },
         )
         params = [mlflow.entities.Param(k, param_value(v)) for k, v in cfg.to_dict().items()]

@@ -169,16 +169,51 @@ def _log_and_register_model(
             info = log_bundle_model(model, input_example)
         if not cfg.tracking.register:
             return None
-        withdraw_versions(uri, run_id)  # what an earlier, interrupted try left
-        name = cfg.registered_model_name
-        registered = mlflow.register_model(info.model_uri, name, tags={TAG_GATE: "pending"})
+        return _register_version(cfg, uri, info.model_uri, run_id, metrics, cfg.tracking.alias)
+
+
+def register_logged_model(
+    cfg: JobConfig, run_id: str, metrics: dict, alias: str, tags: dict[str, str] | None = None
+) -> Registration:
+    """Register the model run ``run_id`` already logged (a search's best trial) under
+    ``cfg``'s model name; ``alias`` moves to it only if ``metrics`` pass the gate."""
+    uri = cfg.tracking.resolved_uri()
+    try:
+        with tracking_uri_scope(uri), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            return _register_version(
+                cfg, uri, f"runs:/{run_id}/model", run_id, metrics, alias, tags
+            )
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise TrackingError(tracking_problem(uri, exc)) from None
+
+
+def _register_version(
+    cfg: JobConfig,
+    uri: str,
+    model_uri: str,
+    run_id: str,
+    metrics: dict,
+    alias: str,
+    tags: dict[str, str] | None = None,
+) -> Registration:
+    """A new version of ``cfg``'s model from ``model_uri``, its gate verdict as a tag, and
+    ``alias`` moved to it if it passed (the version is deleted again if that fails)."""
+    import mlflow
+
+    withdraw_versions(uri, run_id)  # what an earlier, interrupted try left
+    name = cfg.registered_model_name
+    registered = mlflow.register_model(model_uri, name, tags={TAG_GATE: "pending", **(tags or {})})
     version = str(registered.version)
     client = client_for(uri)
     try:
         passed, verdict = gate_verdict(cfg, metrics)
         client.set_model_version_tag(name, version, TAG_GATE, "passed" if passed else verdict)
         if passed:
-            client.set_registered_model_alias(name, cfg.tracking.alias, version)
+            client.set_registered_model_alias(name, alias, version)
     except BaseException:
         with contextlib.suppress(Exception):
             client.delete_model_version(name, version)

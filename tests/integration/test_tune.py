@@ -1,0 +1,139 @@
+"""A real search: Ray Tune trials that are ordinary jobs (Ray Train, Horovod, MLflow) on the
+digits, ASHA stopping the poor ones, the best registered @tuned; and a search whose driver
+is SIGKILLed, resumed to the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.tune.run import TAG_STOPPED, TAG_TRIAL, TuneRequest, tune
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+#: A learning rate that learns and one that cannot: the scheduler has something to stop.
+SPACE = 'tune.space=["optim.learning_rate = choice(0.1, 0.000001)"]'
+
+
+def _settings(digits_uri: str, storage: Path, trials: int) -> list[str]:
+    return [
+        f"data.uri={json.dumps(digits_uri)}",
+        f"storage.path={json.dumps(str(storage))}",
+        "optim.epochs=2",
+        "optim.warmup_epochs=0",
+        "scaling.num_workers=1",
+        f"tune.trials={trials}",
+        "tune.max_concurrent=1",  # one at a time: ASHA's decisions do not depend on timing
+        "tune.reduction_factor=2",
+        "tracking.gate_min=0.5",
+        SPACE,
+    ]
+
+
+def _children(client: MlflowClient, parent) -> list:
+    return client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+
+
+def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path):
+    lines: list[str] = []
+    summary = tune(
+        TuneRequest("digits-fcn", tuple(_settings(digits_uri, tmp_path / "runs", 3))),
+        progress=lines.append,
+    )
+    client = MlflowClient()
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["mxtrain.kind"] == "tune"
+    assert json.loads(parent.data.params["tune.space"]) == [
+        "optim.learning_rate = choice(0.1, 1e-06)"
+    ]
+    children = {r.data.tags[TAG_TRIAL]: r for r in _children(client, parent)}
+    assert len(children) == 3 == len(summary.trials)
+    # Each trial is an ordinary job's run: the same params, per-epoch metrics.
+    for outcome in summary.trials:
+        run = children[outcome.trial_id]
+        assert run.data.params["optim.learning_rate"] == repr(outcome.config["optim.learning_rate"])
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert len(history) == outcome.epochs
+    stopped = [o for o in summary.trials if o.status == "stopped early"]
+    assert stopped, [(o.config, o.epochs, o.value) for o in summary.trials]
+    for o in stopped:
+        assert o.epochs == 1 and o.config["optim.learning_rate"] == 1e-6
+        assert children[o.trial_id].info.status == "KILLED"
+        assert children[o.trial_id].data.tags[TAG_STOPPED] == "true"
+    assert parent.data.metrics["trials_stopped_early"] == len(stopped)
+    # The best finished trial is the one registered, with the search's alias.
+    best = summary.best
+    assert best is not None and best.config["optim.learning_rate"] == 0.1
+    assert parent.data.tags["mxtrain.tune.best_run_id"] == best.run_id
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.value)
+    version = client.get_model_version_by_alias("digits-fcn", "tuned")
+    assert version.run_id == best.run_id
+    assert version.tags["mxtrain.tune.parent_run_id"] == parent.info.run_id
+    assert len(client.search_model_versions("name = 'digits-fcn'")) == 1
+    assert any("1 at a time, asha on val_accuracy" in line for line in lines), lines
+
+
+def test_a_search_whose_driver_dies_is_resumed_to_the_end(digits_uri, tmp_path):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    argv = ["--recipe", "digits-fcn"]
+    for item in _settings(digits_uri, tmp_path / "runs", 3):
+        argv += ["--set", item]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jobs.tune", *argv],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 300
+    parent = None
+    while True:  # until the first trial's run has finished
+        assert time.monotonic() < deadline and first.poll() is None, (
+            tmp_path / "first.log"
+        ).read_text()[-3000:]
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            "tags.`mxtrain.kind` = 'tune'",
+        )
+        if runs:
+            parent = runs[0]
+            if any(r.info.status == "FINISHED" for r in _children(client, parent)):
+                break
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver, its local Ray, the trials
+    first.wait()
+    assert client.get_run(parent.info.run_id).info.status == "RUNNING"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.tune", *argv, "--resume", parent.info.run_id],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming the search of MLflow run {parent.info.run_id}" in done.stdout
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    children = _children(client, parent)
+    # Three trials, each with one run: the trial the kill interrupted resumed its own run.
+    assert sorted(r.data.tags[TAG_TRIAL] for r in children) == sorted(
+        {r.data.tags[TAG_TRIAL] for r in children}
+    )
+    assert len(children) == 3
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    version = client.get_model_version_by_alias("digits-fcn", "tuned")
+    assert version.run_id == parent.data.tags["mxtrain.tune.best_run_id"]
