@@ -122,7 +122,12 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
         f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{spec.parent_run_id}'",
         max_results=1,
     )
-    resume = earlier[0].info.run_id if earlier and earlier[0].info.status != "FINISHED" else None
+    if earlier and earlier[0].info.status == "FINISHED":
+        # It finished before the search's driver died, after Tune last saved its state.
+        print(f"trial {trial_id}: its run {earlier[0].info.run_id} finished; replaying its epochs")
+        _replay(client_for(spec.tracking_uri), earlier[0], spec.metric)
+        return
+    resume = earlier[0].info.run_id if earlier else None
     print(f"trial {trial_id}: {' '.join(sets[: len(sets) - len(TRIAL_SETTINGS)])}", flush=True)
     run_job(
         cfg,
@@ -131,6 +136,19 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
         run_tags={"mlflow.parentRunId": spec.parent_run_id, TAG_TRIAL: trial_id},
         callbacks=[_epoch_reports(spec.metric)],
     )
+
+
+def _replay(client, run, metric: str) -> None:
+    """Report a finished trial's per-epoch metrics to Tune again, from its MLflow run."""
+    import ray.tune
+
+    epochs: dict[int, dict[str, float]] = {}
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            epochs.setdefault(m.step, {})[key] = m.value
+    for step in sorted(epochs):
+        if metric in epochs[step]:
+            ray.tune.report({**epochs[step], "epoch": step})
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -146,7 +164,9 @@ def _scheduler(cfg: JobConfig, dims: list[Dimension]):
     if cfg.tune.scheduler == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
-            max_t=epochs,
+            # One past the last epoch: at max_t ASHA stops a trial itself, which would kill
+            # a finishing trial before its job logs the model and closes its run.
+            max_t=epochs + 1,
             grace_period=min(cfg.tune.grace_epochs, epochs),
             reduction_factor=cfg.tune.reduction_factor,
         )
@@ -361,9 +381,10 @@ def _fit(
                 metric=metric,
                 mode=mode,
                 num_samples=cfg.tune.trials,
-                max_concurrent_trials=concurrency,
                 scheduler=_scheduler(cfg, dims),
-                search_alg=BasicVariantGenerator(random_state=cfg.seed),
+                # Seeded draws; the limit goes here: Tune applies max_concurrent_trials only
+                # to searchers it builds itself or to Searcher instances.
+                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency),
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -377,8 +398,11 @@ def _fit(
 
 
 def _outcomes(results, spec: TrialSpec, metric: str) -> list[TrialOutcome]:
-    """Each trial as Tune ended it, with its MLflow run; the runs of trials the scheduler
-    stopped are marked KILLED (they never reach their own end)."""
+    """Each trial as Tune ended it, with its MLflow run. A trial that reported fewer epochs
+    than it was set to run was stopped by the scheduler: its run is tagged so, and marked
+    KILLED if it was still open (the stop kills the trial before its job ends). With very
+    short epochs the job may finish before the stop lands; it is still a stopped trial (the
+    scheduler judged it on an early epoch) and is not a candidate for the best."""
     from pipeline.tracking.mlflow_run import client_for
 
     client = client_for(spec.tracking_uri)
@@ -394,23 +418,33 @@ def _outcomes(results, spec: TrialSpec, metric: str) -> list[TrialOutcome]:
     for result in results:
         m = result.metrics or {}
         trial_id = str(m.get("trial_id", ""))
-        run = runs.get(trial_id)
+        config = {d.key: result.config.get(d.key) for d in spec.dims}
+        planned = load_job_config(
+            spec.recipe, [*spec.overrides, *trial_overrides(list(spec.dims), config)]
+        ).optim.epochs
+        epochs = int(m.get("training_iteration", 0))
         value = m.get(metric)
         outcome = TrialOutcome(
             trial_id=trial_id,
-            config={d.key: result.config.get(d.key) for d in spec.dims},
-            epochs=int(m.get("training_iteration", 0)),
+            config=config,
+            epochs=epochs,
             value=float(value) if isinstance(value, int | float) and math.isfinite(value) else None,
-            status="error" if result.error else "finished",
-            run_id=run.info.run_id if run else "",
+            status="failed" if result.error else "finished",
         )
+        if not result.error and epochs < planned:
+            outcome.status = "stopped early"
+        run = runs.get(trial_id)
         if run is not None:
+            outcome.run_id = run.info.run_id
             outcome.metrics = dict(run.data.metrics)
-            if run.info.status == "RUNNING":
-                outcome.status = "failed" if result.error else "stopped early"
-                client.set_tag(run.info.run_id, TAG_STOPPED, str(result.error is None).lower())
+            if outcome.status == "stopped early":
+                client.set_tag(run.info.run_id, TAG_STOPPED, "true")
+                # Still open (the trial was killed), or FAILED by the stop's interruption.
+                if run.info.status in ("RUNNING", "FAILED"):
+                    client.set_terminated(run.info.run_id, "KILLED")
+            elif run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, "FAILED" if result.error else "KILLED")
-            elif run.info.status != "FINISHED":
+            elif run.info.status != "FINISHED" and outcome.status == "finished":
                 outcome.status = run.info.status.lower()
         outcomes.append(outcome)
     return outcomes

@@ -35,6 +35,7 @@ def _settings(digits_uri: str, storage: Path, trials: int) -> list[str]:
         "tune.max_concurrent=1",  # one at a time: ASHA's decisions do not depend on timing
         "tune.reduction_factor=2",
         "tracking.gate_min=0.5",
+        "seed=1",  # draws 0.1, then 1e-06 twice
         SPACE,
     ]
 
@@ -64,12 +65,13 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
         run = children[outcome.trial_id]
         assert run.data.params["optim.learning_rate"] == repr(outcome.config["optim.learning_rate"])
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert len(history) == outcome.epochs
+        assert len(history) >= outcome.epochs >= 1
     stopped = [o for o in summary.trials if o.status == "stopped early"]
     assert stopped, [(o.config, o.epochs, o.value) for o in summary.trials]
     for o in stopped:
+        # Judged after epoch 1 and stopped; its tiny job may have ended before the stop landed.
         assert o.epochs == 1 and o.config["optim.learning_rate"] == 1e-6
-        assert children[o.trial_id].info.status == "KILLED"
+        assert children[o.trial_id].info.status in ("KILLED", "FINISHED")
         assert children[o.trial_id].data.tags[TAG_STOPPED] == "true"
     assert parent.data.metrics["trials_stopped_early"] == len(stopped)
     # The best finished trial is the one registered, with the search's alias.
@@ -130,10 +132,8 @@ def test_a_search_whose_driver_dies_is_resumed_to_the_end(digits_uri, tmp_path):
     assert parent.info.status == "FINISHED"
     children = _children(client, parent)
     # Three trials, each with one run: the trial the kill interrupted resumed its own run.
-    assert sorted(r.data.tags[TAG_TRIAL] for r in children) == sorted(
-        {r.data.tags[TAG_TRIAL] for r in children}
-    )
-    assert len(children) == 3
+    trials = [r.data.tags[TAG_TRIAL] for r in children]
+    assert len(trials) == len(set(trials)) == 3, trials
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
     version = client.get_model_version_by_alias("digits-fcn", "tuned")
     assert version.run_id == parent.data.tags["mxtrain.tune.best_run_id"]
