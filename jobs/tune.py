@@ -74,7 +74,8 @@ def format_summary(summary: TuneSummary) -> str:
             json.dumps(o.config[k]) if not isinstance(o.config[k], float) else f"{o.config[k]:.4g}"
             for k in keys
         )
-        mark = " *" if summary.best is o else ""
+        mark = " *best" if summary.best is o else ""
+        mark += " (recipe's settings)" if summary.recipe_trial is o else ""
         lines.append(f"{o.trial_id:<12} {o.epochs:>6} {value:>14}  {o.status:<14} {drawn}{mark}")
     return "\n".join(lines)
 
@@ -100,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.seconds / 60:.1f} min; {found}",
         flush=True,
     )
+    own = summary.recipe_trial
+    if own is not None and own.value is not None and best is not None and best.value is not None:
+        print(
+            f"the recipe's own settings (trial {own.trial_id}, {own.status}): {summary.metric} "
+            f"{own.value:.4f}; best {best.value:.4f} ({best.value - own.value:+.4f})",
+            flush=True,
+        )
     if summary.registration is not None:
         r = summary.registration
         print(f"model: models:/{r.name}/{r.version} ({r.verdict})", flush=True)

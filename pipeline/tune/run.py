@@ -88,6 +88,8 @@ class TuneSummary:
     registration: Any
     seconds: float
     experiment_path: str
+    #: The trial of the recipe's own settings (the first), if it ran.
+    recipe_trial: TrialOutcome | None = None
 
 
 # -- the trial ---------------------------------------------------------------------------------
@@ -152,6 +154,12 @@ def _replay(client, run, metric: str) -> None:
 
 
 # -- the driver --------------------------------------------------------------------------------
+
+
+def recipe_settings(cfg: JobConfig, dims: list[Dimension]) -> dict[str, Any]:
+    """The searched keys' values in the recipe (with the search's --set overrides)."""
+    values = cfg.to_dict()
+    return {d.key: values[d.key] for d in dims}
 
 
 def _scheduler(cfg: JobConfig, dims: list[Dimension]):
@@ -250,9 +258,11 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
             )
             results = _fit(cfg, dims, spec, metric, mode, concurrency, path, request.resume)
         outcomes = _outcomes(results, spec, metric)
+        settings = recipe_settings(cfg, dims)
+        own = next((o for o in outcomes if o.config == settings), None)
         best = _best(outcomes, mode)
         registration = _register_best(cfg, best, parent, progress) if best else None
-        _finish_parent(uri, parent, outcomes, best, metric, registration)
+        _finish_parent(uri, parent, outcomes, best, metric, registration, own)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
@@ -263,7 +273,15 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
 
             end_run(uri, parent, status)
     return TuneSummary(
-        parent, metric, mode, outcomes, best, registration, time.perf_counter() - started, path
+        parent,
+        metric,
+        mode,
+        outcomes,
+        best,
+        registration,
+        time.perf_counter() - started,
+        path,
+        own,
     )
 
 
@@ -384,7 +402,12 @@ def _fit(
                 scheduler=_scheduler(cfg, dims),
                 # Seeded draws; the limit goes here: Tune applies max_concurrent_trials only
                 # to searchers it builds itself or to Searcher instances.
-                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency),
+                search_alg=BasicVariantGenerator(
+                    random_state=cfg.seed,
+                    max_concurrent=concurrency,
+                    # The first trial is the recipe's own settings: what the search must beat.
+                    points_to_evaluate=[recipe_settings(cfg, dims)],
+                ),
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -485,6 +508,7 @@ def _finish_parent(
     best: TrialOutcome | None,
     metric: str,
     registration,
+    own: TrialOutcome | None,
 ) -> None:
     from mlflow.entities import Metric, RunTag
 
@@ -504,6 +528,9 @@ def _finish_parent(
         ),
     ]
     tags = []
+    if own is not None and own.value is not None:  # the recipe's own settings
+        metrics.append(Metric(f"recipe_{metric}", own.value, now, 0))
+        tags.append(RunTag("mxtrain.tune.recipe_trial", own.trial_id))
     if best is not None and best.value is not None:
         metrics.append(Metric(f"best_{metric}", best.value, now, 0))
         for key in ("test_accuracy", "generated_accuracy"):

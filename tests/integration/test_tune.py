@@ -35,7 +35,7 @@ def _settings(digits_uri: str, storage: Path, trials: int) -> list[str]:
         "tune.max_concurrent=1",  # one at a time: ASHA's decisions do not depend on timing
         "tune.reduction_factor=2",
         "tracking.gate_min=0.5",
-        "seed=1",  # draws 0.1, then 1e-06 twice
+        "seed=1",  # after the recipe's 0.05: draws 0.1, then 1e-06
         SPACE,
     ]
 
@@ -74,9 +74,14 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
         assert children[o.trial_id].info.status in ("KILLED", "FINISHED")
         assert children[o.trial_id].data.tags[TAG_STOPPED] == "true"
     assert parent.data.metrics["trials_stopped_early"] == len(stopped)
-    # The best finished trial is the one registered, with the search's alias.
+    # The first trial is the recipe's own settings; the best finished trial is registered.
+    own = summary.recipe_trial
+    assert own is not None and own.config == {"optim.learning_rate": 0.05}
+    assert parent.data.metrics["recipe_val_accuracy"] == pytest.approx(own.value)
     best = summary.best
-    assert best is not None and best.config["optim.learning_rate"] == 0.1
+    finished = [o.value for o in summary.trials if o.status == "finished"]
+    assert best is not None and best.value == max(finished)
+    assert best.config["optim.learning_rate"] in (0.05, 0.1)
     assert parent.data.tags["mxtrain.tune.best_run_id"] == best.run_id
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.value)
     version = client.get_model_version_by_alias("digits-fcn", "tuned")
