@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobConfig, load_job_config
@@ -187,6 +188,19 @@ def _scheduler(cfg: JobConfig, dims: list[Dimension]):
     return FIFOScheduler()
 
 
+def _absolute_paths(cfg: JobConfig) -> list[str]:
+    """Overrides that make the job's local paths absolute (data, storage, start weights)."""
+    out = []
+    for key, value in (
+        ("data.uri", cfg.data.uri),
+        ("storage.path", cfg.storage.resolved_path()),
+        ("init.weights", cfg.init.weights),
+    ):
+        if value and "://" not in value:
+            out.append(f"{key}={json.dumps(str(Path(value).expanduser().resolve()))}")
+    return out
+
+
 def _concurrency(cfg: JobConfig) -> tuple[int, float]:
     """(trials at a time, logical CPUs a local Ray needs): a trial holds its workers' CPUs
     plus one for its driver (Tune's trainable, which mostly waits)."""
@@ -231,6 +245,9 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
     overrides = list(request.overrides)
     if request.trials:
         overrides.append(f"tune.trials={request.trials}")
+    cfg = load_job_config(request.recipe, overrides)
+    # Trials run in Tune's trial folders: local paths must not depend on the working dir.
+    overrides += _absolute_paths(cfg)
     cfg = load_job_config(request.recipe, overrides)
     if not cfg.tracking.enabled:
         raise ConfigError("a search records its trials in MLflow: tracking.enabled must be true")
