@@ -141,7 +141,7 @@ postgres-package:
 		pg_ctlcluster --force $$(ls /usr/lib/postgresql) main stop 2>/dev/null || true; \
 	fi
 
-test: $(STAMP) postgres-package fashion-package ## Unit and integration tests (real Ray, Horovod, MLflow); under 25 minutes
+test: $(STAMP) postgres-package fashion-package ## Unit and integration tests (real Ray, Horovod, MLflow); under 30 minutes
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP) postgres-package fashion-package ## Every test, the slow ones included

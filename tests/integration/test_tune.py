@@ -91,6 +91,9 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
     assert any("1 at a time, asha on val_accuracy" in line for line in lines), lines
 
 
+# make test-all: about 100 s, past make test's 30-minute budget on 2 cores; the search's
+# own behaviour is checked by the test above in make test.
+@pytest.mark.slow
 def test_a_search_whose_driver_dies_is_resumed_to_the_end(digits_uri, tmp_path):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     argv = ["--recipe", "digits-fcn"]
