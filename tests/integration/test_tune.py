@@ -66,11 +66,17 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
         assert run.data.params["optim.learning_rate"] == repr(outcome.config["optim.learning_rate"])
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert len(history) >= outcome.epochs >= 1
+    # The 1e-06 trial comes last (seed 1): at epoch 1 it is below the median of the two that
+    # learn, so ASHA (keep the better half) stops it. Whether the 0.1 trial is stopped too
+    # depends on how it compares with 0.05 at epoch 1, so nothing is asserted about it.
     stopped = [o for o in summary.trials if o.status == "stopped early"]
-    assert stopped, [(o.config, o.epochs, o.value) for o in summary.trials]
+    useless = [o for o in summary.trials if o.config["optim.learning_rate"] == 1e-6]
+    assert len(useless) == 1 and useless[0] in stopped, [
+        (o.config, o.epochs, o.value, o.status) for o in summary.trials
+    ]
     for o in stopped:
         # Judged after epoch 1 and stopped; its tiny job may have ended before the stop landed.
-        assert o.epochs == 1 and o.config["optim.learning_rate"] == 1e-6
+        assert o.epochs == 1
         assert children[o.trial_id].info.status in ("KILLED", "FINISHED")
         assert children[o.trial_id].data.tags[TAG_STOPPED] == "true"
     assert parent.data.metrics["trials_stopped_early"] == len(stopped)
