@@ -29,7 +29,7 @@ from typing import Any
 from pipeline.config import JobConfig, load_job_config
 from pipeline.errors import ConfigError, PipelineError, TrackingError, TrainingError
 from pipeline.redact import redact
-from pipeline.storage import check_writable, resolve
+from pipeline.storage import resolve
 from pipeline.tune.space import Dimension, check_space, parse_space, trial_overrides
 
 Progress = Callable[[str], None]
@@ -255,14 +255,12 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
     check_space(dims, request.recipe, overrides)
     metric, mode = cfg.tune.metric_name(cfg.tracking.gate_metric), cfg.tune.mode
     concurrency, local_cpus = _concurrency(cfg)
-    info = preflight(cfg)
-    check_writable(cfg.storage.resolved_path(), cfg.s3)
+    preflight(cfg)  # the data, the storage (writable), the model's fit: once, for all trials
     uri = cfg.tracking.resolved_uri()
     parent, experiment_id, path = _parent_run(cfg, request, dims, metric, concurrency, progress)
     spec = TrialSpec(
         request.recipe, tuple(overrides), tuple(dims), parent, metric, uri, experiment_id
     )
-    del info
     status = "FAILED"
     try:
         with ray_runtime(local_cpus, cfg.scaling.threads_per_worker, progress):
