@@ -19,6 +19,7 @@ PYTEST_ARGS ?= --durations=15
 BENCH_SIZE ?= default
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
+MLFLOW_UI_WORKERS ?= 1
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
@@ -116,8 +117,11 @@ serve: $(STAMP) ## Serve MODEL=models:/<name>@<alias> over HTTP on 127.0.0.1:SER
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/<name>@<alias> (e.g. models:/digits-cnn@candidate)" >&2; exit 2; }
 	$(BIN)/python -m jobs.serve --model "$(MODEL)" --port $(SERVE_PORT) $(ARGS)
 
-mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
-	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+mlflow-ui: $(STAMP) ## Serve the MLflow UI on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000): one server process, no GenAI job runner
+	@# MLflow 3's server also starts a job runner and 7 huey consumers (GenAI scorers and prompt
+	@# jobs, ~300 MB each) and 4 workers; reviewing runs needs none of them.
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_UI_WORKERS)
 
 mlflow-server: $(STAMP) ## Start a shared MLflow server (PostgreSQL, S3 artifacts, basic auth): infra/mlflow/README.md
 	$(BIN)/python -m infra.mlflow.server start --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) $(ARGS)

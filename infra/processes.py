@@ -70,3 +70,24 @@ def http_status(url: str, authorization: str | None = None, timeout_s: float = 5
         return exc.code
     except OSError:
         return 0
+
+
+def wait_for_http(
+    url: str, proc: subprocess.Popen, timeout_s: float = 120, interval_s: float = 0.5
+) -> None:
+    """Wait until a GET of ``url`` answers 200 from the service ``proc`` started.
+
+    Raises RuntimeError when ``proc`` exits first (with what it printed, if that went to a
+    pipe) or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while http_status(url, timeout_s=2) != 200:
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            if isinstance(output, bytes):
+                output = output.decode(errors="replace")
+            raise RuntimeError(
+                f"exited with code {proc.returncode} before {url} answered: {output[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
+        time.sleep(interval_s)

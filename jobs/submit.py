@@ -25,6 +25,7 @@ from jobs.train import build_parser as train_parser
 from jobs.train import config_from_args
 from pipeline.errors import ConfigError, PipelineError, TrainingError
 from pipeline.redact import has_password, redact
+from pipeline.tracking import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 #: Settings a job needs to find its services; never credentials.
@@ -132,6 +133,8 @@ def submit(address: str, train_args: list[str]) -> tuple[object, str]:
     from ray.job_submission import JobSubmissionClient
 
     env = {name: os.environ[name] for name in FORWARDED if os.environ.get(name)}
+    # The uploaded copy has no .git: the run's code tags come from this checkout.
+    env.update(code_version.submit_env())
     _refuse_passwords(env, train_args)
     try:
         client = JobSubmissionClient(address, headers=_auth_headers())

@@ -27,8 +27,9 @@ from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
 from pipeline.redact import redact
 from pipeline.storage import check_access, check_writable, endpoint_url, resolve
-from pipeline.tracking import mlflow_run, outage, registry
+from pipeline.tracking import mlflow_run, outage, registry, summary
 from pipeline.tracking.registry import Registration
+from pipeline.train import checkpoint
 from pipeline.train.init_weights import check_init_weights
 from pipeline.train.loop import WorkerPayload
 
@@ -276,6 +277,8 @@ def run_job(
             progress(f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to MLflow")
         status = "FAILED"
         registration = None
+        metrics: dict = {}
+        error = ""
         try:
             with ray_session(cfg, progress):
                 result = _train(cfg, info, run_id, uri, callbacks)
@@ -297,7 +300,11 @@ def run_job(
                 if tracked
                 else f"run {run_id} (not tracked) stopped"
             )
+            error = f"stopped by {signal.Signals(number).name}"
             raise JobStopped(f"stopped by {signal.Signals(number).name}: {how}", number) from None
+        except Exception as exc:
+            error = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+            raise
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
@@ -306,6 +313,7 @@ def run_job(
             if status != "FINISHED" and registration is not None:
                 registry.withdraw_versions(uri, run_id)
             if tracked:
+                _describe_run(cfg, uri, run_id, status, metrics, registration, error)
                 mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
     return JobResult(
         run_id=run_id,
@@ -335,6 +343,9 @@ def _open_run(
     mlflow_run.reopen_run(cfg, resume)
     # A version its stopped driver registered but never promoted goes; the job registers anew.
     registry.withdraw_versions(uri, resume)
+    storage = resolve(cfg.storage.resolved_path(), cfg.s3)
+    if checkpoint.drop_torn_train_snapshot(storage.filesystem, storage.join(run_name(cfg, resume))):
+        progress(f"Ray Train's snapshot of run {resume} was cut off by its stopped driver; removed")
     progress(f"resuming MLflow run {resume} {where}")
     return resume
 
@@ -357,6 +368,36 @@ def _train(cfg: JobConfig, info: DatasetInfo, run_id: str, uri: str, callbacks: 
                 f"restarts allowed): {_worker_error(exc)}"
             ) from exc
         raise
+
+
+def _describe_run(
+    cfg: JobConfig,
+    uri: str,
+    run_id: str,
+    status: str,
+    metrics: dict,
+    registration: Registration | None,
+    error: str,
+) -> None:
+    """Replace the run's description with how it ended; never raises (the run's status
+    matters more than its note)."""
+    registered = ""
+    if registration is not None:
+        alias = f" @{cfg.tracking.alias}" if registration.promoted else " (alias not moved)"
+        registered = f"models:/{registration.name}/{registration.version}{alias}"
+    with contextlib.suppress(Exception):
+        client = mlflow_run.client_for(uri)
+        tags = client.get_run(run_id).data.tags
+        note = summary.run_description(
+            cfg,
+            tags,
+            metrics,
+            status,
+            registered=registered,
+            verdict=registration.verdict if registration is not None else "",
+            error=error,
+        )
+        client.set_tag(run_id, summary.TAG_NOTE, note)
 
 
 def _register(cfg, info, run_id: str, uri: str, result, metrics: dict, progress: Progress):

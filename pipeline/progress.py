@@ -27,10 +27,16 @@ class ProgressBar:
         out: TextIO | None = None,
         every_s: float = 10.0,
         width: int = 24,
+        rate_unit: str = "",
+        per_unit: float = 1.0,
     ) -> None:
+        """``rate_unit``/``per_unit``: the speed in another unit (steps done, samples/s:
+        ``per_unit`` samples per step); by default in ``unit``."""
         self.total = max(0, int(total))
         self.label = label
         self.unit = unit
+        self.rate_unit = rate_unit or unit
+        self.per_unit = per_unit
         self.done = 0
         self._out = out or sys.stderr
         self._tty = bool(getattr(self._out, "isatty", lambda: False)())
@@ -54,11 +60,12 @@ class ProgressBar:
         rate = self.done / elapsed
         share = self.done / self.total if self.total else 0.0
         left = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
+        speed = rate * self.per_unit
         filled = round(share * self._width)
         bar = "#" * filled + "-" * (self._width - filled)
         return (
             f"{self.label} [{bar}] {share:6.1%} {self.done:,}/{self.total:,} {self.unit}, "
-            f"{rate:,.0f} {self.unit}/s, {_duration(elapsed)} elapsed, ETA {_duration(left)}"
+            f"{speed:,.0f} {self.rate_unit}/s, {_duration(elapsed)} elapsed, ETA {_duration(left)}"
         )
 
     def close(self) -> None:

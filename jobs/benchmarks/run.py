@@ -67,7 +67,7 @@ SIZES = {
 }
 
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
-GROUPS = ("ingest", "step", "comm", "startup", "jobs", "memory", "predict", "tta")
+GROUPS = ("ingest", "step", "comm", "startup", "jobs", "memory", "predict", "tta", "ui")
 
 
 def _prepare(uri: str, rows: int, rows_per_file: int) -> None:
@@ -298,6 +298,13 @@ def _tta(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     return [tta.tta_figure(uri, spec["recipe"], spec["target"], reps, tmp, spec["set"])]
 
 
+def _ui(_size: dict, tmp: Path, _handicap: float) -> list[Figure]:
+    from jobs.benchmarks import mlflow_ui
+
+    _progress("MLflow UI memory: make mlflow-ui vs mlflow ui")
+    return [mlflow_ui.ui_memory_figure(tmp)]
+
+
 RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "ingest": _ingest,
     "step": _step,
@@ -307,6 +314,7 @@ RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "memory": _memory,
     "predict": _predict,
     "tta": _tta,
+    "ui": _ui,
 }
 
 

@@ -422,6 +422,18 @@ class TrackingConfig(Section):
         "where a new experiment stores artifacts (folder or s3://bucket/prefix); empty = the"
         " tracking server's default",
     )
+    system_metrics: bool = option(
+        True,
+        "log CPU, memory, disk and network use (and GPU when present) of rank 0's node to the"
+        " run's System metrics tab (MLflow's own sampler)",
+    )
+    system_metrics_every_s: float = option(10.0, "seconds between system metrics samples", ge=1)
+    progress_every_s: float = option(
+        10.0,
+        "seconds between rank 0's progress lines within an epoch (step, samples/s, ETA);"
+        " 0 = only the line at each epoch's end",
+        ge=0,
+    )
 
     def check(self) -> None:
         require(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")

@@ -11,6 +11,7 @@ import time
 
 from pipeline.errors import TrackingError
 from pipeline.redact import redact
+from pipeline.tracking import code_version
 from pipeline.tracking.mlflow_run import client_for, quiet_mlflow, tracking_problem
 from pipeline.tracking.model_source import SourceModel
 from pipeline.tracking.outage import is_unreachable
@@ -39,6 +40,7 @@ class InferenceRun:
                 exp_id,
                 run_name=f"predict-{source.name}-v{source.version}-{time.strftime('%Y%m%d-%H%M%S')}",
                 tags={
+                    **code_version.source_tags(code_version.entry_point()),
                     TAG_KIND: "predict",
                     TAG_MODEL: source.uri,
                     TAG_DATA_DIGEST: digest,

@@ -17,13 +17,17 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
+from pipeline.data.digest import data_digest
 from pipeline.errors import ConfigError, TrackingError
 from pipeline.redact import redact
+from pipeline.tracking import code_version, summary
 
 TAG_RECIPE = "pipeline.recipe"
 TAG_DATA_URI = "pipeline.data_uri"
 TAG_WORLD_SIZE = "pipeline.world_size"
 TAG_RESUME_KEY = "pipeline.resume_key"
+#: pipeline/data/digest.py's fingerprint of the splits the run read.
+TAG_DATA_DIGEST = "mxtrain.data_digest"
 
 
 def client_for(uri: str):
@@ -53,16 +57,21 @@ def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None 
                     f"already stores its artifacts at {exp.artifact_location}; use another "
                     "tracking.experiment or leave tracking.artifact_uri empty"
                 )
+        run_tags = {
+            TAG_RECIPE: cfg.recipe,
+            TAG_DATA_URI: redact(cfg.data.uri),
+            TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
+            TAG_RESUME_KEY: cfg.resume_key(),
+            TAG_DATA_DIGEST: data_digest(info),
+            **code_version.source_tags(code_version.entry_point()),
+            **(tags or {}),
+        }
+        # The description until the job ends and replaces it with its summary.
+        run_tags[summary.TAG_NOTE] = summary.run_description(cfg, run_tags, {}, "running")
         run = client.create_run(
             exp_id,
             run_name=f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={
-                TAG_RECIPE: cfg.recipe,
-                TAG_DATA_URI: redact(cfg.data.uri),
-                TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
-                TAG_RESUME_KEY: cfg.resume_key(),
-                **(tags or {}),
-            },
+            tags=run_tags,
         )
         params = [mlflow.entities.Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
         params += [
@@ -81,11 +90,21 @@ def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None 
                 for key, value in facts.items()
             ]
         client.log_batch(run.info.run_id, params=params)
+        # Imported here: lineage builds on this module's client.
+        from pipeline.tracking.lineage import log_training_data
+
+        log_training_data(uri, run.info.run_id, info, dataset_name(cfg.data.uri))
     except ConfigError:
         raise
     except Exception as exc:  # any failure here is the tracking store's, not ours
         raise TrackingError(tracking_problem(uri, exc)) from None
     return run.info.run_id
+
+
+def dataset_name(uri: str) -> str:
+    """A data set's name in the UI: the last part of its URI (``s3://b/fashion-mnist`` ->
+    ``fashion-mnist``)."""
+    return redact(uri).rstrip("/").rsplit("/", 1)[-1] or "data"
 
 
 def request_user(uri: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pipeline.config import JobConfig
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.redact import has_password
-from pipeline.tracking import bundle
+from pipeline.tracking import bundle, summary
 from pipeline.tracking.bundle import Bundle
 from pipeline.tracking.mlflow_run import client_for, request_user, tracking_problem
 from pipeline.tracking.outage import is_unreachable
@@ -183,12 +183,23 @@ def register_logged_model(
             warnings.simplefilter("ignore")
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             return _register_version(
-                cfg, uri, f"runs:/{run_id}/model", run_id, metrics, alias, tags
+                cfg, uri, _logged_model_uri(uri, run_id), run_id, metrics, alias, tags
             )
     except PipelineError:
         raise
     except Exception as exc:
         raise TrackingError(tracking_problem(uri, exc)) from None
+
+
+def _logged_model_uri(uri: str, run_id: str) -> str:
+    """The model run ``run_id`` logged, as MLflow 3 names it (``models:/m-...``): the
+    ``runs:/<id>/model`` form works too, with a warning that it is not an artifact path."""
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    found = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1
+    )
+    return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/model"
 
 
 def _register_version(
@@ -206,12 +217,20 @@ def _register_version(
 
     withdraw_versions(uri, run_id)  # what an earlier, interrupted try left
     name = cfg.registered_model_name
-    registered = mlflow.register_model(model_uri, name, tags={TAG_GATE: "pending", **(tags or {})})
-    version = str(registered.version)
     client = client_for(uri)
+    run_tags = client.get_run(run_id).data.tags
+    origin = summary.version_tags(run_id, run_tags, metrics)
+    registered = mlflow.register_model(
+        model_uri, name, tags={TAG_GATE: "pending", **origin, **(tags or {})}
+    )
+    version = str(registered.version)
     try:
         passed, verdict = gate_verdict(cfg, metrics)
         client.set_model_version_tag(name, version, TAG_GATE, "passed" if passed else verdict)
+        description = summary.version_description(cfg, run_id, run_tags, metrics)
+        client.update_model_version(
+            name, version, description=f"{description} Quality gate: {verdict}."
+        )
         if passed:
             client.set_registered_model_alias(name, alias, version)
     except BaseException:

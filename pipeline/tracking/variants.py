@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
+from pipeline.tracking import code_version
 from pipeline.tracking.bundle import Bundle
 from pipeline.tracking.mlflow_run import client_for, quiet_mlflow
 from pipeline.tracking.model_source import SourceModel
@@ -57,6 +58,7 @@ def record_variant(uri: str, source: SourceModel, variant: Variant, input_exampl
 
     client = client_for(uri)
     tags = {
+        **code_version.source_tags(code_version.entry_point()),
         "mlflow.parentRunId": source.run_id,
         "mlflow.note.content": variant.description,
         TAG_VARIANT: variant.name,

@@ -342,3 +342,28 @@ def resume(filesystem, run_dir: str, networks: dict, ctx, warn=log.warning) -> d
             continue
         return {**state, "checkpoint": path}
     return None
+
+
+#: Ray Train v2's record of the checkpoints it was told about, in the run's folder.
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def drop_torn_train_snapshot(filesystem, run_dir: str) -> bool:
+    """Delete Ray Train's snapshot in ``run_dir`` when it is not valid JSON; True if it did.
+
+    Ray writes it in place (open, write, close), so a driver killed in between leaves it empty
+    or cut, and Ray's controller then fails on start with a JSONDecodeError: a resume would never
+    start. Nothing of ours reads it (:func:`resume` lists the checkpoints themselves), and
+    without it Ray starts with no checkpoint history, which is what it does for a new run."""
+    path = f"{run_dir.rstrip('/')}/{TRAIN_SNAPSHOT}"
+    try:
+        with filesystem.open_input_stream(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False
+    try:
+        json.loads(text)
+        return False
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        filesystem.delete_file(path)
+        return True

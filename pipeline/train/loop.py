@@ -8,6 +8,7 @@ MLflow and writes checkpoints (the ``is_chief`` flag gates both).
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from collections import deque
@@ -22,6 +23,9 @@ from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.distributed.collectives import allreduce_max
 from pipeline.errors import ConfigError, DivergedError
+from pipeline.progress import ProgressBar
+from pipeline.tracking import diagnostics, system_metrics
+from pipeline.tracking.diagnostics import ErrorReport
 from pipeline.tracking.images import write_grid_png
 from pipeline.tracking.run_logger import RunLogger, Untracked
 from pipeline.train import trace
@@ -124,10 +128,16 @@ def train_worker(payload: WorkerPayload) -> None:
     elif is_chief:
         logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
         logger.count_attempt(cfg.scaling.max_failures)
+    sampler = None
+    if isinstance(logger, RunLogger) and cfg.tracking.system_metrics:
+        sampler = system_metrics.start(
+            payload.tracking_uri, payload.run_id, cfg.tracking.system_metrics_every_s
+        )
 
     try:
         _train(payload, hvd, ctx, rank, world, logger)
     finally:
+        system_metrics.finish(sampler)
         if logger:
             logger.close()
 
@@ -203,6 +213,7 @@ def _train(
             ctx=ctx,
         )
         throttle = EngineThrottle(_divergence_hint(cfg))
+        bar = _epoch_bar(cfg, epoch, steps, first, world) if is_chief else None
         for batch in batches:
             throttle.add(
                 task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps)),
@@ -214,6 +225,8 @@ def _train(
                 tracer.event("first_step")
                 tracer.rendezvous_listeners()
             n_steps += 1
+            if bar:
+                bar.update(1)
             if tracer:
                 seen.append(batch.ids[batch.labels >= 0])
             if every and n_steps % every == 0 and n_steps < steps:
@@ -252,6 +265,9 @@ def _train(
             logger.check()
             history += logger.log_metrics(metrics, step=epoch)
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
+            errors = task.errors() if last and isinstance(logger, RunLogger) else None
+            if errors is not None:
+                history += _log_errors(logger, errors, info, epoch)
             images = task.sample_images()
             if images is not None:
                 with tempfile.TemporaryDirectory() as pictures:  # not in the checkpoint
@@ -263,6 +279,44 @@ def _train(
         )
     for reader in readers.values():
         reader.source.close()
+
+
+def _log_errors(logger, errors: ErrorReport, info: DatasetInfo, epoch: int) -> list[list]:
+    """The test split's confusion matrix, per-class scores and misclassified images as the
+    run's artifacts (``errors/``) and metrics; the metric entries for the history."""
+    report = diagnostics.per_class(errors.matrix, info.class_names)
+    with tempfile.TemporaryDirectory() as tmp:  # not in the checkpoint
+        folder = Path(tmp)
+        scores, matrix, picture = (
+            str(folder / name)
+            for name in ("per_class.json", "confusion_matrix.png", "misclassified.png")
+        )
+        diagnostics.write_json(report, scores)
+        diagnostics.confusion_png(errors.matrix, info.class_names, matrix)
+        logger.log_artifact(scores, "errors")
+        logger.log_artifact(matrix, "errors")
+        if diagnostics.misclassified_png(errors, info.class_names, info.feature_shape, picture):
+            logger.log_artifact(picture, "errors")
+    return logger.log_metrics(diagnostics.per_class_metrics(report), step=epoch)
+
+
+def _epoch_bar(cfg: JobConfig, epoch: int, steps: int, first: int, world: int):
+    """Rank 0's progress through an epoch, a line every ``tracking.progress_every_s``.
+
+    Lines, not a bar redrawn in place: a worker's output reaches the driver's terminal
+    through Ray's log stream, one line at a time, whatever the terminal is. An epoch shorter
+    than the interval prints nothing but its end-of-epoch line."""
+    if not cfg.tracking.progress_every_s:
+        return None
+    return ProgressBar(
+        steps - first,
+        f"epoch {epoch + 1:>3}/{cfg.optim.epochs}",
+        unit="steps",
+        out=sys.stdout,
+        every_s=cfg.tracking.progress_every_s,
+        rate_unit="samples",
+        per_unit=cfg.data.batch_size * world,
+    )
 
 
 def _divergence_hint(cfg: JobConfig) -> str:

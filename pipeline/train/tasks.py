@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.data.ingest import Batch, ShardReader, to_ndarray
 from pipeline.distributed.collectives import allreduce_sum, average_running_stats
 from pipeline.tracking import bundle
+from pipeline.tracking.diagnostics import ErrorReport
 from pipeline.train.context import WorkerContext
 from pipeline.train.network import DistributedNetwork, stacked_to_host
 
@@ -46,19 +47,35 @@ def on_device(batch: Batch, device) -> Batch:
     return batch if batch.x is not None else batch.on_device(device)
 
 
-def _accuracy(context: WorkerContext, net, reader: ShardReader, name: str) -> float:
-    """Accuracy over a whole split: each rank scores its shard, the counts are summed."""
-
-    correct = total = 0
+def _confusion(
+    context: WorkerContext, net, reader: ShardReader, name: str, examples: bool = False
+) -> ErrorReport:
+    """The confusion matrix over a whole split (each rank scores its shard, the counts are
+    summed); with ``examples``, this rank's first misclassified rows too."""
+    k = context.info.num_classes
+    counts = np.zeros((k, k), dtype=np.int64)
+    report = ErrorReport(counts)
     for batch in reader.batches(
         epoch=0, batch_size=context.cfg.data.eval_batch_size, ctx=context.device
     ):
-        pred = net(batch.x).argmax(axis=1).asnumpy()
+        pred = net(batch.x).argmax(axis=1).asnumpy().astype(np.int64)
         keep = batch.labels >= 0
-        correct += int(np.count_nonzero(pred[keep] == batch.labels[keep]))
-        total += int(np.count_nonzero(keep))
-    summed = allreduce_sum(context.hvd, [correct, total], name)
-    return float(summed[0] / max(summed[1], 1))
+        true = batch.labels[keep].astype(np.int64)
+        np.add.at(counts, (true, pred[keep]), 1)
+        if examples and not report.full:
+            wrong = np.flatnonzero(keep & (pred != batch.labels))
+            report.add_misclassified(
+                batch.float_features()[wrong], batch.labels[wrong], pred[wrong], batch.ids[wrong]
+            )
+    summed = allreduce_sum(context.hvd, counts.ravel().tolist(), name)
+    report.matrix = np.rint(summed).astype(np.int64).reshape(k, k)
+    return report
+
+
+def _accuracy(context: WorkerContext, net, reader: ShardReader, name: str) -> float:
+    """Accuracy over a whole split."""
+    matrix = _confusion(context, net, reader, name).matrix
+    return float(np.trace(matrix) / max(matrix.sum(), 1))
 
 
 # -- the tasks ----------------------------------------------------------------------------------
@@ -89,6 +106,7 @@ class ClassificationTask:
         self.loss_fn = masked_loss_sum(gluon.loss.SoftmaxCrossEntropyLoss())
         self._losses: list = []  # per step, on the device; summed at the end of the epoch
         self._real = 0
+        self._errors: ErrorReport | None = None
 
     @property
     def params(self):
@@ -138,7 +156,17 @@ class ClassificationTask:
         return metrics
 
     def evaluate(self, reader: ShardReader, split: str, tag: str) -> dict[str, float]:
-        return {f"{split}_accuracy": _accuracy(self.context, self.model, reader, tag)}
+        """``<split>_accuracy``; on the test split also the error report (:meth:`errors`)."""
+        test = split == "test"
+        report = _confusion(self.context, self.model, reader, tag, examples=test)
+        if test:
+            self._errors = report
+        matrix = report.matrix
+        return {f"{split}_accuracy": float(np.trace(matrix) / max(matrix.sum(), 1))}
+
+    def errors(self) -> ErrorReport | None:
+        """How the model erred on the test split, once it was evaluated."""
+        return self._errors
 
     def export(self, directory: str, epoch: int) -> None:
         """The classifier as a model bundle (the registry's format) in ``directory``."""
@@ -296,6 +324,10 @@ class AdversarialTask:
             self.kind, epoch, self.context.info, latent_dim=self.latent
         )
         bundle.write(directory, self.g.net, meta)
+
+    def errors(self) -> ErrorReport | None:
+        """None: a generator's errors are seen in its sample grids."""
+        return None
 
     def sample_images(self) -> np.ndarray | None:
         """Generated samples with fixed noise, (classes, 10, height, width): one row per class

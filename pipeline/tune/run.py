@@ -30,6 +30,7 @@ from pipeline.config import JobConfig, load_job_config
 from pipeline.errors import ConfigError, PipelineError, TrackingError, TrainingError
 from pipeline.redact import redact
 from pipeline.storage import resolve
+from pipeline.tracking import code_version
 from pipeline.tune.space import Dimension, check_space, parse_space, trial_overrides
 
 Progress = Callable[[str], None]
@@ -66,6 +67,9 @@ class TrialSpec:
     metric: str
     tracking_uri: str
     experiment_id: str
+    #: The search driver's code tags (pipeline/tracking/code_version.py): a trial runs in a
+    #: Ray worker process, which may be on a node without the git checkout.
+    source_tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -136,7 +140,11 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
         cfg,
         progress=lambda msg: print(f"trial {trial_id}: {msg}", flush=True),
         resume=resume,
-        run_tags={"mlflow.parentRunId": spec.parent_run_id, TAG_TRIAL: trial_id},
+        run_tags={
+            **dict(spec.source_tags),
+            "mlflow.parentRunId": spec.parent_run_id,
+            TAG_TRIAL: trial_id,
+        },
         callbacks=[_epoch_reports(spec.metric)],
     )
 
@@ -258,8 +266,16 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
     preflight(cfg)  # the data, the storage (writable), the model's fit: once, for all trials
     uri = cfg.tracking.resolved_uri()
     parent, experiment_id, path = _parent_run(cfg, request, dims, metric, concurrency, progress)
+    source = code_version.source_tags(code_version.entry_point())
     spec = TrialSpec(
-        request.recipe, tuple(overrides), tuple(dims), parent, metric, uri, experiment_id
+        request.recipe,
+        tuple(overrides),
+        tuple(dims),
+        parent,
+        metric,
+        uri,
+        experiment_id,
+        tuple(source.items()),
     )
     status = "FAILED"
     try:
@@ -325,6 +341,7 @@ def _parent_run(
             exp_id,
             run_name=f"tune-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={
+                **code_version.source_tags(code_version.entry_point()),
                 TAG_KIND: "tune",
                 "pipeline.recipe": cfg.recipe,
                 "mlflow.note.content": (

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
+from infra.processes import free_port, wait_for_http
 from pipeline.config import load_job_config
 from pipeline.data.contract import MANIFEST
 from pipeline.errors import DataError
@@ -140,12 +140,6 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
     assert len(failed) == 1 and failed[0].data.params["data_uri"] == str(bad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
@@ -175,7 +169,7 @@ def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
     registry.log_and_register_model(cfg, run_id, str(written.directory), x[:2], {})
     reference = mlflow.pyfunc.load_model("models:/digits-cnn/1").predict(x[:5])
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -193,15 +187,7 @@ def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-                assert time.monotonic() < deadline, "the scoring server did not come up"
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
         split = {"columns": list(range(64)), "data": x[:5].tolist()}
         for body in ({"dataframe_split": split}, {"inputs": x[:5].tolist()}):
             status, answer = _post(port, body)

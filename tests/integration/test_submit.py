@@ -51,6 +51,13 @@ def test_make_submit_runs_the_job_on_the_cluster(ray_head, digits_uri, tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
     assert run.info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "world_size")] == [2, 2]
+    # The uploaded copy has no .git: the code tags are the submitting checkout's.
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head
+    assert run.data.tags["mlflow.source.type"] == "JOB"
+    assert run.data.tags["mxtrain.git.dirty"] in ("true", "false")
 
 
 def test_a_failing_job_fails_make_submit_with_its_last_error(ray_head, tmp_path):

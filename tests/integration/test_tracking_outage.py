@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
-from infra.processes import free_port, stop_group
+from infra.processes import free_port, stop_group, wait_for_http
 from pipeline.train import trace
 from tests.conftest import REPO
 from tests.faults import FlakyProxy
@@ -46,14 +45,7 @@ def mlflow_server(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no MLflow server"
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/health", proc)
         yield port
     finally:
         stop_group(proc.pid, grace_s=20, proc=proc)

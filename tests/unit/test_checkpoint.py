@@ -275,3 +275,16 @@ def test_a_planted_key_outside_the_manifest_is_never_written(hvd, tmp_path, monk
     assert state is not None and state["next_epoch"] == 1
     assert len(warnings) == 1 and "not a file name" in warnings[0]
     assert list(tmp_path.rglob("escaped.bin")) == []
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"checkpoint_results": [', b"\xff\xfe"])
+def test_a_torn_ray_train_snapshot_is_dropped_and_a_whole_one_kept(tmp_path, torn):
+    fs = pafs.LocalFileSystem()
+    snapshot = tmp_path / checkpoint.TRAIN_SNAPSHOT
+    assert not checkpoint.drop_torn_train_snapshot(fs, str(tmp_path))  # none: nothing to do
+    snapshot.write_text('{"ray_version": "2.60.0"}')
+    assert not checkpoint.drop_torn_train_snapshot(fs, str(tmp_path))
+    assert snapshot.exists()
+    snapshot.write_bytes(torn)
+    assert checkpoint.drop_torn_train_snapshot(fs, str(tmp_path))
+    assert not snapshot.exists()

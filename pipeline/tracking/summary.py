@@ -1,0 +1,134 @@
+"""What a reviewer reads in the MLflow UI without opening a terminal: the run's description
+(the UI's note, ``mlflow.note.content``) and the registered model version's description and
+tags.
+
+Both are built from what the run itself recorded (its tags: recipe, data, digest, code
+version, restarts) and its final metrics, so a version registered later from a finished run
+(a search's best trial) says the same as one registered by its own job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pipeline.config import JobConfig
+from pipeline.tracking import code_version
+
+TAG_NOTE = "mlflow.note.content"
+#: Model version tags (besides mxtrain.gate).
+TAG_SOURCE_RUN = "mxtrain.source_run"
+TAG_VERSION_DIGEST = "mxtrain.data_digest"
+TAG_VERSION_COMMIT = "mxtrain.git.commit"
+TAG_VERSION_DIRTY = "mxtrain.git.dirty"
+METRIC_TAG_PREFIX = "mxtrain.metric."
+
+
+def headline_metrics(metrics: Mapping[str, float], gate_metric: str = "") -> dict[str, float]:
+    """The metrics worth reading first: the gate's, then test_*, val_*, train_loss."""
+    keys = [gate_metric] if gate_metric in metrics else []
+    keys += sorted(k for k in metrics if k.startswith("test_") and "/" not in k)
+    keys += sorted(k for k in metrics if k.startswith("val_") and "/" not in k)
+    keys += [k for k in ("train_loss", "samples_per_sec") if k in metrics]
+    out: dict[str, float] = {}
+    for key in keys:
+        value = metrics[key]
+        if isinstance(value, int | float) and key not in out:
+            out[key] = float(value)
+    return out
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4f}"
+
+
+def _code_line(tags: Mapping[str, str]) -> str:
+    commit = tags.get(code_version.TAG_COMMIT, "")
+    version = tags.get(code_version.TAG_VERSION, "?")
+    if not commit:
+        return f"Code: mxtrain {version}, not from a git checkout"
+    dirty = " with uncommitted changes" if tags.get(code_version.TAG_DIRTY) == "true" else ""
+    return f"Code: commit {commit[:12]}{dirty}, mxtrain {version}"
+
+
+def run_description(
+    cfg: JobConfig,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+    status: str,
+    registered: str = "",
+    verdict: str = "",
+    error: str = "",
+) -> str:
+    """The run's note (Markdown): recipe, data, workers, restarts, final metrics against the
+    recipe's target, the gate's verdict and the model it registered; or how it ended."""
+    from pipeline.tracking.mlflow_run import TAG_DATA_DIGEST, TAG_DATA_URI
+    from pipeline.tracking.run_logger import TAG_RESTARTS
+
+    scaling = cfg.scaling
+    workers = (
+        f"{scaling.min_workers}-{scaling.num_workers} workers (elastic)"
+        if scaling.elastic
+        else f"{scaling.num_workers} workers"
+    )
+    final_world = metrics.get("world_size")
+    if final_world is not None and scaling.elastic:
+        workers += f", {final_world:.0f} at the end"
+    restarts = tags.get(TAG_RESTARTS, "0")
+    lines = [
+        f"**{cfg.recipe}** ({cfg.model.name}): {status}",
+        "",
+        f"- Data: `{tags.get(TAG_DATA_URI, cfg.data.uri)}`, digest "
+        f"`{tags.get(TAG_DATA_DIGEST, '?')[:12]}` (Datasets: train, val, test)",
+        f"- {workers}, {cfg.optim.epochs} epochs, {restarts} restarts of the worker group",
+        f"- {_code_line(tags)}",
+    ]
+    shown = headline_metrics(metrics, cfg.tracking.gate_metric)
+    if shown:
+        lines += ["", "| metric | final | target |", "|---|---|---|"]
+        for key, value in shown.items():
+            target = ""
+            if key == cfg.tracking.gate_metric:
+                met = math.isfinite(value) and value >= cfg.tracking.gate_min
+                target = f">= {cfg.tracking.gate_min:g} ({'met' if met else 'missed'})"
+            lines.append(f"| {key} | {_number(value)} | {target} |")
+    if verdict:
+        lines += ["", f"Quality gate: {verdict}."]
+    if registered:
+        lines.append(f"Registered: {registered}.")
+    if error:
+        lines += ["", f"Error: {error}"]
+    return "\n".join(lines)
+
+
+def version_tags(run_id: str, run_tags: Mapping[str, str], metrics: Mapping[str, float]):
+    """The model version's tags: where it came from (run, data digest, commit) and the
+    headline metrics (``mxtrain.metric.<name>``)."""
+    from pipeline.tracking.mlflow_run import TAG_DATA_DIGEST
+
+    tags = {TAG_SOURCE_RUN: run_id}
+    if run_tags.get(TAG_DATA_DIGEST):
+        tags[TAG_VERSION_DIGEST] = run_tags[TAG_DATA_DIGEST]
+    if run_tags.get(code_version.TAG_COMMIT):
+        tags[TAG_VERSION_COMMIT] = run_tags[code_version.TAG_COMMIT]
+        tags[TAG_VERSION_DIRTY] = run_tags.get(code_version.TAG_DIRTY, "unknown")
+    for key, value in headline_metrics(metrics).items():
+        tags[METRIC_TAG_PREFIX + key] = f"{value:.6g}"
+    return tags
+
+
+def version_description(
+    cfg: JobConfig, run_id: str, run_tags: Mapping[str, str], metrics: Mapping[str, float]
+) -> str:
+    """The model version's description: what it is, how good, from what."""
+    from pipeline.tracking.mlflow_run import TAG_DATA_DIGEST, TAG_DATA_URI
+
+    shown = headline_metrics(metrics, cfg.tracking.gate_metric)
+    scores = ", ".join(f"{k} {_number(v)}" for k, v in list(shown.items())[:4])
+    return (
+        f"{cfg.recipe} ({cfg.model.name}) trained by run {run_id} on "
+        f"{run_tags.get(TAG_DATA_URI, cfg.data.uri)} (digest "
+        f"{run_tags.get(TAG_DATA_DIGEST, '?')[:12]}). {scores}. {_code_line(run_tags)}."
+    )
