@@ -35,7 +35,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress tune predict serve mlflow-ui mlflow-server mlflow-server-stop object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress tune predict serve mlflow-ui mlflow-server mlflow-server-stop local-cluster object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -128,6 +128,10 @@ mlflow-server: $(STAMP) ## Start a shared MLflow server (PostgreSQL, S3 artifact
 
 mlflow-server-stop: $(STAMP) ## Stop the shared MLflow server (and its PostgreSQL)
 	$(BIN)/python -m infra.mlflow.server stop
+
+NODES ?= 2
+local-cluster: $(STAMP) ## A Ray cluster of NODES nodes (own raylets, token auth) on this machine, in the foreground; prints how a job joins it; Ctrl-C stops it
+	$(BIN)/python -m infra.local.ray_cluster --nodes $(NODES) $(ARGS)
 
 object-store: $(STAMP) ## Start a local S3 server (SeaweedFS) on 127.0.0.1:8333 with bucket s3://mxtrain
 	$(BIN)/python -m infra.local.seaweedfs start --dir .object-store --s3-port 8333 --bucket mxtrain

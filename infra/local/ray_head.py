@@ -1,5 +1,8 @@
-"""A Ray head of its own on this machine, as the shipped cluster configs start one: on
-127.0.0.1, with token authentication, in its own process group and temp dir.
+"""A Ray head of its own on this machine, as the shipped cluster configs start one: with
+token authentication, in its own process group and temp dir. Its dashboard (the Jobs API)
+listens on 127.0.0.1. Its GCS and raylet listen on every interface, as `ray start` binds
+them, and require the token; Ray registers the node under the machine's address even when
+told ``--node-ip-address=127.0.0.1`` (``services.resolve_ip_for_localhost``).
 
 Used by the tests of cluster submission and by the warm start-up benchmark (a job joining a
 running cluster through ``RAY_ADDRESS``)::
@@ -49,8 +52,14 @@ def http_status(url: str, token: str | None = None) -> int:
 
 
 @contextlib.contextmanager
-def start_head(log_path: Path, num_cpus: int = 4, timeout_s: float = 120) -> Iterator[RayHead]:
-    """Start the head, wait until its dashboard answers, yield it, stop it and its workers."""
+def start_head(
+    log_path: Path,
+    num_cpus: int = 4,
+    timeout_s: float = 120,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[RayHead]:
+    """Start the head, wait until its dashboard answers, yield it, stop it and its workers.
+    ``extra_env``: more of the head's environment (Ray's ``RAY_<setting>`` system config)."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port, dashboard_port = free_port(), free_port()
     # Its own temp dir, so its address file (ray_current_cluster) does not outlive it in
@@ -74,6 +83,7 @@ def start_head(log_path: Path, num_cpus: int = 4, timeout_s: float = 120) -> Ite
                 "MXNET_CPU_WORKER_NTHREADS": "1",
                 "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": token,
+                **(extra_env or {}),
             },
         )  # fmt: skip
     head_info = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", token)

@@ -67,7 +67,7 @@ SIZES = {
 }
 
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
-GROUPS = ("ingest", "step", "comm", "startup", "jobs", "memory", "predict", "tta", "ui")
+GROUPS = ("ingest", "step", "comm", "startup", "jobs", "nodes", "memory", "predict", "tta", "ui")
 
 
 def _prepare(uri: str, rows: int, rows_per_file: int) -> None:
@@ -269,6 +269,14 @@ def _jobs(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     return [stall, tracking]
 
 
+def _nodes(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
+    from jobs.benchmarks import multinode
+
+    uri = _synthetic(tmp, "scaling", size["scaling_rows"])
+    _progress("two nodes: 2 workers on 2 Ray nodes vs 1 node, a cluster on this machine")
+    return [multinode.two_node_figure(uri, "digits-cnn", size["job_epochs"], size["reps"], tmp)]
+
+
 def _memory(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     from jobs.benchmarks import memory
 
@@ -311,6 +319,7 @@ RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "comm": _comm,
     "startup": _startup,
     "jobs": _jobs,
+    "nodes": _nodes,
     "memory": _memory,
     "predict": _predict,
     "tta": _tta,

@@ -134,6 +134,13 @@ def _interface_for(ip: str) -> str:
     )
 
 
+def ray_node_ips() -> dict[str, str]:
+    """Node id -> the IP the node registered with the cluster, for every alive node."""
+    import ray
+
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+
+
 def start_rendezvous(host: str):
     """Horovod's Gloo rendezvous server, listening on ``host`` only; returns (server, port).
 
@@ -182,7 +189,11 @@ class HorovodBackend(Backend):
 
         controller_node = ray.get_runtime_context().get_node_id()
         single_node = set(node_ids) == {controller_node}
-        addr = LOOPBACK if single_node else ray.util.get_node_ip_address()
+        # Each node's IP as the cluster registered it (`ray start --node-ip-address`), not
+        # the address a process guesses from its default route: on a machine with several
+        # interfaces they differ, and the cluster's is the one its nodes reach each other on.
+        node_ips = ray_node_ips()
+        addr = LOOPBACK if single_node else node_ips[controller_node]
 
         server, port = start_rendezvous(addr)
         server.init(
@@ -208,7 +219,9 @@ class HorovodBackend(Backend):
         else:
             nics = ray.get(
                 [
-                    worker_group.execute_single_async(rank, _interface_for, w.metadata.node_ip)
+                    worker_group.execute_single_async(
+                        rank, _interface_for, node_ips[w.metadata.node_id]
+                    )
                     for rank, w in enumerate(workers)
                 ]
             )

@@ -30,6 +30,8 @@ from pipeline.tracking.outage import backoff, is_unreachable
 _CLOSE: tuple[str, dict] = ("close", {})
 TAG_ATTEMPTS = "pipeline.attempts"
 TAG_RESTARTS = "pipeline.restarts"
+#: Workers in the latest worker group (an elastic job's changes).
+TAG_GROUP_SIZE = "pipeline.group_size"
 TAG_DROPPED = "pipeline.tracking_dropped"
 
 
@@ -50,7 +52,7 @@ class Untracked:
 
     dropped = 0
 
-    def count_attempt(self, max_failures: int) -> None:
+    def count_attempt(self, max_failures: int, world: int = 0) -> None:
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
@@ -95,12 +97,13 @@ class RunLogger:
 
     # -- what rank 0 calls ---------------------------------------------------------------------
 
-    def count_attempt(self, max_failures: int) -> None:
-        """Count this start of the worker group in the run's tags (``pipeline.attempts``,
-        ``pipeline.restarts``). At once when the server answers (a group that fails right
-        away must still be counted); queued first when it does not, so a group that starts
-        during an outage trains on instead of failing and burning a restart."""
-        item = ("count_attempt", {"max_failures": max_failures})
+    def count_attempt(self, max_failures: int, world: int = 0) -> None:
+        """Count this start of the worker group, of ``world`` workers, in the run's tags
+        (``pipeline.attempts``, ``pipeline.restarts``, ``pipeline.group_size``). At once when
+        the server answers (a group that fails right away must still be counted); queued
+        first when it does not, so a group that starts during an outage trains on instead of
+        failing and burning a restart."""
+        item = ("count_attempt", {"max_failures": max_failures, "world": world})
         try:
             self._call(client_for(self.uri), *item)
         except Exception as exc:
@@ -236,10 +239,17 @@ class RunLogger:
             attempt = int(tags.get(TAG_ATTEMPTS, "0")) + 1
             client.set_tag(self.run_id, TAG_ATTEMPTS, str(attempt))
             client.set_tag(self.run_id, TAG_RESTARTS, str(attempt - 1))
-            if attempt > 1:
+            world, before = kwargs.get("world", 0), int(tags.get(TAG_GROUP_SIZE, "0"))
+            if world:
+                client.set_tag(self.run_id, TAG_GROUP_SIZE, str(world))
+            if attempt > 1 and before and world > before:
+                # Only an elastic resize grows a group; it is no failure (Ray Train does not
+                # count it against max_failures).
+                print(f"worker group grew from {before} to {world} workers (elastic)", flush=True)
+            elif attempt > 1:
                 print(
-                    f"worker group restarted after a failure ({attempt - 1} of at most "
-                    f"{kwargs['max_failures']} restarts)",
+                    f"worker group restarted after a failure ({attempt - 1} restarts so far, "
+                    f"failures allowed: {kwargs['max_failures']})",
                     flush=True,
                 )
             return

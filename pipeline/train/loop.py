@@ -127,7 +127,7 @@ def train_worker(payload: WorkerPayload) -> None:
         logger = Untracked()
     elif is_chief:
         logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
-        logger.count_attempt(cfg.scaling.max_failures)
+        logger.count_attempt(cfg.scaling.max_failures, world)
     sampler = None
     if isinstance(logger, RunLogger) and cfg.tracking.system_metrics:
         sampler = system_metrics.start(
@@ -186,6 +186,8 @@ def _train(
         # twice: same key, value, timestamp and step.)
         logger.replay(history)
     tracer = trace.Tracer.from_env(rank)
+    if tracer:
+        tracer.topology(hvd)
     train_time = 0.0
     train_samples = 0
     if is_chief:

@@ -72,6 +72,27 @@ class Tracer:
         with self.path.with_name(f"events-rank-{self.rank}.jsonl").open("a") as f:
             f.write(json.dumps({**record, **fields}) + "\n")
 
+    def topology(self, hvd) -> None:
+        """Where this rank sits, as Horovod and Ray see it from inside the worker (an
+        ``event``): ranks, the Ray node, the Gloo interface and rendezvous address, and the
+        thread settings the process runs with."""
+        import ray
+
+        env = os.environ
+        self.event(
+            "topology",
+            size=hvd.size(),
+            local_rank=hvd.local_rank(),
+            local_size=hvd.local_size(),
+            cross_rank=hvd.cross_rank(),
+            cross_size=hvd.cross_size(),
+            node_id=ray.get_runtime_context().get_node_id(),
+            horovod_host=env.get("HOROVOD_HOSTNAME", ""),
+            gloo_iface=env.get("HOROVOD_GLOO_IFACE", ""),
+            rendezvous=env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", ""),
+            threads={k: env.get(k, "") for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")},
+        )
+
     def rendezvous_listeners(self) -> None:
         """Where the Gloo rendezvous server listens while this rank trains: the local address
         of every listening TCP socket on this machine with its port (an ``event``)."""

@@ -51,6 +51,10 @@ def mlflow_server(tmp_path):
         stop_group(proc.pid, grace_s=20, proc=proc)
 
 
+# make test-all: it waits out a real minute (about 2 minutes in all). make test keeps the
+# logger's side of it: buffering, order, retries and the count of what was lost
+# (tests/unit/test_run_logger.py).
+@pytest.mark.slow
 def test_a_minute_without_mlflow_loses_nothing(mlflow_server, digits_uri, tmp_path):
     direct = MlflowClient(f"http://127.0.0.1:{mlflow_server}")
     proxy = FlakyProxy(mlflow_server, reset_first=0, slow_down_every=0)
