@@ -29,6 +29,21 @@ def listening_addresses(port: int) -> set[str]:
     }
 
 
+def group_processes(pgid: int) -> list:
+    """The live processes of process group ``pgid`` (psutil.Process objects): what a service
+    started with ``start_new_session=True`` runs, its leader included."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getpgid(process.pid) == pgid:
+                found.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
 def stop_group(pid: int, grace_s: float = 3.0, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group led by ``pid``, SIGKILL it after ``grace_s``.
 

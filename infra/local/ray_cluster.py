@@ -86,8 +86,10 @@ class LocalCluster:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         temp_dir = tempfile.mkdtemp(prefix="raynode-", dir="/tmp")  # short: socket paths
         log = self.log_dir / f"node-{len(self.nodes) + 1}.log"
+        expected = len(self.alive_nodes()) + 1  # counted before the node can register
         with log.open("w") as out:
             proc = subprocess.Popen(
+                # As the head's: Ray registers the machine's address anyway (ray_head.py).
                 [ray_bin, "start", f"--address={self.head.gcs_address}",
                  "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--block",
                  "--disable-usage-stats", f"--temp-dir={temp_dir}"],
@@ -95,7 +97,6 @@ class LocalCluster:
                 env={**os.environ, **_node_env(self.head.token)},
             )  # fmt: skip
         node = Node(proc, temp_dir, num_cpus, log)
-        expected = len(self.alive_nodes()) + 1
         self.nodes.append(node)
         try:
             self.wait_for_nodes(expected, timeout_s)
@@ -106,37 +107,44 @@ class LocalCluster:
     def kill_node(self, node: Node) -> None:
         """The node's machine is gone: SIGKILL its raylet, its workers and everything else it
         started, at once."""
-        import psutil
-
-        try:
-            family = psutil.Process(node.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        for process in family:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+        family = _descendants(node.pid)
+        _kill(family)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
         node.proc.wait()
-        psutil.wait_procs(family, timeout=30)
-        self.nodes.remove(node)
-        shutil.rmtree(node.temp_dir, ignore_errors=True)
+        self._forget(node, family)
 
     def stop_node(self, node: Node) -> None:
         """Stop a node as its own group and descendants (an orderly end, not a failure)."""
+        family = _descendants(node.pid)
+        stop_group(node.pid, grace_s=5, proc=node.proc)
+        _kill(family)  # Ray's workers lead groups of their own
+        self._forget(node, family)
+
+    def _forget(self, node: Node, family: list) -> None:
+        """Wait for the node's processes to be gone; drop it and its temp dir."""
         import psutil
 
-        try:
-            family = psutil.Process(node.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        stop_group(node.pid, grace_s=5, proc=node.proc)
-        for process in family:  # Ray's workers lead groups of their own
-            with contextlib.suppress(psutil.Error):
-                process.kill()
         psutil.wait_procs(family, timeout=30)
         self.nodes.remove(node)
         shutil.rmtree(node.temp_dir, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill(processes: list) -> None:
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _node_env(token: str) -> dict[str, str]:
@@ -191,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m infra.local.ray_cluster",
         description="Start a Ray cluster of several nodes on this machine (a head and worker "
-        "nodes, each its own raylet, on 127.0.0.1, token authentication), print how a job "
-        "joins it, and stop it on Ctrl-C or SIGTERM.",
+        "nodes, each its own raylet, token authentication, the dashboard on 127.0.0.1), print "
+        "how a job joins it, and stop it on Ctrl-C or SIGTERM.",
     )
     p.add_argument("--nodes", type=int, default=2, help="nodes, the head included (default 2)")
     p.add_argument("--cpus-per-node", type=int, default=1, help="logical CPUs of each node")

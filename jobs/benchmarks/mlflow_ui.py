@@ -15,24 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from infra.processes import free_port, stop_group, wait_for_http
+from infra.processes import free_port, group_processes, stop_group, wait_for_http
 from jobs.benchmarks.harness import Figure, ratio_figure
 from jobs.benchmarks.procs import REPO
 
 SETTLE_S = 20
-
-
-def _group(pgid: int) -> list:
-    import psutil
-
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid:
-                found.append(process)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
 
 
 def _serve_and_measure(command: list[str], store: str, port: int) -> tuple[int, float]:
@@ -51,7 +38,7 @@ def _serve_and_measure(command: list[str], store: str, port: int) -> tuple[int, 
         wait_for_http(f"http://127.0.0.1:{port}/health", proc)
         time.sleep(SETTLE_S)
         total = 0
-        processes = _group(proc.pid)
+        processes = group_processes(proc.pid)
         for process in processes:
             try:
                 total += process.memory_full_info().uss

@@ -44,6 +44,15 @@ class ErrorReport:
     def full(self) -> bool:
         return len(self.true) >= MAX_EXAMPLES
 
+    @property
+    def accuracy(self) -> float:
+        return accuracy(self.matrix)
+
+
+def accuracy(matrix: np.ndarray) -> float:
+    """The share of the counted rows on the diagonal (0 for no rows)."""
+    return float(np.trace(matrix) / max(np.sum(matrix), 1))
+
 
 def class_labels(num_classes: int, names: Sequence[str]) -> list[str]:
     """The name of each class: its own, else its index."""
@@ -79,7 +88,7 @@ def per_class(matrix: np.ndarray, names: Sequence[str] = ()) -> dict:
         "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
         "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "accuracy": float(hits.sum() / max(matrix.sum(), 1)),
+        "accuracy": accuracy(matrix),
         "confusion_matrix": matrix.astype(np.int64).tolist(),
     }
 
@@ -137,10 +146,9 @@ def confusion_png(matrix: np.ndarray, names: Sequence[str], path: str) -> None:
                     )
         ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(k), labels, fontsize=8)
-    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"test split: {matrix.sum():,} rows, accuracy {accuracy:.4f}")
+    ax.set_title(f"test split: {matrix.sum():,} rows, accuracy {accuracy(matrix):.4f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

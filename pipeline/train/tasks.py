@@ -74,8 +74,7 @@ def _confusion(
 
 def _accuracy(context: WorkerContext, net, reader: ShardReader, name: str) -> float:
     """Accuracy over a whole split."""
-    matrix = _confusion(context, net, reader, name).matrix
-    return float(np.trace(matrix) / max(matrix.sum(), 1))
+    return _confusion(context, net, reader, name).accuracy
 
 
 # -- the tasks ----------------------------------------------------------------------------------
@@ -161,8 +160,7 @@ class ClassificationTask:
         report = _confusion(self.context, self.model, reader, tag, examples=test)
         if test:
             self._errors = report
-        matrix = report.matrix
-        return {f"{split}_accuracy": float(np.trace(matrix) / max(matrix.sum(), 1))}
+        return {f"{split}_accuracy": report.accuracy}
 
     def errors(self) -> ErrorReport | None:
         """How the model erred on the test split, once it was evaluated."""

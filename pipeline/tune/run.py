@@ -265,8 +265,11 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
     concurrency, local_cpus = _concurrency(cfg)
     preflight(cfg)  # the data, the storage (writable), the model's fit: once, for all trials
     uri = cfg.tracking.resolved_uri()
-    parent, experiment_id, path = _parent_run(cfg, request, dims, metric, concurrency, progress)
+    # The search's code tags, read from git once here: its run and every trial's carry them.
     source = code_version.source_tags(code_version.entry_point())
+    parent, experiment_id, path = _parent_run(
+        cfg, request, dims, metric, concurrency, source, progress
+    )
     spec = TrialSpec(
         request.recipe,
         tuple(overrides),
@@ -322,6 +325,7 @@ def _parent_run(
     dims: list[Dimension],
     metric: str,
     concurrency: int,
+    source_tags: dict[str, str],
     progress: Progress,
 ) -> tuple[str, str, str]:
     """(run id, experiment id, Tune's experiment path) of the search's MLflow run: new, or
@@ -341,7 +345,7 @@ def _parent_run(
             exp_id,
             run_name=f"tune-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={
-                **code_version.source_tags(code_version.entry_point()),
+                **source_tags,
                 TAG_KIND: "tune",
                 "pipeline.recipe": cfg.recipe,
                 "mlflow.note.content": (

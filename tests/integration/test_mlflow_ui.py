@@ -12,10 +12,15 @@ import time
 import urllib.parse
 import urllib.request
 
-import psutil
 import pytest
 
-from infra.processes import free_port, listening_addresses, stop_group, wait_for_http
+from infra.processes import (
+    free_port,
+    group_processes,
+    listening_addresses,
+    stop_group,
+    wait_for_http,
+)
 from tests.conftest import REPO, fresh_mlflow_store, run_cli
 
 pytestmark = pytest.mark.integration
@@ -66,17 +71,10 @@ def ui(trained):
     try:
         wait_for_http(f"{base}/health", proc)
         time.sleep(3)  # anything MLflow starts beside the server would be up by now
-        group = [p for p in psutil.process_iter(["cmdline"]) if _in_group(p, proc.pid)]
+        group = group_processes(proc.pid)
         yield base, group, port
     finally:
         stop_group(proc.pid, grace_s=20, proc=proc)
-
-
-def _in_group(process: psutil.Process, pgid: int) -> bool:
-    try:
-        return os.getpgid(process.pid) == pgid
-    except (ProcessLookupError, psutil.Error):
-        return False
 
 
 def _get(base: str, endpoint: str, **query) -> dict:
