@@ -108,14 +108,16 @@ def _refuse_local_outputs(cfg) -> None:
 
 def _refuse_passwords(env: dict[str, str], train_args: list[str]) -> None:
     """A job's env and command line are stored by the cluster and shown in its dashboard:
-    a URI with a password in either is refused, not sent."""
+    a URI with a secret in either (what :func:`~pipeline.redact.redact` hides) is refused,
+    not sent."""
     where = [name for name, value in env.items() if has_password(value)]
     where += [f"argument {redact(a)!r}" for a in train_args if has_password(a)]
     if where:
         raise ConfigError(
-            f"{where[0]} holds a password in a URI, and credentials are never sent with a job:"
-            " drop user:password@ from the URI and give the cluster MLFLOW_TRACKING_USERNAME /"
-            " MLFLOW_TRACKING_PASSWORD (see infra/k8s/rayjob.yaml)"
+            f"{where[0]} holds a secret in a URI (user:password@, token@ or a signed query),"
+            " and credentials are never sent with a job: drop it from the URI and give the"
+            " cluster MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or its own S3"
+            " credentials (see infra/k8s/rayjob.yaml)"
         )
 
 

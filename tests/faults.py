@@ -126,3 +126,72 @@ class FlakyProxy:
         self._open.difference_update((conn, upstream))
         conn.close()
         upstream.close()
+
+
+# -- a model version shaped by someone who may write the registry -----------------------------
+
+_CRAFTED_LOADER = '''"""A pyfunc loader as an attacker would register it: it runs on import."""
+import pathlib
+
+import mlflow.models
+import mlflow.pyfunc
+
+pathlib.Path({marker!r}).write_text("the registry's code ran")
+
+
+class Crafted(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+mlflow.models.set_model(Crafted())
+'''
+
+
+class _Pickled:
+    """A python_model whose unpickling writes ``marker`` (what a cloudpickled model can do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "the registry's pickle ran"))
+
+
+def register_crafted_version(
+    name: str, marker, artifacts: dict[str, str] | None = None, pickled: bool = False
+) -> str:
+    """A version of ``name`` whose MLmodel runs code that writes ``marker`` when loaded: a
+    models-from-code loader of its own (with ``artifacts``, e.g. a real bundle's files), or a
+    cloudpickled python_model. Returns ``models:/name/<version>``; ``marker`` is removed
+    after logging (MLflow may load the model while logging it)."""
+    import pathlib
+    import tempfile
+
+    import mlflow
+    import mlflow.pyfunc
+
+    marker = pathlib.Path(marker)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
+        if pickled:
+            from mlflow.pyfunc import PythonModel
+
+            class Model(PythonModel):
+                def __init__(self) -> None:
+                    self.payload = _Pickled(str(marker))
+
+                def predict(self, context, model_input, params=None):
+                    return model_input
+
+            info = mlflow.pyfunc.log_model(name="model", python_model=Model(), artifacts=artifacts)
+        else:
+            loader = pathlib.Path(tmp, "loader.py")
+            loader.write_text(_CRAFTED_LOADER.format(marker=str(marker)))
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(loader), artifacts=artifacts
+            )
+    version = mlflow.register_model(info.model_uri, name)
+    marker.unlink(missing_ok=True)
+    return f"models:/{name}/{version.version}"

@@ -111,6 +111,14 @@ class DataConfig(Section):
         " side to fit, then cut the centre)",
         choices=("resize", "crop"),
     )
+    max_classes: int = option(
+        10_000,
+        "your own Parquet: the most classes a label column may make (integer labels 0..N-1,"
+        " or N distinct strings); one stray label like 10**12 would otherwise make an output"
+        " layer no worker can allocate. Raise it for a data set with more classes",
+        ge=2,
+        le=10_000_000,
+    )
     id_column: str = option(
         "",
         "your own Parquet: a unique integer row id; empty = derived from (file, row), stable"

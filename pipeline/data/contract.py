@@ -152,7 +152,17 @@ def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
         if nulls:
             raise DataError(f"{where}: {nulls} rows have a null {name!r}; {fix}")
     ids = table.column(ID).to_numpy()
-    labels = table.column(LABEL).to_numpy()
+    check_labels(table.column(LABEL).to_numpy(), ids, num_classes, where)
+    feats = single_chunk(table.column(FEATURES))
+    if feats.flatten().null_count:
+        raise DataError(
+            f"{where}: {feats.flatten().null_count} null values inside 'features'; {fix}"
+        )
+    check_finite(feats, ids, where)
+
+
+def check_labels(labels: np.ndarray, ids: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse a label outside ``[0, num_classes)``, naming the first row's id."""
     outside = (labels < 0) | (labels >= num_classes)
     if outside.any():
         row = int(np.flatnonzero(outside)[0])
@@ -161,20 +171,22 @@ def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
             f"({int(outside.sum())} such rows); fix the labels or the schema's "
             f"{META_CLASSES.decode()}"
         )
-    feats = single_chunk(table.column(FEATURES))
-    flat = feats.flatten()
-    if flat.null_count:
-        raise DataError(f"{where}: {flat.null_count} null values inside 'features'; {fix}")
+
+
+def check_finite(features: pa.FixedSizeListArray, ids: np.ndarray, where: str) -> None:
+    """Refuse a NaN or infinite value among the feature rows, naming the first row's id."""
+    flat = features.flatten()
     if not pa.types.is_floating(flat.type):
         return  # integers are always finite
-    values = flat.to_numpy(zero_copy_only=False).reshape(len(feats), -1)
+    values = flat.to_numpy(zero_copy_only=False).reshape(len(features), -1)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = values[row][~np.isfinite(values[row])][0]
         raise DataError(
             f"{where}: row id {ids[row]} has a feature value of {value} ({int(bad.sum())} rows "
-            f"with NaN or infinite features); {fix}"
+            "with NaN or infinite features); fix the rows or the file (see the data contract "
+            "in README.md)"
         )
 
 

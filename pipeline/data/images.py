@@ -50,15 +50,28 @@ def is_image_type(tp: pa.DataType) -> bool:
     return any(check(tp) for check in binary)
 
 
+def _pillow():
+    """Pillow, with its own decompression-bomb limit set to ours: it refuses (raises) above
+    twice its limit, warns above it; ours is checked below, so its limit must not be lower."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    return Image
+
+
 def open_image(data: bytes, where: str):
     """A Pillow image, header read and size checked, pixels not yet decoded."""
-    from PIL import Image, UnidentifiedImageError
-
+    Image = _pillow()
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except Image.DecompressionBombError:
         raise DataError(
-            f"{where}: not a PNG or JPEG image ({exc}); fix or remove the row"
+            f"{where}: the image declares more than the {MAX_PIXELS:,} pixels this reader"
+            " decodes; shrink the images first"
+        ) from None
+    except Exception as exc:  # a decoder fed untrusted bytes fails in any way
+        raise DataError(
+            f"{where}: not a PNG or JPEG image ({type(exc).__name__}: {exc}); fix or remove the row"
         ) from None
     if image.width * image.height > MAX_PIXELS:
         raise DataError(
@@ -93,7 +106,9 @@ def decode(data: pa.Array, shape: tuple[int, int, int], fit: str, where: str) ->
                 else:
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{where_row}: the image does not decode ({exc})") from None
+        except Exception as exc:  # Pillow's decoders raise SyntaxError too
+            raise DataError(
+                f"{where_row}: the image does not decode ({type(exc).__name__}: {exc})"
+            ) from None
         out[row] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return out.reshape(len(data), -1)

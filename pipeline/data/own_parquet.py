@@ -81,7 +81,7 @@ def inspect_own_parquet(data: DataConfig, seed: int, s3: S3Config | None = None)
         selects={split: select for split, (_, select) in plan.items()},
         layout=layout,
     )
-    splits, labels = _scan(loc, files, plan, draft)
+    splits, labels = _scan(loc, files, plan, draft, data.max_classes)
     first = _first_row(loc, first_train, draft)
     mapping = _finish(data, draft, first, labels, loc.uri_of(first_train.path))
     # An image's (C, H, W) lets the CNN and the augmentations see it as one.
@@ -277,18 +277,21 @@ def check_columns(schema: pa.Schema, data: DataConfig, where: str, label: bool =
 
 @dataclass
 class _Labels:
-    """What the scan learnt of one split's labels."""
+    """What the scan learnt of one split's labels: the strings, or the lowest (and where it
+    is: file, row) and highest integer."""
 
     strings: set[str]
     low: int | None = None
     high: int | None = None
+    low_at: str = ""
 
 
 def _scan(
-    loc: Location, files: dict[str, _File], plan: Plan, mapping: ColumnMapping
+    loc: Location, files: dict[str, _File], plan: Plan, mapping: ColumnMapping, max_classes: int
 ) -> tuple[dict[str, SplitInfo], dict[str, _Labels]]:
     """Read the label/id/split columns of every file once: rows of each split per row group,
-    each split's labels; refuse nulls, unknown split names and repeated ids."""
+    each split's labels; refuse nulls, unknown split names, repeated ids and more classes
+    than ``max_classes``."""
     counts: dict[str, dict[str, tuple[int, ...]]] = {s: {} for s in plan}
     labels = {s: _Labels(set()) for s in plan}
     every_id: list[np.ndarray] = []
@@ -320,7 +323,7 @@ def _scan(
             chosen = np.ones(table.num_rows, bool) if mask is None else mask
             running = np.concatenate([[0], np.cumsum(chosen)])
             counts[split][path] = tuple(int(n) for n in running[bounds[1:]] - running[bounds[:-1]])
-            _note_labels(labels[split], label, chosen)
+            _note_labels(labels[split], label, chosen, where, mapping.label, max_classes)
     if mapping.id:
         repeat = first_repeat(every_id)
         if repeat is not None:
@@ -364,24 +367,43 @@ def _check_split_names(column: pa.ChunkedArray, name: str, where: str) -> None:
         )
 
 
-def _note_labels(seen: _Labels, label: pa.ChunkedArray, chosen: np.ndarray) -> None:
+def _note_labels(
+    seen: _Labels, label: pa.ChunkedArray, chosen: np.ndarray, where: str, name: str, most: int
+) -> None:
+    """Add a file's chosen rows' labels to ``seen``; refuse a label that would make more
+    than ``most`` classes as soon as it is met, naming its row."""
+    fix = f"fix the label or raise data.max_classes (now {most:,})"
     if is_string(label.type):
         seen.strings.update(np.unique(string_values(label)[chosen].astype(str)).tolist())
+        if len(seen.strings) > most:
+            raise DataError(
+                f"{where}: label column {name!r} holds more than {most:,} distinct strings (a"
+                f" class each) up to this file; {fix}"
+            )
         return
-    values = label.to_numpy()[chosen]
-    if len(values):
-        low, high = int(values.min()), int(values.max())
-        seen.low = low if seen.low is None else min(seen.low, low)
-        seen.high = high if seen.high is None else max(seen.high, high)
+    rows = np.flatnonzero(chosen)
+    values = label.to_numpy()[rows]
+    if not len(values):
+        return
+    low, high = int(values.min()), int(values.max())
+    if high >= most:
+        row = int(rows[int(values.argmax())])
+        raise DataError(
+            f"{where}: row {row} has label {high} ({name!r}), which would make {high + 1:,}"
+            f" classes; {fix}"
+        )
+    if seen.low is None or low < seen.low:
+        seen.low, seen.low_at = low, f"{where}, row {int(rows[int(values.argmin())])}"
+    seen.high = high if seen.high is None else max(seen.high, high)
 
 
 def _integer_classes(labels: dict[str, _Labels], data: DataConfig) -> int:
-    lows = [s.low for s in labels.values() if s.low is not None]
+    lowest = min((s for s in labels.values() if s.low is not None), key=lambda s: s.low or 0)
     highs = [s.high for s in labels.values() if s.high is not None]
-    if min(lows) < 0:
+    if lowest.low is not None and lowest.low < 0:
         raise DataError(
-            f"{data.uri}: label column {data.label_column!r} holds {min(lows)}; integer labels"
-            " are class indices 0, 1, 2, ... (or use strings: they become sorted classes)"
+            f"{lowest.low_at}: label column {data.label_column!r} holds {lowest.low}; integer"
+            " labels are class indices 0, 1, 2, ... (or use strings: they become sorted classes)"
         )
     classes = max(highs) + 1
     if classes < 2:

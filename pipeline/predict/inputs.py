@@ -36,6 +36,8 @@ from pipeline.data.contract import (
     LABEL,
     META_SCALE,
     SPLITS,
+    check_finite,
+    check_labels,
     read_failure,
     read_manifest,
 )
@@ -77,6 +79,8 @@ class RowReader:
     #: The columns to read from each file.
     columns: tuple[str, ...]
     num_features: int
+    #: The model's classes (labels outside them are refused).
+    num_classes: int
     #: Value of one unit of uint8 features; None for float32.
     scale: float | None
     has_labels: bool
@@ -128,6 +132,14 @@ class RowReader:
             if self.kind == "generator" and labels.null_count:
                 raise DataError(f"{where}: {labels.null_count} rows have no label to generate")
             out[OUT_LABEL] = labels
+        # What training refuses, scoring refuses too: a NaN feature gives NaN probabilities
+        # and "class 0"; a label outside the model's classes has no meaning (a generator
+        # cannot make it at all).
+        row_ids = out[ID].to_numpy(zero_copy_only=False)
+        if FEATURES in out:
+            check_finite(out[FEATURES], row_ids, where)
+        if OUT_LABEL in out and not out[OUT_LABEL].null_count:
+            check_labels(out[OUT_LABEL].to_numpy(), row_ids, self.num_classes, where)
         return pa.table(out)
 
 
@@ -261,7 +273,9 @@ def _contract_reader(
     raw_scale = (schema.metadata or {}).get(META_SCALE)
     scale = float(raw_scale) if raw_scale else None
     columns = (ID, FEATURES, LABEL) if has_labels else (ID, FEATURES)
-    return RowReader(uri, s3, meta.kind, columns, meta.num_features, scale, has_labels, None)
+    return RowReader(
+        uri, s3, meta.kind, columns, meta.num_features, meta.num_classes, scale, has_labels, None
+    )
 
 
 def _own_reader(
@@ -322,7 +336,9 @@ def _own_reader(
         )
     columns = tuple(mapping.columns("test"))
     scale = PIXEL_SCALE if mapping.image else None
-    return RowReader(uri, s3, meta.kind, columns, meta.num_features, scale, has_labels, mapping)
+    return RowReader(
+        uri, s3, meta.kind, columns, meta.num_features, meta.num_classes, scale, has_labels, mapping
+    )
 
 
 def _generator_reader(
@@ -337,7 +353,9 @@ def _generator_reader(
         )
     columns = (id_name, LABEL) if id_name else (LABEL,)
     mapping = None if id_name == ID else ColumnMapping(label=LABEL, id=id_name)
-    return RowReader(uri, s3, meta.kind, columns, meta.num_features, None, True, mapping)
+    return RowReader(
+        uri, s3, meta.kind, columns, meta.num_features, meta.num_classes, None, True, mapping
+    )
 
 
 def _digest(loc: Location, files: list[tuple[str, int, int]]) -> tuple[str, str]:

@@ -138,7 +138,9 @@ def predict(
     uri = request.tracking_uri or TrackingConfig().resolved_uri()
     with tempfile.TemporaryDirectory(prefix="mxtrain-predict-") as tmp:
         source = fetch_source_model(request.model, uri, tmp)
-        files = model_files(source.path)
+        # The bundle's files as this package rewrote them; the registry's MLmodel and code
+        # stay behind (never run).
+        files = model_files(source.plain.directory)
     meta = source.bundle.meta
     trained_id = source.cfg.data.id_column
     scoring = inspect_scoring_input(

@@ -12,7 +12,6 @@ Output columns, per row:
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -28,8 +27,8 @@ PROBABILITIES = "probabilities"
 
 
 def model_files(directory: str | Path) -> dict[str, bytes]:
-    """Every file of a downloaded MLflow model folder, by relative path: what the actors
-    load the model from (on a cluster they cannot see the driver's disk)."""
+    """Every file of a bundle's folder, by relative path: what the actors load the model
+    from (on a cluster they cannot see the driver's disk)."""
     root = Path(directory)
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
@@ -40,7 +39,7 @@ def model_files(directory: str | Path) -> dict[str, bytes]:
 
 def unpack_model(files: dict[str, bytes], directory: str | Path) -> Path:
     """Write :func:`model_files`' output under ``directory``; a name that would land outside
-    it is refused (the names come from the registry's storage)."""
+    it is refused."""
     root = Path(directory).resolve()
     for name, data in files.items():
         rel = PurePosixPath(name)
@@ -87,8 +86,9 @@ def generator_output(table: pa.Table, images: np.ndarray) -> pa.Table:
 
 
 class Scorer:
-    """A Ray Data actor: the pyfunc loaded once, then ``__call__`` per batch of rows (a
-    pyarrow table as :class:`~pipeline.predict.inputs.RowReader` makes them)."""
+    """A Ray Data actor: the bundle loaded once by the installed pyfunc loader, then
+    ``__call__`` per batch of rows (a pyarrow table as
+    :class:`~pipeline.predict.inputs.RowReader` makes them)."""
 
     def __init__(
         self,
@@ -99,10 +99,9 @@ class Scorer:
         class_names: tuple[str, ...],
         seed: int = 0,
     ) -> None:
-        import mlflow.pyfunc
         import ray
 
-        from pipeline.tracking.mlflow_run import quiet_mlflow
+        from pipeline.tracking import bundle, installed_pyfunc
 
         self._kind = kind
         self._num_features = num_features
@@ -112,10 +111,9 @@ class Scorer:
         self._tmp = tempfile.TemporaryDirectory(prefix="mxtrain-model-")
         # [ObjectRef] of :func:`model_files`' dict: fetched from the object store once.
         root = unpack_model(ray.get(files[0]), self._tmp.name)
-        with quiet_mlflow():
-            self._model = mlflow.pyfunc.load_model(str(root))
-        # MLflow checks every batch against the signature: a float32 tensor of this width.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # This installation's loader, never the registry's code (the rows are shaped and
+        # checked by the reader, so MLflow's signature check is not needed either).
+        self._model = installed_pyfunc.load(bundle.read(root))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score(
@@ -138,7 +136,8 @@ def score(
     class_names: tuple[str, ...],
     seed: int = 0,
 ) -> pa.Table:
-    """``model`` (a loaded pyfunc) applied to a batch of decoded rows."""
+    """``model`` (an :class:`~pipeline.tracking.installed_pyfunc.InstalledModel` or a loaded
+    pyfunc) applied to a batch of decoded rows."""
     import pandas as pd
 
     if kind == "generator":

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ PARAMS_FILE = f"{PREFIX}-0000.params"
 PARAMS_GZ_FILE = f"{PARAMS_FILE}.gz"
 META_FILE = "model.json"
 FILES = (SYMBOL_FILE, PARAMS_FILE, META_FILE)
+#: The largest weights file read, compressed or not (a bundle comes from storage that others
+#: may write: a few KB of gzip can claim gigabytes). Ours are a few MB; a ResNet-50's 100.
+MAX_WEIGHTS_BYTES = 2 * 1024**3
 
 #: A bundle's kind -> the pyfunc loader logged with it (what ``predict`` takes and returns).
 PYFUNC_CODE: dict[str, Path] = {
@@ -162,9 +166,24 @@ class Bundle:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The weights by MXNet's saved names (``arg:conv0_weight``, ``aux:...``), on the
-        host."""
-        raw = Path(self.path(self.params_file)).read_bytes()
-        return decode_params(raw, self.params_file, self.meta)
+        host; BundleError when the file is larger than :data:`MAX_WEIGHTS_BYTES` or not
+        MXNet's."""
+        path = Path(self.path(self.params_file))
+        if path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise BundleError(f"{self.params_file} is larger than {MAX_WEIGHTS_BYTES:,} bytes")
+        return decode_params(path.read_bytes(), self.params_file, self.meta)
+
+    def plain_copy(self, directory: str | Path) -> Bundle:
+        """The same network in ``directory`` with its weights decoded by this package (size
+        capped, gunzipped, int8 dequantized) into a plain float file: what a loader that
+        trusts its input (MXNet's, the pyfunc's) may be given."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        meta = dataclasses.replace(self.meta, int8_weights=())
+        save_arrays(str(target / PARAMS_FILE), self.arrays())
+        shutil.copyfile(self.directory / SYMBOL_FILE, target / SYMBOL_FILE)
+        (target / META_FILE).write_text(meta.to_json())
+        return Bundle(target, meta)
 
     @property
     def pyfunc_code(self) -> Path:
@@ -218,7 +237,7 @@ def decode_params(raw: bytes, name: str, meta: BundleMeta) -> dict[str, np.ndarr
     import mxnet as mx
 
     if name == PARAMS_GZ_FILE:
-        raw = gzip.decompress(raw)
+        raw = gunzip(raw, MAX_WEIGHTS_BYTES, name)
     try:
         loaded = mx.nd.load_frombuffer(raw)
     except mx.base.MXNetError as exc:
@@ -226,6 +245,21 @@ def decode_params(raw: bytes, name: str, meta: BundleMeta) -> dict[str, np.ndarr
     if not isinstance(loaded, dict):
         raise BundleError(f"{name} holds no named weights")
     return unpack_int8({key: a.asnumpy() for key, a in loaded.items()}, meta)
+
+
+def gunzip(raw: bytes, limit: int, name: str) -> bytes:
+    """``raw`` gunzipped, never more than ``limit`` bytes out (a gzip bomb stops there);
+    BundleError when it is not gzip or is larger."""
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
+    try:
+        out = inflate.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise BundleError(f"{name} is not gzip-compressed ({exc})") from None
+    if len(out) > limit:
+        raise BundleError(f"{name} unpacks to more than {limit:,} bytes")
+    if not inflate.eof:
+        raise BundleError(f"{name} is cut short")
+    return out
 
 
 def write_arrays(directory: str | Path, source: Bundle, arrays: dict, compress: bool) -> Bundle:
@@ -274,8 +308,12 @@ def unpack_int8(arrays: dict[str, np.ndarray], meta: BundleMeta) -> dict[str, np
     other arrays as they are)."""
     out = dict(arrays)
     for name in meta.int8_weights:
-        q = out[f"arg:{name}"]
-        scale = out.pop(f"arg:{name}{SCALE_SUFFIX}")
+        q, scale = out.get(f"arg:{name}"), out.pop(f"arg:{name}{SCALE_SUFFIX}", None)
+        if q is None or scale is None or q.dtype != np.int8 or scale.size != 1:
+            raise BundleError(
+                f"{META_FILE} names {name} an int8 weight, and the weights file holds no int8 "
+                "array and scale of that name"
+            )
         out[f"arg:{name}"] = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (q.ndim - 1))
     return out
 

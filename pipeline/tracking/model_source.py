@@ -1,6 +1,9 @@
 """A registered model as the start of the next job: ``models:/<name>@<alias>`` or
 ``models:/<name>/<version>`` resolved to its version, its bundle on the local disk, and the
-configuration and metrics of the run that trained it."""
+configuration and metrics of the run that trained it.
+
+Only the version's bundle is used, as data: its MLmodel and code files are downloaded with
+it and never run (:mod:`pipeline.tracking.installed_pyfunc`)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 from pipeline.config import JobConfig, config_from_params
 from pipeline.errors import ConfigError, TrackingError
 from pipeline.redact import redact
-from pipeline.tracking import bundle
+from pipeline.tracking import bundle, installed_pyfunc
 from pipeline.tracking.bundle import Bundle
 from pipeline.tracking.mlflow_run import client_for, quiet_mlflow, tracking_problem
 from pipeline.tracking.outage import is_unreachable
@@ -29,9 +32,14 @@ class SourceModel:
     alias: str
     run_id: str
     experiment_id: str
+    #: The version's bundle as stored (what its size is measured on).
     bundle: Bundle
+    #: The same network with its weights checked and rewritten by this package
+    #: (:meth:`Bundle.plain_copy`): the one to load, ship to actors or serve.
+    plain: Bundle
     #: The downloaded MLflow model folder (MLmodel, the pyfunc code, the bundle's files),
-    #: there as long as the directory given to :func:`fetch_source_model`.
+    #: there as long as the directory given to :func:`fetch_source_model`. Data only: its
+    #: MLmodel and code are the registry's, never run.
     path: Path
     #: The configuration the source run trained with (from its params).
     cfg: JobConfig
@@ -97,7 +105,8 @@ def fetch_source_model(uri: str, tracking_uri: str, directory: str | Path) -> So
             import mlflow
 
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{found.version}", dst_path=str(directory)
+                artifact_uri=f"models:/{name}/{found.version}",
+                dst_path=str(Path(directory, "version")),
             )
     except (ConfigError, TrackingError):
         raise
@@ -107,6 +116,8 @@ def fetch_source_model(uri: str, tracking_uri: str, directory: str | Path) -> So
         raise TrackingError(tracking_problem(tracking_uri, exc)) from None
     try:
         model = bundle.read(Path(local, "artifacts"))
+        plain = model.plain_copy(Path(directory, "plain"))
+        installed_pyfunc.load(plain)  # the graph and weights load, or one line here
     except bundle.BundleError as exc:
         raise ConfigError(f"{uri}: not a model this pipeline logged ({exc})") from None
     return SourceModel(
@@ -116,6 +127,7 @@ def fetch_source_model(uri: str, tracking_uri: str, directory: str | Path) -> So
         run_id=found.run_id,
         experiment_id=run.info.experiment_id,
         bundle=model,
+        plain=plain,
         path=Path(local),
         cfg=config_from_params(run.data.params),
         metrics=dict(run.data.metrics),

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from pipeline.config import JobConfig
 from pipeline.errors import PipelineError, TrackingError
-from pipeline.redact import has_password
 from pipeline.tracking import bundle, summary
 from pipeline.tracking.bundle import Bundle
 from pipeline.tracking.mlflow_run import client_for, request_user, tracking_problem
@@ -152,8 +151,6 @@ def _log_and_register_model(
 
     uri = cfg.tracking.resolved_uri()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if has_password(uri):  # MLflow prints "View run at: <tracking URI>", password and all
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with (
         tracking_uri_scope(uri),
         tempfile.TemporaryDirectory() as tmp,

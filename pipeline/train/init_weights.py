@@ -27,11 +27,19 @@ def read_bundle(uri: str, s3) -> tuple[bundle.BundleMeta, dict[str, np.ndarray]]
     fs = location.filesystem
 
     def fetch(name: str) -> bytes | None:
+        # compression=None: pyarrow would gunzip a ".gz" itself, with no limit; the bundle
+        # reader does it, capped. One byte past the cap is read to tell "too large".
         try:
-            with fs.open_input_stream(location.join(name)) as f:
-                return f.read()
+            with fs.open_input_stream(location.join(name), compression=None) as f:
+                data = f.read(bundle.MAX_WEIGHTS_BYTES + 1)
         except (FileNotFoundError, OSError):
             return None
+        if len(data) > bundle.MAX_WEIGHTS_BYTES:
+            raise ConfigError(
+                f"init.weights={uri}: {name} is larger than {bundle.MAX_WEIGHTS_BYTES:,} bytes;"
+                " not a model bundle this pipeline wrote"
+            )
+        return data
 
     meta_text = fetch(bundle.META_FILE)
     params_name = bundle.PARAMS_FILE

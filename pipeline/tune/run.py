@@ -135,7 +135,8 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
         _replay(client_for(spec.tracking_uri), earlier[0], spec.metric)
         return
     resume = earlier[0].info.run_id if earlier else None
-    print(f"trial {trial_id}: {' '.join(sets[: len(sets) - len(TRIAL_SETTINGS)])}", flush=True)
+    shown = " ".join(sets[: len(sets) - len(TRIAL_SETTINGS)])
+    print(f"trial {trial_id}: {redact(shown)}", flush=True)
     run_job(
         cfg,
         progress=lambda msg: print(f"trial {trial_id}: {msg}", flush=True),
@@ -338,7 +339,7 @@ def _parent_run(
     try:
         client = client_for(uri)
         if request.resume:
-            return _reopen_parent(client, request.resume, progress)
+            return _reopen_parent(client, cfg, request.resume, progress)
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
         run = client.create_run(
@@ -356,8 +357,7 @@ def _parent_run(
             },
         )
         run_id = run.info.run_id
-        storage = cfg.storage.resolved_path().rstrip("/")
-        path = f"{storage}/tune-{cfg.recipe}-{run_id[:8]}"
+        path = search_path(cfg, run_id)
         params = {
             "recipe": cfg.recipe,
             "tune.space": json.dumps([str(d) for d in dims]),
@@ -368,7 +368,7 @@ def _parent_run(
             "tune.grace_epochs": str(cfg.tune.grace_epochs),
             "tune.reduction_factor": str(cfg.tune.reduction_factor),
             "tune.max_concurrent": str(concurrency),
-            "tune.overrides": json.dumps(list(request.overrides)),
+            "tune.overrides": json.dumps([redact(o) for o in request.overrides]),
             "scaling.num_workers": str(cfg.scaling.num_workers),
             "optim.epochs": str(cfg.optim.epochs),
             PARAM_STORAGE: redact(path),
@@ -382,7 +382,14 @@ def _parent_run(
     return run_id, exp_id, path
 
 
-def _reopen_parent(client, run_id: str, progress: Progress) -> tuple[str, str, str]:
+def search_path(cfg: JobConfig, run_id: str) -> str:
+    """Where Tune keeps a search's state: under the user's ``storage.path``, named by the
+    recipe and the search's run. Computed, never read back from the run: Tune unpickles
+    what it finds there (``tuner.pkl``), so the place must be one the user chose."""
+    return f"{cfg.storage.resolved_path().rstrip('/')}/tune-{cfg.recipe}-{run_id[:8]}"
+
+
+def _reopen_parent(client, cfg: JobConfig, run_id: str, progress: Progress) -> tuple[str, str, str]:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -393,7 +400,14 @@ def _reopen_parent(client, run_id: str, progress: Progress) -> tuple[str, str, s
         raise ConfigError(f"--resume {run_id}: not a search's run (python -m jobs.tune made none)")
     if run.info.status == "FINISHED":
         raise ConfigError(f"--resume {run_id}: the search FINISHED; start a new one")
-    path = run.data.params[PARAM_STORAGE]
+    path = search_path(cfg, run_id)
+    recorded = run.data.params.get(PARAM_STORAGE, "")
+    if recorded != redact(path):
+        raise ConfigError(
+            f"--resume {run_id}: the search kept its state at {recorded or '(not recorded)'}, "
+            f"and this recipe and storage.path give {redact(path)}; resume with the recipe "
+            "and --storage the search started with"
+        )
     client.update_run(run_id, status="RUNNING")
     progress(f"resuming the search of MLflow run {run_id} from {redact(path)}")
     return run_id, run.info.experiment_id, path

@@ -195,6 +195,31 @@ def test_a_password_in_the_tracking_uri_is_shown_nowhere(
     assert "not-the-password-9" not in proc.stdout + proc.stderr
 
 
+def test_no_run_ending_prints_the_tracking_password(tracking_server, capsys):
+    """MLflow prints "View run ... at: <URI>" when a run ends against a server, password
+    and all; importing pipeline.tracking turns that off for every kind of run: a training
+    run FAILED or KILLED, a scoring run, a search's and a variant's run."""
+    from pipeline.tracking.inference import InferenceRun
+    from pipeline.tracking.mlflow_run import client_for, end_run
+
+    uri = tracking_server["uri"].replace("http://", f"http://admin:{ADMIN_PASSWORD}@")
+    client = client_for(uri)
+    exp = client.create_experiment("run-endings")
+    for status in ("FAILED", "KILLED"):  # a training job's driver: end_run
+        end_run(uri, client.create_run(exp).info.run_id, status)
+    InferenceRun(uri, client.create_run(exp).info.run_id).finish({"rows": 1.0}, {"rows": 1})
+    InferenceRun(uri, client.create_run(exp).info.run_id).fail()
+    for status in ("FINISHED", "KILLED"):  # a search's parent and trials, a variant's run
+        client.set_terminated(client.create_run(exp).info.run_id, status)
+    shown = capsys.readouterr()
+    assert ADMIN_PASSWORD not in shown.out + shown.err
+    assert "View run" not in shown.out
+    ended = client.search_runs([exp], max_results=20)
+    assert sorted(r.info.status for r in ended) == sorted(
+        ["FAILED", "KILLED", "FINISHED", "FAILED", "FINISHED", "KILLED"]
+    )
+
+
 def test_registering_a_model_another_user_owns_is_one_line(tracking_server, digits_uri):
     """`trainer` registered digits-fcn (test above); `uriuser` may not add versions to it."""
     uri = tracking_server["uri"].replace("http://", "http://uriuser:uri-password-7f3a@")

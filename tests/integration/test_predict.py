@@ -5,6 +5,7 @@ REST calls with the same probabilities."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -54,12 +55,21 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
     result = run_job(cfg, progress=lambda _msg: None)
     assert result.registration is not None and result.registration.promoted
     model = "models:/digits-cnn@candidate"
+    # Version 2: the trained bundle under a loader of someone who may write the registry;
+    # the scoring actors must run the installed loader, never the version's code.
+    from pipeline.tracking.model_source import fetch_source_model
+    from tests.faults import register_crafted_version
+
+    trained = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "trained")
+    marker = tmp_path / "ran"
+    crafted = register_crafted_version("digits-cnn", marker, trained.bundle.artifacts())
 
     lines: list[str] = []
     summary = predict(
-        PredictRequest(model, f"{digits_uri}/test", str(tmp_path / "preds"), batch_size=64),
+        PredictRequest(crafted, f"{digits_uri}/test", str(tmp_path / "preds"), batch_size=64),
         progress=lines.append,
     )
+    assert not marker.exists(), "the registry's loader code ran in a scoring actor"
     ids, x, labels = _test_split(digits_uri)
     out = pq.read_table(tmp_path / "preds")
     assert out.column_names == ["id", "label", "prediction", "probabilities"]
@@ -76,10 +86,10 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
     assert summary.accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-9)
 
     manifest = json.loads((tmp_path / "preds" / MANIFEST).read_text())
-    assert manifest["rows"] == len(ids) and manifest["model"] == "models:/digits-cnn/1"
+    assert manifest["rows"] == len(ids) and manifest["model"] == "models:/digits-cnn/2"
     run = MlflowClient().get_run(summary.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["model_version"] == "1"
+    assert run.data.params["model_version"] == "2"
     assert run.data.params["data_digest"] == manifest["data_digest"]
     assert run.data.metrics["rows"] == len(ids)
     assert run.data.metrics["accuracy"] == pytest.approx(summary.accuracy)
@@ -140,11 +150,11 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
     assert len(failed) == 1 and failed[0].data.params["data_uri"] == str(bad)
 
 
-def _post(port: int, body: dict) -> tuple[int, dict]:
+def _post(port: int, body: dict | bytes, host: str = "") -> tuple[int, dict]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **({"Host": host} if host else {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -153,9 +163,10 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
+def test_serve_answers_rest_calls_with_the_installed_loader_only(digits_uri, tmp_path):
     from models import build_model
-    from pipeline.tracking import bundle, registry
+    from pipeline.tracking import bundle, installed_pyfunc
+    from tests.faults import register_crafted_version
     from tests.unit.test_predict import INFO
 
     net = build_model("cnn", load_job_config("digits-cnn").model.arch, INFO.feature_shape, 10)
@@ -164,10 +175,10 @@ def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
     net(mx.nd.zeros((2, 64)))
     written = bundle.write(tmp_path / "cnn", net, bundle.BundleMeta.for_data("classifier", 0, INFO))
     _, x, _ = _test_split(digits_uri)
-    run_id = MlflowClient().create_run("0").info.run_id
-    cfg = load_job_config("digits-cnn", [])
-    registry.log_and_register_model(cfg, run_id, str(written.directory), x[:2], {})
-    reference = mlflow.pyfunc.load_model("models:/digits-cnn/1").predict(x[:5])
+    reference = installed_pyfunc.load(written).predict(x[:5])
+    # The version as someone who may write the registry shapes it: our bundle, their loader.
+    marker = tmp_path / "ran"
+    model = register_crafted_version("digits-cnn", marker, artifacts=written.artifacts())
 
     port = free_port()
     server = subprocess.Popen(
@@ -176,9 +187,11 @@ def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
             "-m",
             "jobs.serve",
             "--model",
-            "models:/digits-cnn/1",
+            model,
             "--port",
             str(port),
+            "--max-request-mb",
+            "1",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -195,15 +208,38 @@ def test_serve_answers_rest_calls_like_the_pyfunc(digits_uri, tmp_path):
             np.testing.assert_allclose(
                 np.asarray(answer["predictions"], np.float32), reference, rtol=1e-5, atol=1e-7
             )
-        # Malformed: rows of the wrong width, and not JSON of any accepted format.
+        # Malformed: rows of the wrong width, and not JSON of any accepted format; the
+        # message says why, and no server traceback comes with it.
         status, answer = _post(port, {"inputs": x[:2, :10].tolist()})
         assert 400 <= status < 500 and "shape" in answer.get("message", "").lower(), answer
         status, answer = _post(port, {"rows": [1, 2]})
         assert 400 <= status < 500 and "dataframe_split" in answer.get("message", ""), answer
+        assert "stack_trace" not in answer
+        # A name other than loopback's (DNS rebinding from a browser), and a body over 1 MB.
+        status, answer = _post(port, {"inputs": x[:1].tolist()}, host="attacker.example:80")
+        assert status == 421 and "127.0.0.1 or localhost only" in answer["message"]
+        status, _ = _post(port, {"inputs": x[:1].tolist()}, host=f"localhost:{port}")
+        assert status == 200
+        # Refused on its declared length, before a byte of it is read.
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(2 * 1024**2))
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 413, response.read()
+        assert "larger than 1,048,576 bytes" in json.loads(response.read())["message"]
+        conn.close()
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)
-    assert "try:  curl -s http://127.0.0.1:" in output
+    assert not marker.exists(), "the registry's loader code ran"
+    # The printed call is one shell-quoted command that a shell hands curl intact.
+    line = next(ln for ln in output.splitlines() if ln.startswith("try:  curl"))
+    words = shlex.split(line.removeprefix("try:  "))
+    assert words[:2] == ["curl", "-s"] and len(json.loads(words[-1])["inputs"]) == 2
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
@@ -212,7 +248,7 @@ def test_serve_refuses_a_host_other_than_loopback(tmp_path):
     done = run_cli("jobs.serve", "--model", "models:/x@y", "--host", "0.0.0.0", timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: --host 0.0.0.0: MLflow's scoring server has no authentication, so it listens "
+        "error: --host 0.0.0.0: the scoring server has no authentication, so it listens "
         "on 127.0.0.1 only; to serve other machines put an authenticating reverse proxy in "
         "front of it"
     ]

@@ -252,6 +252,52 @@ def test_an_image_too_large_to_decode_is_refused_unread(tmp_path):
         images.decode(pa.array([huge], pa.binary()), (1, 8, 8), "resize", "f.parquet")
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its signature, IHDR and an empty IDAT: ~60 bytes claiming any size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_any_image_bytes_give_pixels_or_one_data_error(tmp_path):
+    """A PNG declaring 20000x20000 (Pillow's own bomb error came first) and mutated PNG/JPEG
+    (Pillow raises SyntaxError, struct.error... on some) end as DataError, never another
+    exception: scoring would print a traceback, training would retry the worker."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.data import images
+
+    bomb = _png_header(20000, 20000)
+    assert len(bomb) < 100
+    with pytest.raises(DataError, match="more than the 16,777,216 pixels"):
+        images.decode(pa.array([bomb], pa.binary()), (1, 8, 8), "resize", "f.parquet")
+    jpeg = io.BytesIO()
+    Image.fromarray(digit_images()[0][0]).save(jpeg, format="JPEG")
+    outcomes = {"decoded": 0, "refused": 0}
+    # Seeded: 3 of these 3,000 PNG mutations made Pillow raise SyntaxError.
+    for original, tries in ((png(digit_images()[0][1]), 3000), (jpeg.getvalue(), 500)):
+        rng = np.random.default_rng(0)
+        for _ in range(tries):
+            mutated = bytearray(original)
+            for at in rng.integers(0, len(mutated), size=int(rng.integers(1, 6))):
+                mutated[at] = int(rng.integers(0, 256))
+            try:
+                images.decode(pa.array([bytes(mutated)], pa.binary()), (1, 8, 8), "resize", "f")
+                outcomes["decoded"] += 1
+            except DataError:
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["decoded"] > 0, outcomes
+
+
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
@@ -298,3 +344,35 @@ def test_one_list_column_is_the_feature_vector(tmp_path):
     info = inspect(tmp_path / "set", [*keys, "data.split_column=split"])  # the shape: row 0
     with pytest.raises(DataError, match="row 1 of list column 'embedding' holds 5 values, the"):
         rows_of(info, "train")
+
+
+def test_a_label_that_would_make_too_many_classes_is_refused_by_row(tmp_path):
+    """One stray label of 10**12 was a network of a trillion outputs that no worker could
+    allocate (after Ray started, retried); now one line names its row and the bound."""
+    keys = ["data.label_column=y", "data.feature_columns=x"]
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    pq.write_table(
+        pa.table({"x": np.arange(40.0), "y": [0, 1] * 19 + [10**12, 1]}), stray / "a.parquet"
+    )
+    with pytest.raises(DataError) as refused:
+        inspect(stray, keys)
+    assert str(refused.value) == (
+        f"{stray / 'a.parquet'}: row 38 has label 1000000000000 ('y'), which would make "
+        "1,000,000,000,001 classes; fix the label or raise data.max_classes (now 10,000)"
+    )
+    words = tmp_path / "words"
+    words.mkdir()
+    pq.write_table(
+        pa.table({"x": np.arange(40.0), "y": [f"c{i % 5}" for i in range(40)]}), words / "a.parquet"
+    )
+    assert inspect(words, keys).num_classes == 5
+    with pytest.raises(DataError, match=r"more than 4 distinct strings .* data\.max_classes"):
+        inspect(words, [*keys, "data.max_classes=4"])
+    negative = tmp_path / "negative"
+    negative.mkdir()
+    pq.write_table(
+        pa.table({"x": np.arange(40.0), "y": [0, 1] * 15 + [-3] + [1] * 9}), negative / "a.parquet"
+    )
+    with pytest.raises(DataError, match=r"a\.parquet, row 30: label column 'y' holds -3"):
+        inspect(negative, keys)

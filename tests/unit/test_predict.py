@@ -24,7 +24,7 @@ from pipeline.predict.output import PredictionWriter
 from pipeline.predict.run import PredictRequest, _Tally, predict
 from pipeline.predict.scorer import model_files, score, unpack_model
 from pipeline.progress import ProgressBar
-from pipeline.tracking import bundle, registry
+from pipeline.tracking import bundle, installed_pyfunc, registry
 from pipeline.tracking.model_source import fetch_source_model
 from tests.conftest import run_cli
 
@@ -104,10 +104,12 @@ def test_data_that_does_not_fit_the_model_is_refused_in_one_line(
 
 def test_a_piece_scored_in_process_matches_the_pyfunc(digits_uri, registered_fcn, tmp_path):
     source = fetch_source_model(registered_fcn, mlflow.get_tracking_uri(), tmp_path / "dl")
-    # What the actors receive: the model folder's files, unpacked elsewhere.
-    files = model_files(source.path)
-    assert "MLmodel" in files and any(name.endswith("model.json") for name in files)
-    loaded = mlflow.pyfunc.load_model(str(unpack_model(files, tmp_path / "actor")))
+    # What the actors receive: the bundle's files, unpacked elsewhere, loaded by the
+    # installed loader; the registry's own pyfunc gives the same answers.
+    files = model_files(source.plain.directory)
+    assert sorted(files) == sorted(bundle.FILES)
+    loaded = installed_pyfunc.load(bundle.read(unpack_model(files, tmp_path / "actor")))
+    registered = mlflow.pyfunc.load_model(registered_fcn)
     with pytest.raises(ValueError, match="escapes"):
         unpack_model({"../evil": b"x"}, tmp_path / "actor2")
 
@@ -118,7 +120,7 @@ def test_a_piece_scored_in_process_matches_the_pyfunc(digits_uri, registered_fcn
     assert out.column_names == ["id", "label", "prediction", "probabilities"]
     x = np.stack(rows.column("features").to_numpy(zero_copy_only=False)).astype("f4")
     assert scoring.reader.scale is None  # digits are stored as float32
-    expected = loaded.predict(x)
+    expected = registered.predict(x)
     probs = np.stack(out.column("probabilities").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(probs, expected, rtol=1e-6)
     assert out.column("prediction").to_pylist() == expected.argmax(axis=1).tolist()
@@ -343,7 +345,7 @@ def test_your_own_columns_are_scored_as_the_model_was_trained_on_them(tmp_path):
     pq.write_table(pa.table(columns), unlabelled / "a.parquet", row_group_size=7)
 
     source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
-    loaded = mlflow.pyfunc.load_model(str(source.path))
+    loaded = installed_pyfunc.load(source.plain)
     expected = loaded.predict(x)
     for where, labelled in ((data, True), (unlabelled, False)):
         scoring = inspect_scoring_input(str(where), source.bundle.meta, source.cfg.data)
@@ -380,7 +382,7 @@ def test_a_generator_makes_an_image_per_requested_label(tmp_path):
     meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=latent)
     model = _register(tmp_path, generator, meta, cfg, np.zeros((2, 64), np.float32))
     source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
-    loaded = mlflow.pyfunc.load_model(str(source.path))
+    loaded = installed_pyfunc.load(source.plain)
 
     wanted = tmp_path / "wanted"
     wanted.mkdir()
@@ -422,3 +424,25 @@ def test_the_pyfunc_runs_on_a_gpu_when_the_process_has_one(monkeypatch, kind):
 
     monkeypatch.setattr(mx.context, "num_gpus", broken)
     assert loader.device(mx) == mx.cpu()
+
+
+def test_rows_training_would_refuse_are_refused_by_scoring(tmp_path):
+    """A NaN feature (NaN probabilities, "class 0") and a label a generator cannot make
+    are the data's fault: one line naming the row, as in training."""
+    features = np.zeros((3, 64), np.float32)
+    features[1, 5] = np.nan
+    nan_dir, label_dir = tmp_path / "nan", tmp_path / "labels"
+    nan_dir.mkdir()
+    label_dir.mkdir()
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), 64)
+    pq.write_table(pa.table({"id": [7, 8, 9], "features": flat}), nan_dir / "a.parquet")
+    pq.write_table(pa.table({"id": [7, 8, 9], "label": [1, 99, 2]}), label_dir / "a.parquet")
+    data_cfg = load_job_config("digits-fcn").data
+    classifier = bundle.BundleMeta.for_data("classifier", 0, INFO)
+    scoring = inspect_scoring_input(str(nan_dir), classifier, data_cfg)
+    with pytest.raises(DataError, match=r"a\.parquet: row id 8 has a feature value of nan"):
+        scoring.reader.read(scoring.pieces[0])
+    generator = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=8)
+    scoring = inspect_scoring_input(str(label_dir), generator, data_cfg)
+    with pytest.raises(DataError, match=r"row id 8 has label 99, outside \[0, 10\)"):
+        scoring.reader.read(scoring.pieces[0])

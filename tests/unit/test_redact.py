@@ -16,7 +16,23 @@ from tests.conftest import run_cli
         ("http://u:pw@h:5000/x", "http://u:***@h:5000/x"),
         ("postgresql://u:p%40ss@db/mlflow", "postgresql://u:***@db/mlflow"),
         ("at https://a:b@c and http://d:e@f", "at https://a:***@c and http://d:***@f"),
-        ("http://user@host", "http://user@host"),  # no password: nothing to hide
+        # An unescaped "@" in the password: all of it hidden, up to the host's "@".
+        ("http://u:p@ss@host/x", "http://u:***@host/x"),
+        # A userinfo without ":" may be a token (https://TOKEN@host): hidden whole.
+        ("https://ghp_abc123@github.com/o/r", "https://***@github.com/o/r"),
+        ("'http://u:pw@h'", "'http://u:***@h'"),
+        # Secret query values: passwords, tokens, presigned URLs' signatures and credentials.
+        ("http://h/db?user=u&password=pw&x=1", "http://h/db?user=u&password=***&x=1"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2F&X-Amz-Signature=ab12&v=2",
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&v=2",
+        ),
+        (
+            "https://a.blob.core.windows.net/c?sv=1&sig=s3cr3t",
+            "https://a.blob.core.windows.net/c?sv=1&sig=***",
+        ),
+        ("http://h/?access_token=t0k", "http://h/?access_token=***"),
+        ("http://h:5000/x?page=2", "http://h:5000/x?page=2"),
         ("s3://bucket/key", "s3://bucket/key"),
         ("file:///tmp/a@b", "file:///tmp/a@b"),
     ],
@@ -36,6 +52,8 @@ def test_every_user_error_line_is_redacted():
     [
         (["--", "--set", "tracking.uri=http://me:hunter2@mlflow:5000"], {}),
         (["--"], {"MLFLOW_TRACKING_URI": "http://me:hunter2@mlflow:5000"}),
+        (["--"], {"MLFLOW_TRACKING_URI": "https://hunter2@mlflow:5000"}),
+        (["--", "--set", "tracking.uri=http://mlflow:5000/?token=hunter2"], {}),
     ],
 )
 def test_submit_refuses_to_send_a_password(args, env):

@@ -124,3 +124,52 @@ def test_a_bad_search_is_refused_before_ray_starts(capsys):
     assert "starting a local Ray" not in err.out
     with pytest.raises(ConfigError, match=r"tracking\.enabled must be true"):
         tune(TuneRequest("digits-fcn", ("tracking.enabled=false",)))
+
+
+def test_resume_never_restores_from_a_place_the_run_names(digits_uri, tmp_path):
+    """Tune unpickles the search state it restores: the place is computed from the user's
+    recipe and storage, and a run that names another one is refused before Ray starts."""
+    import pickle
+
+    from mlflow import MlflowClient
+
+    from pipeline.tune.run import PARAM_STORAGE, TAG_KIND, search_path
+
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted" / "tune-digits-fcn-x"
+    planted.mkdir(parents=True)
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("the planted pickle ran",))
+
+    (planted / "tuner.pkl").write_bytes(pickle.dumps(Payload()))
+    client = MlflowClient()
+    run_id = client.create_run("0", tags={TAG_KIND: "tune"}).info.run_id
+    client.log_param(run_id, PARAM_STORAGE, str(planted))
+    sets = (f"data.uri={digits_uri}", f"storage.path={tmp_path / 'runs'}")
+    with pytest.raises(
+        ConfigError, match=r"kept its state at .*planted.* give .*/runs/tune-digits-fcn-"
+    ):
+        tune(TuneRequest("digits-fcn", sets, resume=run_id))
+    assert not marker.exists()
+    cfg = load_job_config("digits-fcn", list(sets))
+    assert search_path(cfg, run_id) == f"{tmp_path / 'runs'}/tune-digits-fcn-{run_id[:8]}"
+
+
+def test_a_search_records_its_overrides_without_their_secrets():
+    import json
+
+    from mlflow import MlflowClient
+
+    from pipeline.tune.run import _parent_run
+
+    secret = "s3.endpoint_url=http://me:hunter2@127.0.0.1:9"
+    request = TuneRequest("digits-fcn", (secret,))
+    cfg = load_job_config("digits-fcn", [secret])
+    dims = parse_space(cfg.tune.space or ["optim.learning_rate = loguniform(0.01, 0.1)"])
+    shown: list[str] = []
+    run_id, _, _ = _parent_run(cfg, request, dims, "val_accuracy", 1, {}, shown.append)
+    recorded = MlflowClient().get_run(run_id).data.params["tune.overrides"]
+    assert json.loads(recorded) == ["s3.endpoint_url=http://me:***@127.0.0.1:9"]
+    assert "hunter2" not in " ".join(shown)
