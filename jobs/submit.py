@@ -45,6 +45,11 @@ EXCLUDES = [
 ]  # fmt: skip
 
 
+#: How long a submission waits for the head's job agent, which comes up a few seconds after
+#: `ray start --head` returns (Ray answers 500 "No available agent" until then).
+AGENT_WAIT_S = 60
+
+
 class SubmitError(PipelineError):
     """The cluster cannot be reached or refused the job."""
 
@@ -149,12 +154,36 @@ def submit(address: str, train_args: list[str]) -> tuple[object, str]:
             ) from None
         raise SubmitError(f"cannot reach the Ray cluster at {address}: {text}") from None
     entrypoint = " ".join(["python", "-m", "jobs.train", *map(_quote, train_args)])
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env},
-        metadata={"submitted_by": "jobs.submit"},
-    )
-    return client, job_id
+    deadline = time.monotonic() + AGENT_WAIT_S
+    waited = False
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env},
+                metadata={"submitted_by": "jobs.submit"},
+            )
+            return client, job_id
+        except Exception as exc:  # the Jobs API's answer, as RuntimeError/ConnectionError
+            if "No available agent" not in str(exc):
+                raise SubmitError(
+                    f"the Ray cluster at {address} did not take the job: {_first_line(exc)}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise SubmitError(
+                    f"the Ray cluster at {address} has no job agent after {AGENT_WAIT_S} s (a"
+                    " head just started brings one up within seconds); see the head's"
+                    " logs/dashboard_agent.log: another Ray on that machine may hold the"
+                    " agent's port (ray start --dashboard-agent-listen-port=<free port>)"
+                ) from None
+        if not waited:
+            print(
+                f"waiting for the cluster's job agent (a head just started; up to "
+                f"{AGENT_WAIT_S} s)",
+                flush=True,
+            )
+            waited = True
+        time.sleep(1.0)
 
 
 def follow(client, job_id: str) -> str:
@@ -199,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"submitted job {job_id} to {args.address}", flush=True)
     if args.no_wait:
         return 0
-    status = follow(client, job_id)
+    try:
+        status = follow(client, job_id)
+    except Exception as exc:  # the connection to the dashboard, lost while following
+        raise SubmitError(
+            f"lost the Ray cluster at {args.address} while following job {job_id}"
+            f" ({_first_line(exc)}); the job goes on there: `ray job logs {job_id}` or the"
+            " dashboard shows it"
+        ) from None
     if status != "SUCCEEDED":
         raise TrainingError(f"job {job_id} {status}: {_last_error(client.get_job_logs(job_id))}")
     print(f"job {job_id} SUCCEEDED", flush=True)

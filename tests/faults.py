@@ -195,3 +195,71 @@ def register_crafted_version(
     version = mlflow.register_model(info.model_uri, name)
     marker.unlink(missing_ok=True)
     return f"models:/{name}/{version.version}"
+
+
+# -- a Ray head whose job agent is not up yet --------------------------------------------------
+
+
+class AgentNotReadyProxy:
+    """An HTTP proxy on loopback in front of a real Ray dashboard that answers the first
+    ``refusals`` job submissions (``POST /api/jobs/``) as a head does in the seconds before
+    its job agent is up: 500, "No available agent to submit job, please try again later".
+    Every other request is forwarded as it is. Use as a context manager."""
+
+    MESSAGE = b"No available agent to submit job, please try again later."
+
+    def __init__(self, upstream: str, refusals: int = 2) -> None:
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.refusals = refusals
+        self.refused = 0
+        self.address = ""
+
+    def __enter__(self) -> AgentNotReadyProxy:
+        import http.client
+        import http.server
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                submission = self.command == "POST" and self.path.rstrip("/") == "/api/jobs"
+                if submission and proxy.refused < proxy.refusals:
+                    proxy.refused += 1
+                    self.send_response(500)
+                    self.send_header("Content-Length", str(len(proxy.MESSAGE)))
+                    self.end_headers()
+                    self.wfile.write(proxy.MESSAGE)
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                )
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.local.ray_head import RayHead, start_head
-from infra.processes import stop_group
+from infra.processes import free_port, stop_group
+from pipeline.secret_files import write_private
 
 
 @dataclass
@@ -92,7 +93,8 @@ class LocalCluster:
                 # As the head's: Ray registers the machine's address anyway (ray_head.py).
                 [ray_bin, "start", f"--address={self.head.gcs_address}",
                  "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--block",
-                 "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                 "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                 f"--dashboard-agent-listen-port={free_port()}"],  # as the head's
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, **_node_env(self.head.token)},
             )  # fmt: skip
@@ -218,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes = (args.cpus_per_node,) * (args.nodes - 1)
     with start_cluster(directory, args.cpus_per_node, nodes) as cluster:
         token_file = directory / "auth_token"
-        token_file.touch(mode=0o600)
-        token_file.chmod(0o600)
-        token_file.write_text(cluster.head.token)
+        write_private(token_file, cluster.head.token)
         print(
             f"Ray cluster of {args.nodes} nodes x {args.cpus_per_node} CPUs on this machine; "
             f"logs in {directory}\n"

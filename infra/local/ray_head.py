@@ -73,7 +73,11 @@ def start_head(
             [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
              "--include-dashboard=true", f"--num-cpus={num_cpus}", "--disable-usage-stats",
-             f"--temp-dir={temp_dir}"],
+             f"--temp-dir={temp_dir}",
+             # The job agent (which runs submitted jobs) binds 52365 by default: with another
+             # Ray on this machine holding it, the head never gets one and every submission
+             # is refused ("No available agent").
+             f"--dashboard-agent-listen-port={free_port()}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={
                 **os.environ,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.processes import free_port, stop_group
+from pipeline.secret_files import write_private
 
 HERE = Path(__file__).resolve().parent
 IDENTITIES = HERE / "s3-identities.json"
@@ -70,9 +71,7 @@ def _write_security_config(directory: Path) -> None:
     }  # fmt: skip
     text = "".join(f'[{section}]\nkey = "{key}"\nexpires_after_seconds = 10\n\n'
                    for section, key in keys.items())  # fmt: skip
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    write_private(path, text)
 
 
 def start(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.processes import free_port, stop_group
+from pipeline.secret_files import ensure_private, write_private
 
 DATABASES = ("mlflow", "mlflow_auth")  # runs and models; users and permissions
 ROLE = "mlflow"
@@ -164,16 +165,6 @@ class TrackingServer:
             self.postgres.stop()
 
 
-def _secret_file(path: Path, make) -> str:
-    """A secret kept in a file only its owner can read; created by ``make()`` once."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(make())
-    return path.read_text().strip()
-
-
 def _auth_config(directory: Path, database_uri: str) -> Path:
     """MLflow's basic-auth settings. The admin's password is not written here: MLflow reads
     MLFLOW_AUTH_ADMIN_PASSWORD when it creates the admin user on the first start."""
@@ -189,9 +180,7 @@ def _auth_config(directory: Path, database_uri: str) -> Path:
         # other server workers within this many seconds.
         "auth_cache_ttl_seconds = 30\n"
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    write_private(path, text)
     return path
 
 
@@ -247,7 +236,7 @@ def start(
                 "set MLFLOW_AUTH_ADMIN_PASSWORD: the first start creates the user `admin` "
                 "with that password (later starts ignore it)"
             )
-        password = _secret_file(directory / "postgres-password", lambda: secrets.token_hex(24))
+        password = ensure_private(directory / "postgres-password", lambda: secrets.token_hex(24))
         if first:
             postgres.init(password)
         else:
@@ -256,7 +245,7 @@ def start(
     assert auth_db is not None
 
     # Signs the auth app's forms (CSRF); every server behind one address needs the same key.
-    flask_key = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or _secret_file(
+    flask_key = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or ensure_private(
         directory / "flask-secret-key", lambda: secrets.token_hex(32)
     )
     env = {

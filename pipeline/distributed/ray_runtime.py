@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from pipeline.distributed.threads import thread_env
+from pipeline.secret_files import ensure_private
 from pipeline.tracking import outage
 
 Progress = Callable[[str], None]
@@ -57,6 +60,7 @@ def ray_runtime(cpus: float, threads: int, progress: Progress) -> Iterator[None]
         runtime_env = {"env_vars": {k: v for k, v in env.items() if inherited.get(k) != v}}
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
+        private_ray_token()
         # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
         # logical CPUs are slots, not cores.
         num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))
@@ -76,6 +80,18 @@ def ray_runtime(cpus: float, threads: int, progress: Progress) -> Iterator[None]
         yield
     finally:
         ray.shutdown()
+
+
+def private_ray_token() -> None:
+    """The token a local Ray's token auth uses, readable by its owner only. ``ray.init``
+    writes ``~/.ray/auth_token`` with the umask's mode (0644: every local user could then
+    use the dashboard's Jobs API as us) and through any link planted there; so it is made,
+    or tightened, here first, and Ray reads it (RAY_AUTH_TOKEN_PATH when set)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    default = Path.home() / ".ray" / "auth_token"
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or default)
+    ensure_private(path, lambda: secrets.token_hex(32))
 
 
 def _submitted_job_env_vars() -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 from mlflow import MlflowClient
@@ -81,3 +82,30 @@ def test_the_jobs_api_refuses_anyone_without_the_token(ray_head, digits_uri, tmp
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
     assert errors and "RAY_AUTH_TOKEN" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_a_submission_waits_for_a_head_whose_job_agent_is_not_up(ray_head, digits_uri, tmp_path):
+    """Right after `ray start --head` the Jobs API answers 500 "No available agent" for a
+    few seconds (seen as a traceback from make submit in CI-like scripts): the submission
+    waits, says so once, and goes through."""
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.faults import AgentNotReadyProxy
+
+    address, token = ray_head
+    env = {**os.environ, "RAY_AUTH_TOKEN": token, "RAY_AUTH_TOKEN_PATH": "/nonexistent"}
+    args = ["--data", digits_uri, "--storage", str(tmp_path / "runs")]
+    with AgentNotReadyProxy(address, refusals=2) as proxy:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobs.submit", "--address", proxy.address, "--no-wait",
+             "--", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert proxy.refused == 2
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("waiting for the cluster's job agent")
+    job_id = lines[-1].split()[2]
+    assert lines[-1] == f"submitted job {job_id} to {proxy.address}"
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+    client.stop_job(job_id)  # it was taken; its training is not this test's

@@ -55,7 +55,7 @@ def test_rayjob_manifest_has_kuberays_fields_and_a_valid_entrypoint():
     assert all(g["groupName"] for g in cluster["workerGroupSpecs"])
     head_env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     secrets = [e for e in head_env if re.search(r"TOKEN|PASSWORD|USERNAME", e["name"])]
-    assert len(secrets) == 3 and all("valueFrom" in e for e in secrets), "by reference only"
+    assert len(secrets) == 2 and all("valueFrom" in e for e in secrets), "by reference only"
 
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", "jobs.train"]
@@ -127,11 +127,14 @@ def _containers(job: dict) -> list[dict]:
 
 
 def test_rayjob_runs_ray_with_token_auth_and_no_secret_in_plain_text():
+    """Token auth by the operator (authOptions): it puts the token in every Ray container
+    and uses it itself to poll the job's status; no container sets Ray's token by hand."""
     job = _yaml("k8s/rayjob.yaml")
+    auth = job["spec"]["rayClusterSpec"]["authOptions"]
+    assert auth == {"mode": "token", "secretName": "ray-auth-token"}
     for container in _containers(job):
         env = {e["name"]: e for e in container.get("env", [])}
-        assert env["RAY_AUTH_MODE"]["value"] == "token", container["name"]
-        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], container["name"]
+        assert "RAY_AUTH_TOKEN" not in env and "RAY_AUTH_MODE" not in env, container["name"]
         for name, entry in env.items():
             if re.search(r"TOKEN|PASSWORD|SECRET|KEY", name):
                 assert "value" not in entry, f"{container['name']}: {name} in plain text"
