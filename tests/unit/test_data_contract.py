@@ -300,3 +300,32 @@ def test_storage_that_did_not_answer_is_not_called_a_bad_file(text, kind):
         assert "replace" not in str(error) and "did not answer" in str(error)
     else:
         assert isinstance(error, DataError) and not error.retryable
+
+
+def test_write_manifest_hashes_each_file_where_it_was_read(tmp_path):
+    """A file is read into one Arrow buffer and hashed there: no Python copy of it (it was
+    held twice: the buffer and its bytes)."""
+    import tracemalloc
+
+    from pipeline.data.datasets import synthetic_splits
+    from pipeline.data.manifest import certify
+    from pipeline.data.prepare import write_dataset
+
+    out = tmp_path / "big"
+    dataset = synthetic_splits(rows=40_000, feature_shape=(64,), num_classes=4, seed=1)
+    write_dataset(str(out), dataset, rows_per_file=40_000, row_group_size=10_000)
+    (out / MANIFEST).unlink()
+    largest = max(p.stat().st_size for p in out.rglob("*.parquet"))
+    assert largest > 5_000_000
+    tracemalloc.start()
+    try:
+        manifest = certify(str(out))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Before: the file again as bytes (its size), beside the row check's temporaries.
+    assert peak < largest / 2, f"Python held {peak:,} bytes for a {largest:,}-byte file"
+    entry = manifest["splits"]["train"]["files"][0]
+    path = next(out.glob("train/*.parquet"))
+    assert entry["bytes"] == path.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
