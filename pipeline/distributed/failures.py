@@ -8,7 +8,10 @@ them before seeing the one line that says what to fix. A worker that raises a
 
 Ray 2.60 has no public hook for this: the policy replaces Train v2's default policy factory
 while :func:`stop_on_user_errors` is active (around ``trainer.fit()`` in ``launch.fit``);
-``tests/unit/test_distributed_units.py`` checks the hook is still where we expect it.
+``tests/unit/test_distributed_units.py`` checks the hook is still where we expect it, and
+``tests/integration/test_distributed_training.py::test_a_workers_data_error_ends_the_job_at_once``
+that a real ``fit()`` with ``max_failures=2`` runs one attempt when a worker's data is bad
+(if Ray moves the call, that test sees the restarts).
 """
 
 from __future__ import annotations
