@@ -171,8 +171,8 @@ $(PETASTORM_VENV)/.installed: jobs/benchmarks/petastorm-requirements.txt
 	$(PETASTORM_VENV)/bin/pip install --quiet -r jobs/benchmarks/petastorm-requirements.txt
 	touch $@
 
-bench-report: $(STAMP) ## Copy .bench/results.json into README.md's Performance table
-	$(BIN)/python -m jobs.benchmarks.report --results .bench/results.json --readme README.md
+bench-report: $(STAMP) ## Copy .bench/results.json into docs/performance.md's table
+	$(BIN)/python -m jobs.benchmarks.report --results .bench/results.json --page docs/performance.md
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy on pipeline/ and models/
 	$(BIN)/ruff check .

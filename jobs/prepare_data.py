@@ -4,7 +4,7 @@
     python -m jobs.prepare_data --dataset digits --out s3://bucket/digits
     python -m jobs.prepare_data --dataset fashion-mnist --out data/fashion-mnist [--source DIR]
 
-The contract (columns, types, schema metadata, layout) is described in README.md and in
+The contract (columns, types, schema metadata, layout) is described in docs/data.md and in
 pipeline/data/contract.py; a user's own data must meet it too.
 """
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m jobs.prepare_data",
         description="Write a data set as Parquet train/val/test splits in the pipeline's data "
-        "contract (see README.md, 'Data contract'); _manifest.json is written last.",
+        "contract (see docs/data.md, 'Data contract'); _manifest.json is written last.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(

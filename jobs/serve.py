@@ -6,7 +6,7 @@ formats) on 127.0.0.1, run by uvicorn behind a guard (pipeline/predict/serving.p
 
 The model is resolved here first, so a missing model or alias is one line, not a traceback.
 Only its bundle is taken from the registry, as data; the server runs this installation's
-loader (pipeline/tracking/installed_pyfunc.py), never code stored with the version. Then the
+loader (pipeline/model/installed.py), never code stored with the version. Then the
 server runs in the foreground until Ctrl-C, and a ready-made ``curl`` call with two rows of
 the model's example is printed. The server has no authentication: it listens on the loopback
 interface only and answers only requests addressed to a loopback name; to offer it to other
@@ -28,8 +28,8 @@ import numpy as np
 from jobs._cli import run_main
 from pipeline.config import TrackingConfig
 from pipeline.errors import ConfigError
+from pipeline.model.bundle import BundleMeta
 from pipeline.predict.serving import MAX_BYTES_ENV, MODEL_ENV
-from pipeline.tracking.bundle import BundleMeta
 from pipeline.tracking.model_source import fetch_source_model
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = TrackingConfig().resolved_uri()
     import uvicorn
 
-    from pipeline.tracking.installed_pyfunc import save_for_serving
+    from pipeline.model.installed import save_for_serving
 
     with tempfile.TemporaryDirectory(prefix="mxtrain-serve-") as tmp:
         source = fetch_source_model(args.model, uri, Path(tmp, "source"))

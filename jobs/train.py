@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in cfg.to_dict().items():
             print(redact(f"{key} = {value!r}"))
         if cfg.data.own_parquet:  # what the column keys make of the user's files
-            from pipeline.launch import describe_data, inspect_data
+            from pipeline.preflight import describe_data, inspect_data
 
             sys.stdout.flush()  # the config first, should the data be refused
             print("\n".join(describe_data(cfg, inspect_data(cfg))))

@@ -17,7 +17,7 @@ import json
 import sys
 
 from jobs._cli import run_main
-from pipeline.tune.run import TuneRequest, TuneSummary, tune
+from pipeline.tune.search import TuneRequest, TuneSummary, tune
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m jobs.write_manifest",
         description="Check a data set in the pipeline's Parquet layout (train/, val/, test/; see "
-        "README.md, 'Data contract') row by row and write its _manifest.json (files, rows, "
+        "docs/data.md, 'Data contract') row by row and write its _manifest.json (files, rows, "
         "bytes, SHA-256). S3 endpoint and credentials come from the standard AWS variables.",
     )
     p.add_argument("uri", help="the data set: a folder, file:// or s3://bucket/prefix URI")

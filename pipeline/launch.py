@@ -1,6 +1,6 @@
 """The driver: from a JobConfig to a finished, tracked and registered run.
 
-preflight (data contract, model/data fit, tracking store)
+preflight (pipeline/preflight.py: data contract, model/data fit, storage)
   -> MLflow run opened
   -> Ray (local, or the cluster at RAY_ADDRESS)
   -> Ray Train v2 DataParallelTrainer + our Horovod backend, each worker reads its planned shard
@@ -21,16 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import JobConfig
-from pipeline.data.contract import DatasetInfo, check_unique_ids, inspect_dataset
+from pipeline.data.contract import DatasetInfo
 from pipeline.distributed.failures import user_error
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
+from pipeline.preflight import describe_data, preflight
 from pipeline.redact import redact
-from pipeline.storage import check_access, check_writable, endpoint_url, resolve
+from pipeline.storage import endpoint_url, resolve
 from pipeline.tracking import mlflow_run, outage, registry, summary
+from pipeline.tracking.client import client_for
+from pipeline.tracking.names import TAG_GATE, TAG_NOTE
 from pipeline.tracking.registry import Registration
 from pipeline.train import checkpoint
-from pipeline.train.init_weights import check_init_weights
 from pipeline.train.loop import WorkerPayload
 
 Progress = Callable[[str], None]
@@ -52,111 +54,6 @@ class JobResult:
     checkpoint: Any = None
 
 
-def inspect_data(cfg: JobConfig) -> DatasetInfo:
-    """The data set's layout, shape and classes from its footers (and, for the user's own
-    Parquet, its label/id/split columns); raises DataError for a set that cannot be read."""
-    if cfg.data.own_parquet:
-        from pipeline.data.own_parquet import inspect_own_parquet
-
-        return inspect_own_parquet(cfg.data, cfg.seed, cfg.s3)
-    return inspect_dataset(cfg.data.uri, s3=cfg.s3, require_manifest=cfg.data.require_manifest)
-
-
-def describe_data(cfg: JobConfig, info: DatasetInfo) -> list[str]:
-    """The start-up lines about the data: splits, shape, and what was derived from it."""
-    lines = [
-        f"data {redact(cfg.data.uri)}: "
-        + ", ".join(f"{s} {i.rows} rows/{len(i.files)} files" for s, i in info.splits.items())
-        + f"; feature_shape {list(info.feature_shape)}, {info.num_classes} classes"
-    ]
-    if info.mapping is not None:
-        lines += [f"  {key}: {value}" for key, value in info.mapping.facts().items()]
-        lines.append("  no checksums: the files are read as they are (no _manifest.json)")
-    return lines
-
-
-def preflight(cfg: JobConfig) -> DatasetInfo:
-    """Everything that can be checked before a worker starts; raises a PipelineError."""
-    _check_local_machine(cfg)
-    info = inspect_data(cfg)
-    _check_cached_files(cfg, info)  # checksums first: a changed file is named as such
-    if info.mapping is None:  # the user's own Parquet had its ids checked by the inspection
-        check_unique_ids(info, cfg.s3)
-    check_writable(cfg.storage.resolved_path(), cfg.s3)
-    if cfg.tracking.artifact_uri:
-        check_access(cfg.tracking.artifact_uri, cfg.s3)
-    _check_augment(cfg, info)
-    from models import build_model
-
-    try:
-        build_model(cfg.model.name, cfg.model.arch, info.feature_shape, info.num_classes)
-    except ValueError as exc:
-        raise ConfigError(
-            f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
-        ) from None
-    check_init_weights(cfg, info)
-    return info
-
-
-def _check_augment(cfg: JobConfig, info: DatasetInfo) -> None:
-    """Image augmentations need images; noise needs float features."""
-    if cfg.augment.on_images and len(info.feature_shape) != 3:
-        raise ConfigError(
-            f"augment: crop, flip and erasing need image features (channels, height, width), "
-            f"and {cfg.data.uri} has feature_shape {list(info.feature_shape)}; use "
-            "augment.noise_std for flat features"
-        )
-    if cfg.augment.noise_std and info.feature_scale is not None:
-        raise ConfigError(
-            f"augment.noise_std needs float features, and {cfg.data.uri} stores uint8 pixels; "
-            "use crop_padding, flip or erase_prob for images"
-        )
-
-
-def _check_local_machine(cfg: JobConfig) -> None:
-    """On a local Ray (no RAY_ADDRESS) the workers run on this machine, so what they would
-    miss is found here: without a GPU, Ray would wait forever for GPU slots; without the named
-    interface, Gloo would time out at rendezvous."""
-    if os.environ.get("RAY_ADDRESS"):
-        return
-    nic = cfg.scaling.network_interface
-    if nic:
-        import psutil
-
-        names = sorted(psutil.net_if_addrs())
-        if nic not in names:
-            raise ConfigError(
-                f"scaling.network_interface={nic}: this machine has no such interface (it has "
-                f"{', '.join(names)}); name one of them or leave the key empty"
-            )
-    if cfg.scaling.use_gpu:
-        import mxnet as mx
-
-        needed = cfg.scaling.min_workers if cfg.scaling.elastic else cfg.scaling.num_workers
-        found = mx.context.num_gpus()
-        if found < needed:
-            raise ConfigError(
-                f"scaling.use_gpu=true needs a GPU per worker ({needed}) but MXNet sees {found} "
-                "on this machine; set scaling.use_gpu=false, or run on a GPU cluster "
-                "(RAY_ADDRESS) with a CUDA build of MXNet (infra/docker)"
-            )
-
-
-def _check_cached_files(cfg: JobConfig, info: DatasetInfo) -> None:
-    """A local data set that the workers will cache is read and checked here once (SHA-256,
-    decoding, every row's values), so a bad file costs no Ray start. Objects on S3 and
-    streamed data sets are checked by the workers as they read them; a worker's data error
-    ends the job without restarts (pipeline/distributed/failures.py)."""
-    import pyarrow.fs as pafs
-
-    from pipeline.data.ingest import open_source, should_cache
-
-    local = isinstance(resolve(cfg.data.uri, cfg.s3).filesystem, pafs.LocalFileSystem)
-    if local and should_cache(info, cfg.data.cache, cfg.data.cache_max_mb):
-        for split in info.splits:
-            open_source(info, split, memory=True).close()
-
-
 def ray_session(cfg: JobConfig, progress: Progress) -> contextlib.AbstractContextManager[None]:
     """A local Ray for the job's workers, started and ended here, or a connection to the
     cluster at RAY_ADDRESS."""
@@ -164,6 +61,7 @@ def ray_session(cfg: JobConfig, progress: Progress) -> contextlib.AbstractContex
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
         cfg.scaling.threads_per_worker,
         progress,
+        env=outage.FAST_FAILING,  # rank 0's logger retries by itself (tracking/outage.py)
     )
 
 
@@ -386,7 +284,7 @@ def _describe_run(
         alias = f" @{cfg.tracking.alias}" if registration.promoted else " (alias not moved)"
         registered = f"models:/{registration.name}/{registration.version}{alias}"
     with contextlib.suppress(Exception):
-        client = mlflow_run.client_for(uri)
+        client = client_for(uri)
         tags = client.get_run(run_id).data.tags
         note = summary.run_description(
             cfg,
@@ -397,7 +295,7 @@ def _describe_run(
             verdict=registration.verdict if registration is not None else "",
             error=error,
         )
-        client.set_tag(run_id, summary.TAG_NOTE, note)
+        client.set_tag(run_id, TAG_NOTE, note)
 
 
 def _register(cfg, info, run_id: str, uri: str, result, metrics: dict, progress: Progress):
@@ -416,7 +314,7 @@ def _register(cfg, info, run_id: str, uri: str, result, metrics: dict, progress:
         )
     if registration is not None:
         outage.retry_while_unreachable(
-            lambda: mlflow_run.set_tags(uri, run_id, {registry.TAG_GATE: registration.verdict}),
+            lambda: mlflow_run.set_tags(uri, run_id, {TAG_GATE: registration.verdict}),
             uri,
             "tagging the run",
             cfg.tracking.outage_wait_s,
@@ -430,8 +328,6 @@ def verified_checkpoint(final) -> Iterator[str]:
     """The final checkpoint (a ``ray.train.Checkpoint``) as a local folder, fetched file by
     file from its manifest and verified before its model is registered: storage may have
     been written by someone else since the worker wrote it."""
-    from pipeline.train import checkpoint
-
     name = final.path.rstrip("/").rsplit("/", 1)[-1]
     try:
         with checkpoint.local_copy(final.filesystem, final.path) as directory:

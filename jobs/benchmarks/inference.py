@@ -35,7 +35,8 @@ def register_model(tmp: Path, feature_shape: tuple[int, ...]) -> tuple[str, str]
     from models import build_model
     from pipeline.config import load_job_config
     from pipeline.data.contract import DatasetInfo, SplitInfo
-    from pipeline.tracking import bundle, registry
+    from pipeline.model import bundle
+    from pipeline.tracking import registry
 
     store = f"sqlite:///{tmp / 'predict-bench.db'}"
     cfg = load_job_config("fashion-cnn", [f"tracking.uri={store}"])

@@ -1,10 +1,10 @@
-"""Put the figures of ``.bench/results.json`` into README.md's Performance table.
+"""Put the figures of ``.bench/results.json`` into docs/performance.md's table.
 
-    python -m jobs.benchmarks.report                  # .bench/results.json -> README.md
-    python -m jobs.benchmarks.report --check          # exit 1 if README differs from the file
+    python -m jobs.benchmarks.report                  # .bench/results.json -> docs/performance.md
+    python -m jobs.benchmarks.report --check          # exit 1 if the page differs from the file
 
-The table lives between two markers in README.md and is never typed by hand: every figure in it
-is one that ``make bench`` produced, with the machine it ran on.
+The table lives between two markers in docs/performance.md and is never typed by hand: every
+figure in it is one that ``make bench`` produced, with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -46,14 +46,16 @@ def replace_table(readme: str, table: str) -> str:
     """``readme`` with the text between the markers replaced; ValueError without them."""
     start, end = readme.find(BEGIN), readme.find(END)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {BEGIN} ... {END} section")
+        raise ValueError(f"the page has no {BEGIN} ... {END} section")
     return readme[: start + len(BEGIN)] + "\n" + table + "\n" + readme[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmarks.report", description=__doc__)
     p.add_argument("--results", type=Path, default=Path(".bench/results.json"))
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument(
+        "--page", "--readme", dest="readme", type=Path, default=Path("docs/performance.md")
+    )
     p.add_argument("--check", action="store_true", help="only compare; exit 1 if they differ")
     args = p.parse_args(argv)
     if not args.results.is_file():

@@ -5,7 +5,8 @@
     python -m jobs.benchmarks.run --size tiny     # seconds per figure: the smoke test's size
 
 Writes .bench/results.json (the machine, and a list of {name, value, baseline, ratio, target,
-unit, note}) and prints the table; ``python -m jobs.benchmarks.report`` puts it in README.md.
+unit, note}) and prints the table; ``python -m jobs.benchmarks.report`` puts it in
+docs/performance.md.
 Run with one compute thread per process (the Makefile sets OMP_NUM_THREADS=1 and
 MXNET_CPU_WORKER_NTHREADS=1) so 2 workers fit 2 cores.
 """
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(figures))
     took = sum(seconds.values())
     print(f"\n{len(figures)} figures ({', '.join(groups)}: {took:.0f}s) -> {args.out}")
-    print("put them in README.md's Performance table: python -m jobs.benchmarks.report")
+    print("put them in docs/performance.md: python -m jobs.benchmarks.report")
     return 0
 
 

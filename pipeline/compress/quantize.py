@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.tracking import bundle
-from pipeline.tracking.bundle import Bundle
+from pipeline.model import bundle
+from pipeline.model.bundle import Bundle
 
 #: Calibration rows used unless told otherwise (MXNet's examples use a few hundred to a few
 #: thousand; the ranges of a small network settle well before that).

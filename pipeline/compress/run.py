@@ -22,12 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.compress.measure import accuracy, paired_latency, read_split
-from pipeline.compress.prune import (
-    apply_masks,
-    global_magnitude_masks,
-    nonzero_params,
-    sparsity_by_layer,
-)
 from pipeline.compress.quantize import (
     CALIBRATION_ROWS,
     int8_storage,
@@ -35,9 +29,16 @@ from pipeline.compress.quantize import (
 )
 from pipeline.config import CompressConfig, InitConfig, TrackingConfig
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.model import bundle
+from pipeline.model.prune import (
+    apply_masks,
+    global_magnitude_masks,
+    nonzero_params,
+    sparsity_by_layer,
+)
 from pipeline.storage import resolve
-from pipeline.tracking import bundle
 from pipeline.tracking.model_source import SourceModel, fetch_source_model
+from pipeline.tracking.names import TAG_ACCURACY_DELTA, TAG_DTYPE, TAG_SOURCE_RUN, TAG_SPARSITY
 from pipeline.tracking.variants import Variant, record_variant
 
 Progress = Callable[[str], None]
@@ -137,7 +138,7 @@ class _Work:
     def __init__(
         self, request: CompressRequest, source: SourceModel, tmp: Path, uri: str, progress
     ):
-        from pipeline.launch import inspect_data
+        from pipeline.preflight import inspect_data
 
         self.request, self.source, self.tmp, self.uri = request, source, tmp, uri
         self.progress = progress
@@ -229,8 +230,8 @@ class _Work:
             metrics=metrics,
             params={"source": self.source.uri, "source_run": self.source.run_id, **params},
             tags={
-                "mxtrain.source_run": self.source.run_id,
-                "mxtrain.accuracy_delta": f"{row.delta:+.4f}",
+                TAG_SOURCE_RUN: self.source.run_id,
+                TAG_ACCURACY_DELTA: f"{row.delta:+.4f}",
                 **tags,
             },
             description=description,
@@ -277,7 +278,7 @@ class _Work:
                 "calibration_rows": str(len(calibration.y)),
                 "exclude": ",".join(request.exclude),
             },
-            {"mxtrain.dtype": "int8"},
+            {TAG_DTYPE: "int8"},
             description,
             {},
         )
@@ -339,7 +340,7 @@ class _Work:
                 "finetune_learning_rate": f"{cfg.optim.learning_rate:g}",
                 "finetune_workers": str(cfg.scaling.num_workers),
             },
-            {"mxtrain.dtype": "float32", "mxtrain.sparsity": f"{layers['all']:.4f}"},
+            {TAG_DTYPE: "float32", TAG_SPARSITY: f"{layers['all']:.4f}"},
             description,
             {"sparsity.json": layers},
         )

@@ -146,7 +146,7 @@ def check_rows(table: pa.Table, num_classes: int, where: str) -> None:
     Why each matters: MXNet's ``pick`` clips a label >= num_classes to the last class and a
     negative one drops out of the loss (it is the padding rows' mark) while still counting in
     ``train_loss``; one NaN feature turns every gradient NaN after the first allreduce."""
-    fix = "fix the rows or the file (see the data contract in README.md)"
+    fix = "fix the rows or the file (see the data contract in docs/data.md)"
     for name in (ID, LABEL, FEATURES):
         nulls = table.column(name).null_count
         if nulls:
@@ -186,7 +186,7 @@ def check_finite(features: pa.FixedSizeListArray, ids: np.ndarray, where: str) -
         raise DataError(
             f"{where}: row id {ids[row]} has a feature value of {value} ({int(bad.sum())} rows "
             "with NaN or infinite features); fix the rows or the file (see the data contract "
-            "in README.md)"
+            "in docs/data.md)"
         )
 
 
@@ -232,7 +232,7 @@ def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
 
 def check_schema(schema: pa.Schema, where: str) -> tuple[tuple[int, ...], int, float | None]:
     """Validate one file's schema; return (feature_shape, num_classes, feature_scale)."""
-    fix = "see the data contract in README.md"
+    fix = "see the data contract in docs/data.md"
     for name in (ID, FEATURES, LABEL):
         if schema.get_field_index(name) < 0:
             raise DataError(f"{where}: missing column {name!r} ({fix})")

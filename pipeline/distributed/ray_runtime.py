@@ -9,24 +9,26 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pipeline.distributed.threads import thread_env
 from pipeline.secret_files import ensure_private
-from pipeline.tracking import outage
 
 Progress = Callable[[str], None]
 
 
 @contextlib.contextmanager
-def ray_runtime(cpus: float, threads: int, progress: Progress) -> Iterator[None]:
+def ray_runtime(
+    cpus: float, threads: int, progress: Progress, env: Mapping[str, str] | None = None
+) -> Iterator[None]:
     """A local Ray with room for ``cpus`` CPUs of work, its processes set to ``threads``
     compute threads each, started and ended here; or a connection to the cluster at
-    RAY_ADDRESS."""
+    RAY_ADDRESS. ``env``: more variables every Ray process gets (a training job's MLflow
+    retry settings, say)."""
     import ray
 
-    env = {
+    every = {
         **thread_env(threads),
         "PYTHONWARNINGS": "ignore",
         # A worker killed by a signal (an MXNet crash, say) leaves its Python stack in its log.
@@ -41,11 +43,11 @@ def ray_runtime(cpus: float, threads: int, progress: Progress) -> Iterator[None]
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
         ),
     }
-    env.update(outage.FAST_FAILING)  # rank 0's logger retries by itself (tracking/outage.py)
     for name in ("MXTRAIN_TRACE_DIR", "MLFLOW_S3_ENDPOINT_URL"):
         if name in os.environ:
-            env[name] = os.environ[name]
-    runtime_env = {"env_vars": env}
+            every[name] = os.environ[name]
+    every.update(env or {})
+    runtime_env = {"env_vars": every}
     address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # an embedding program (or a test) owns Ray
         yield
@@ -57,7 +59,7 @@ def ray_runtime(cpus: float, threads: int, progress: Progress) -> Iterator[None]
         # hand against the cluster has no job env: everything is passed (its own shell's
         # variables never reach the cluster's workers otherwise).
         inherited = _submitted_job_env_vars()
-        runtime_env = {"env_vars": {k: v for k, v in env.items() if inherited.get(k) != v}}
+        runtime_env = {"env_vars": {k: v for k, v in every.items() if inherited.get(k) != v}}
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         private_ray_token()

@@ -43,8 +43,8 @@ from pipeline.data.contract import (
 )
 from pipeline.data.own_parquet import check_columns, expand_feature_columns, list_parquet
 from pipeline.errors import DataError, StorageError
+from pipeline.model.bundle import BundleMeta
 from pipeline.storage import Location, check_access, resolve
-from pipeline.tracking.bundle import BundleMeta
 
 #: Rows a read task decodes at a time (row groups are joined up to this many).
 PIECE_ROWS = 8192

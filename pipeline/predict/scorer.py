@@ -101,7 +101,7 @@ class Scorer:
     ) -> None:
         import ray
 
-        from pipeline.tracking import bundle, installed_pyfunc
+        from pipeline.model import bundle, installed
 
         self._kind = kind
         self._num_features = num_features
@@ -113,7 +113,7 @@ class Scorer:
         root = unpack_model(ray.get(files[0]), self._tmp.name)
         # This installation's loader, never the registry's code (the rows are shaped and
         # checked by the reader, so MLflow's signature check is not needed either).
-        self._model = installed_pyfunc.load(bundle.read(root))
+        self._model = installed.load(bundle.read(root))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score(
@@ -136,7 +136,7 @@ def score(
     class_names: tuple[str, ...],
     seed: int = 0,
 ) -> pa.Table:
-    """``model`` (an :class:`~pipeline.tracking.installed_pyfunc.InstalledModel` or a loaded
+    """``model`` (an :class:`~pipeline.model.installed.InstalledModel` or a loaded
     pyfunc) applied to a batch of decoded rows."""
     import pandas as pd
 

@@ -11,7 +11,7 @@ MLflow's scoring server has no switch for what a server on a developer's machine
 * **No stack traces.** MLflow puts the server's Python traceback into every error's JSON
   (``stack_trace``); the guard drops that field, keeping the message.
 
-The model MLflow's app loads is the folder :func:`~pipeline.tracking.installed_pyfunc.
+The model MLflow's app loads is the folder :func:`~pipeline.model.installed.
 save_for_serving` wrote (this installation's loader), named by :data:`MODEL_ENV`: uvicorn
 starts each worker from the factory :func:`create_app`, which reads it there.
 """
@@ -139,7 +139,7 @@ def create_app() -> ASGIApp:
     :data:`MODEL_ENV`, guarded."""
     from mlflow.pyfunc import scoring_server
 
-    from pipeline.tracking.mlflow_run import quiet_mlflow
+    from pipeline.tracking.client import quiet_mlflow
 
     with quiet_mlflow():
         model = scoring_server.load_model_with_mlflow_config(os.environ[MODEL_ENV])

@@ -17,6 +17,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.tracking.names import TAG_BRANCH, TAG_COMMIT, TAG_DIRTY, TAG_REPO_URL, TAG_VERSION
+
 REPO = Path(__file__).resolve().parents[2]
 
 ENV_COMMIT = "MXTRAIN_GIT_COMMIT"
@@ -30,12 +32,6 @@ ENV_NAMES = {
     "branch": ENV_BRANCH,
     "repo_url": ENV_REPO_URL,
 }
-
-TAG_COMMIT = "mlflow.source.git.commit"
-TAG_BRANCH = "mlflow.source.git.branch"
-TAG_REPO_URL = "mlflow.source.git.repoURL"
-TAG_DIRTY = "mxtrain.git.dirty"
-TAG_VERSION = "mxtrain.version"
 
 
 def _git(*args: str, cwd: Path = REPO) -> str | None:

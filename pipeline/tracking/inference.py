@@ -12,13 +12,10 @@ import time
 from pipeline.errors import TrackingError
 from pipeline.redact import redact
 from pipeline.tracking import code_version
-from pipeline.tracking.mlflow_run import client_for, quiet_mlflow, tracking_problem
+from pipeline.tracking.client import client_for, quiet_mlflow, tracking_problem
 from pipeline.tracking.model_source import SourceModel
+from pipeline.tracking.names import TAG_DATA_DIGEST, TAG_KIND, TAG_MODEL, TAG_NOTE
 from pipeline.tracking.outage import is_unreachable
-
-TAG_KIND = "mxtrain.kind"
-TAG_MODEL = "mxtrain.model"
-TAG_DATA_DIGEST = "mxtrain.data_digest"
 
 
 class InferenceRun:
@@ -44,7 +41,7 @@ class InferenceRun:
                     TAG_KIND: "predict",
                     TAG_MODEL: source.uri,
                     TAG_DATA_DIGEST: digest,
-                    "mlflow.note.content": (
+                    TAG_NOTE: (
                         f"Batch scoring of {params.get('data_uri', '')} with {source.uri} "
                         f"(run {source.run_id}); output {params.get('out_uri', '')}."
                     ),

@@ -13,7 +13,8 @@ import warnings
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.digest import SPLITS, split_digest
 from pipeline.redact import redact
-from pipeline.tracking.mlflow_run import client_for, quiet_mlflow
+from pipeline.tracking.client import client_for, quiet_mlflow
+from pipeline.tracking.names import INPUT_ROWS
 
 #: MLflow's dataset table holds digests of at most 36 characters.
 DIGEST_CHARS = 36
@@ -97,7 +98,7 @@ def log_dataset(
                     dataset._to_mlflow_entity(),
                     tags=[
                         InputTag("mlflow.data.context", context),
-                        InputTag("mxtrain.rows", str(rows)),
+                        InputTag(INPUT_ROWS, str(rows)),
                     ],
                 )
             ],

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
@@ -21,19 +19,25 @@ from pipeline.data.digest import data_digest
 from pipeline.errors import ConfigError, TrackingError
 from pipeline.redact import redact
 from pipeline.tracking import code_version, summary
-
-TAG_RECIPE = "pipeline.recipe"
-TAG_DATA_URI = "pipeline.data_uri"
-TAG_WORLD_SIZE = "pipeline.world_size"
-TAG_RESUME_KEY = "pipeline.resume_key"
-#: pipeline/data/digest.py's fingerprint of the splits the run read.
-TAG_DATA_DIGEST = "mxtrain.data_digest"
-
-
-def client_for(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
+from pipeline.tracking.client import (
+    client_for,
+    one_line,
+    param_value,
+    tracking_problem,
+)
+from pipeline.tracking.lineage import log_training_data
+from pipeline.tracking.names import (
+    TAG_DATA_DIGEST,
+    TAG_DATA_URI,
+    TAG_DRIVER,
+    TAG_HEARTBEAT,
+    TAG_NOTE,
+    TAG_RECIPE,
+    TAG_RESUME_KEY,
+    TAG_RESUMES,
+    TAG_WORLD_SIZE,
+)
+from pipeline.tracking.outage import retry_while_unreachable
 
 
 def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None = None) -> str:
@@ -67,7 +71,7 @@ def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None 
             **(tags or {}),
         }
         # The description until the job ends and replaces it with its summary.
-        run_tags[summary.TAG_NOTE] = summary.run_description(cfg, run_tags, {}, "running")
+        run_tags[TAG_NOTE] = summary.run_description(cfg, run_tags, {}, "running")
         run = client.create_run(
             exp_id,
             run_name=f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -90,9 +94,6 @@ def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None 
                 for key, value in facts.items()
             ]
         client.log_batch(run.info.run_id, params=params)
-        # Imported here: lineage builds on this module's client.
-        from pipeline.tracking.lineage import log_training_data
-
         log_training_data(uri, run.info.run_id, info, dataset_name(cfg.data.uri))
     except ConfigError:
         raise
@@ -105,30 +106,6 @@ def dataset_name(uri: str) -> str:
     """A data set's name in the UI: the last part of its URI (``s3://b/fashion-mnist`` ->
     ``fashion-mnist``)."""
     return redact(uri).rstrip("/").rsplit("/", 1)[-1] or "data"
-
-
-def request_user(uri: str) -> str:
-    """The MLflow user a request goes as: the URI's own, else MLFLOW_TRACKING_USERNAME."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
-
-
-def tracking_problem(uri: str, exc: Exception) -> str:
-    """One line; for a server with authentication, which variables to set."""
-    text = str(exc)
-    if "error code 401" in text:
-        return (
-            f"MLflow tracking at {uri} refused the credentials (401): set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
-        )
-    if "error code 403" in text:
-        return (
-            f"MLflow tracking at {uri}: user {request_user(uri)!r} may not write to experiment(s) "
-            "it does not own (403); ask the server's admin for EDIT permission or use another "
-            "tracking.experiment"
-        )
-    return f"MLflow tracking at {uri} cannot be used: {one_line(exc)}"
 
 
 def reopen_run(cfg: JobConfig, run_id: str) -> None:
@@ -161,17 +138,7 @@ def reopen_run(cfg: JobConfig, run_id: str) -> None:
             "with the same recipe and --set values"
         )
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, "pipeline.resumes", str(int(tags.get("pipeline.resumes", "0")) + 1))
-
-
-def param_value(value: Any) -> str:
-    """As MLflow records it: a URI's password replaced (see pipeline/redact.py)."""
-    return "" if value is None else redact(str(value))
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    client.set_tag(run_id, TAG_RESUMES, str(int(tags.get(TAG_RESUMES, "0")) + 1))
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
@@ -185,7 +152,6 @@ def end_run(
 ) -> None:
     """Close the run with ``status`` (FINISHED, FAILED, KILLED), waiting out an unreachable
     server for up to ``wait_s``; never raises."""
-    from pipeline.tracking.outage import retry_while_unreachable
 
     def close() -> None:
         client_for(uri).set_terminated(run_id, status=status)
@@ -198,8 +164,6 @@ def end_run(
 
 # -- one driver per run ----------------------------------------------------------------------
 
-TAG_DRIVER = "pipeline.driver"
-TAG_HEARTBEAT = "pipeline.heartbeat"
 #: Seconds between heartbeats; a driver on another host is presumed dead after 3 missed.
 HEARTBEAT_S = 30.0
 
@@ -255,17 +219,3 @@ def live_driver(tags: dict[str, str]) -> str | None:
             alive = False
         return who if alive else None
     return who if time.time() - beat < 3 * HEARTBEAT_S else None
-
-
-@contextlib.contextmanager
-def quiet_mlflow():
-    """MLflow's INFO lines ("Registered model ...", download progress) off for a block."""
-    import logging
-
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

@@ -3,7 +3,7 @@
 configuration and metrics of the run that trained it.
 
 Only the version's bundle is used, as data: its MLmodel and code files are downloaded with
-it and never run (:mod:`pipeline.tracking.installed_pyfunc`)."""
+it and never run (:mod:`pipeline.model.installed`)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pipeline.config import JobConfig, config_from_params
 from pipeline.errors import ConfigError, TrackingError
+from pipeline.model import bundle, installed
+from pipeline.model.bundle import Bundle
 from pipeline.redact import redact
-from pipeline.tracking import bundle, installed_pyfunc
-from pipeline.tracking.bundle import Bundle
-from pipeline.tracking.mlflow_run import client_for, quiet_mlflow, tracking_problem
+from pipeline.tracking.client import client_for, quiet_mlflow, tracking_problem
 from pipeline.tracking.outage import is_unreachable
 from pipeline.tracking.registry import tracking_uri_scope
 
@@ -117,7 +117,7 @@ def fetch_source_model(uri: str, tracking_uri: str, directory: str | Path) -> So
     try:
         model = bundle.read(Path(local, "artifacts"))
         plain = model.plain_copy(Path(directory, "plain"))
-        installed_pyfunc.load(plain)  # the graph and weights load, or one line here
+        installed.load(plain)  # the graph and weights load, or one line here
     except bundle.BundleError as exc:
         raise ConfigError(f"{uri}: not a model this pipeline logged ({exc})") from None
     return SourceModel(

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 from pipeline.config import JobConfig
 from pipeline.errors import PipelineError, TrackingError
-from pipeline.tracking import bundle, summary
-from pipeline.tracking.bundle import Bundle
-from pipeline.tracking.mlflow_run import client_for, request_user, tracking_problem
+from pipeline.model import bundle
+from pipeline.model.bundle import Bundle
+from pipeline.model.installed import model_signature
+from pipeline.tracking import summary
+from pipeline.tracking.client import client_for, request_user, tracking_problem
+from pipeline.tracking.names import TAG_GATE
 from pipeline.tracking.outage import is_unreachable
-
-TAG_GATE = "mxtrain.gate"
 
 
 @dataclass(frozen=True)
@@ -72,33 +73,6 @@ def tracking_uri_scope(uri: str):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old_env
-
-
-def model_signature(model: Bundle, feature_example):
-    """(signature, input example) of the logged model, computed by running the export."""
-    import mxnet as mx
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
-
-    meta = model.meta
-    if meta.kind == "generator":
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("long", "label")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_features))]),
-            params=ParamSchema([ParamSpec("seed", "long", 0)]),
-        )
-        example = pd.DataFrame({"label": np.arange(meta.num_classes, dtype=np.int64)})
-        return signature, example
-    example = np.asarray(feature_example, dtype=np.float32)
-    probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
-    signature = infer_signature(example, probs)
-    if meta.class_names:  # the pyfunc's DataFrame: the class's name, then each probability
-        columns: list[ColSpec | TensorSpec] = [ColSpec("string", "prediction")]
-        columns += [ColSpec("float", f"probability_{name}") for name in meta.class_names]
-        signature = ModelSignature(inputs=signature.inputs, outputs=Schema(columns))
-    return signature, example
 
 
 def log_bundle_model(model: Bundle, input_example):

@@ -24,15 +24,11 @@ from typing import Any
 
 from pipeline.errors import TrackingError
 from pipeline.redact import redact
-from pipeline.tracking.mlflow_run import client_for, one_line, param_value, tracking_problem
+from pipeline.tracking.client import client_for, one_line, param_value, tracking_problem
+from pipeline.tracking.names import TAG_ATTEMPTS, TAG_DROPPED, TAG_GROUP_SIZE, TAG_RESTARTS
 from pipeline.tracking.outage import backoff, is_unreachable
 
 _CLOSE: tuple[str, dict] = ("close", {})
-TAG_ATTEMPTS = "pipeline.attempts"
-TAG_RESTARTS = "pipeline.restarts"
-#: Workers in the latest worker group (an elastic job's changes).
-TAG_GROUP_SIZE = "pipeline.group_size"
-TAG_DROPPED = "pipeline.tracking_dropped"
 
 
 def _say(message: str) -> None:
@@ -99,7 +95,7 @@ class RunLogger:
 
     def count_attempt(self, max_failures: int, world: int = 0) -> None:
         """Count this start of the worker group, of ``world`` workers, in the run's tags
-        (``pipeline.attempts``, ``pipeline.restarts``, ``pipeline.group_size``). At once when
+        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``). At once when
         the server answers (a group that fails right away must still be counted); queued
         first when it does not, so a group that starts during an outage trains on instead of
         failing and burning a restart."""

@@ -13,15 +13,17 @@ import math
 from collections.abc import Mapping
 
 from pipeline.config import JobConfig
-from pipeline.tracking import code_version
-
-TAG_NOTE = "mlflow.note.content"
-#: Model version tags (besides mxtrain.gate).
-TAG_SOURCE_RUN = "mxtrain.source_run"
-TAG_VERSION_DIGEST = "mxtrain.data_digest"
-TAG_VERSION_COMMIT = "mxtrain.git.commit"
-TAG_VERSION_DIRTY = "mxtrain.git.dirty"
-METRIC_TAG_PREFIX = "mxtrain.metric."
+from pipeline.tracking.names import (
+    METRIC_TAG_PREFIX,
+    TAG_COMMIT,
+    TAG_DATA_DIGEST,
+    TAG_DATA_URI,
+    TAG_DIRTY,
+    TAG_RESTARTS,
+    TAG_SOURCE_RUN,
+    TAG_VERSION,
+    TAG_VERSION_COMMIT,
+)
 
 
 def headline_metrics(metrics: Mapping[str, float], gate_metric: str = "") -> dict[str, float]:
@@ -45,11 +47,11 @@ def _number(value: float) -> str:
 
 
 def _code_line(tags: Mapping[str, str]) -> str:
-    commit = tags.get(code_version.TAG_COMMIT, "")
-    version = tags.get(code_version.TAG_VERSION, "?")
+    commit = tags.get(TAG_COMMIT, "")
+    version = tags.get(TAG_VERSION, "?")
     if not commit:
         return f"Code: mxtrain {version}, not from a git checkout"
-    dirty = " with uncommitted changes" if tags.get(code_version.TAG_DIRTY) == "true" else ""
+    dirty = " with uncommitted changes" if tags.get(TAG_DIRTY) == "true" else ""
     return f"Code: commit {commit[:12]}{dirty}, mxtrain {version}"
 
 
@@ -64,9 +66,6 @@ def run_description(
 ) -> str:
     """The run's note (Markdown): recipe, data, workers, restarts, final metrics against the
     recipe's target, the gate's verdict and the model it registered; or how it ended."""
-    from pipeline.tracking.mlflow_run import TAG_DATA_DIGEST, TAG_DATA_URI
-    from pipeline.tracking.run_logger import TAG_RESTARTS
-
     scaling = cfg.scaling
     workers = (
         f"{scaling.min_workers}-{scaling.num_workers} workers (elastic)"
@@ -106,14 +105,12 @@ def run_description(
 def version_tags(run_id: str, run_tags: Mapping[str, str], metrics: Mapping[str, float]):
     """The model version's tags: where it came from (run, data digest, commit) and the
     headline metrics (``mxtrain.metric.<name>``)."""
-    from pipeline.tracking.mlflow_run import TAG_DATA_DIGEST
-
     tags = {TAG_SOURCE_RUN: run_id}
     if run_tags.get(TAG_DATA_DIGEST):
-        tags[TAG_VERSION_DIGEST] = run_tags[TAG_DATA_DIGEST]
-    if run_tags.get(code_version.TAG_COMMIT):
-        tags[TAG_VERSION_COMMIT] = run_tags[code_version.TAG_COMMIT]
-        tags[TAG_VERSION_DIRTY] = run_tags.get(code_version.TAG_DIRTY, "unknown")
+        tags[TAG_DATA_DIGEST] = run_tags[TAG_DATA_DIGEST]
+    if run_tags.get(TAG_COMMIT):
+        tags[TAG_VERSION_COMMIT] = run_tags[TAG_COMMIT]
+        tags[TAG_DIRTY] = run_tags.get(TAG_DIRTY, "unknown")
     for key, value in headline_metrics(metrics).items():
         tags[METRIC_TAG_PREFIX + key] = f"{value:.6g}"
     return tags
@@ -123,8 +120,6 @@ def version_description(
     cfg: JobConfig, run_id: str, run_tags: Mapping[str, str], metrics: Mapping[str, float]
 ) -> str:
     """The model version's description: what it is, how good, from what."""
-    from pipeline.tracking.mlflow_run import TAG_DATA_DIGEST, TAG_DATA_URI
-
     shown = headline_metrics(metrics, cfg.tracking.gate_metric)
     scores = ", ".join(f"{k} {_number(v)}" for k, v in list(shown.items())[:4])
     return (

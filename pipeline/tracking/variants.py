@@ -14,14 +14,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
+from pipeline.model.bundle import Bundle
 from pipeline.tracking import code_version
-from pipeline.tracking.bundle import Bundle
-from pipeline.tracking.mlflow_run import client_for, quiet_mlflow
+from pipeline.tracking.client import client_for, quiet_mlflow
 from pipeline.tracking.model_source import SourceModel
+from pipeline.tracking.names import TAG_NOTE, TAG_PARENT_RUN, TAG_SOURCE_VERSION, TAG_VARIANT
 from pipeline.tracking.registry import log_bundle_model, tracking_uri_scope
-
-TAG_VARIANT = "mxtrain.variant"
-TAG_SOURCE_VERSION = "mxtrain.source_version"
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,8 @@ def record_variant(uri: str, source: SourceModel, variant: Variant, input_exampl
     client = client_for(uri)
     tags = {
         **code_version.source_tags(code_version.entry_point()),
-        "mlflow.parentRunId": source.run_id,
-        "mlflow.note.content": variant.description,
+        TAG_PARENT_RUN: source.run_id,
+        TAG_NOTE: variant.description,
         TAG_VARIANT: variant.name,
         TAG_SOURCE_VERSION: source.version,
     }

@@ -5,7 +5,7 @@ One checkpoint is a directory::
     params.nd       every network's parameters        MXNet NDArray-list format (mx.nd.save)
     optimizer.nd    every optimizer state array       MXNet NDArray-list format
     state.json      epoch, step, world size, seed, config hash, optimizer counters, RNG state
-    model-*         the exported model bundle the registry logs (pipeline/tracking/bundle.py)
+    model-*         the exported model bundle the registry logs (pipeline/model/bundle.py)
     model.json      the bundle's description (kind, inputs, data shape)
     MANIFEST.json   written last: the SHA-256 of every other file
 

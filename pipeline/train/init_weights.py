@@ -16,8 +16,9 @@ import numpy as np
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.errors import ConfigError, StorageError
+from pipeline.model import bundle
+from pipeline.model.prune import is_prunable
 from pipeline.storage import resolve
-from pipeline.tracking import bundle
 
 
 def read_bundle(uri: str, s3) -> tuple[bundle.BundleMeta, dict[str, np.ndarray]]:
@@ -125,8 +126,6 @@ class ZeroMask:
     (momentum and weight decay would otherwise revive them)."""
 
     def __init__(self, params):
-        from pipeline.compress.prune import is_prunable
-
         self._held = []
         for name, p in params.items():
             if p.grad_req != "null" and is_prunable(name, len(p.shape)):

@@ -23,10 +23,11 @@ from pipeline.data.contract import DatasetInfo
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.distributed.collectives import allreduce_max
 from pipeline.errors import ConfigError, DivergedError
+from pipeline.model import diagnostics
+from pipeline.model.diagnostics import ErrorReport
+from pipeline.model.pictures import write_grid_png
 from pipeline.progress import ProgressBar
-from pipeline.tracking import diagnostics, system_metrics
-from pipeline.tracking.diagnostics import ErrorReport
-from pipeline.tracking.images import write_grid_png
+from pipeline.tracking import system_metrics
 from pipeline.tracking.run_logger import RunLogger, Untracked
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at

@@ -17,8 +17,8 @@ import numpy as np
 
 from pipeline.data.ingest import Batch, ShardReader, to_ndarray
 from pipeline.distributed.collectives import allreduce_sum, average_running_stats
-from pipeline.tracking import bundle
-from pipeline.tracking.diagnostics import ErrorReport
+from pipeline.model import bundle
+from pipeline.model.diagnostics import ErrorReport
 from pipeline.train.context import WorkerContext
 from pipeline.train.network import DistributedNetwork, stacked_to_host
 

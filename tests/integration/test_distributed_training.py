@@ -63,9 +63,9 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     assert run.data.params["scaling.num_workers"] == "2"
     assert set(cfg.to_dict()) <= set(run.data.params)
     assert int(run.data.params["model.num_params"]) > 0
-    assert run.data.tags["pipeline.recipe"] == "digits-cnn"
-    assert run.data.tags["pipeline.data_uri"] == digits_uri
-    assert run.data.tags["pipeline.world_size"] == "2"
+    assert run.data.tags["mxtrain.recipe"] == "digits-cnn"
+    assert run.data.tags["mxtrain.data_uri"] == digits_uri
+    assert run.data.tags["mxtrain.world_size"] == "2"
     for key in ("train_loss", "val_accuracy", "grad_norm"):
         history = client.get_metric_history(result.run_id, key)
         assert sorted(m.step for m in history) == list(range(cfg.optim.epochs))
@@ -152,7 +152,7 @@ def test_a_workers_data_error_ends_the_job_at_once(digits_uri, tmp_path, fault):
     exp = client.get_experiment_by_name("mxtrain")
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert runs[0].data.tags["pipeline.attempts"] == "1"
+    assert runs[0].data.tags["mxtrain.attempts"] == "1"
     assert client.search_registered_models() == []
 
 
@@ -207,7 +207,7 @@ def test_a_diverging_run_stops_at_once_fails_and_registers_nothing(digits_uri, t
     assert int(re.search(r"step (\d+)", last).group(1)) <= 23
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
-    assert run.info.status == "FAILED" and run.data.tags["pipeline.attempts"] == "1"
+    assert run.info.status == "FAILED" and run.data.tags["mxtrain.attempts"] == "1"
     assert client.search_registered_models() == []
 
 

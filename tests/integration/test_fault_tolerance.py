@@ -125,7 +125,7 @@ def test_killed_worker_resumes_mid_epoch_and_sees_each_sample_once(
 
     client, run = job.run()
     assert run.info.status == "FINISHED"
-    assert int(run.data.tags["pipeline.restarts"]) >= 1
+    assert int(run.data.tags["mxtrain.restarts"]) >= 1
     _, clean = uninterrupted.run()
     assert abs(run.data.metrics["test_accuracy"] - clean.data.metrics["test_accuracy"]) <= 0.01
     assert client.get_model_version_by_alias("digits-cnn", "candidate").run_id == run.info.run_id
@@ -171,7 +171,7 @@ def test_resume_from_an_epoch_checkpoint_gives_identical_weights(
     done = job.wait()
     assert job.killed and done.returncode == 0, done.stderr[-3000:]
     _, run = job.run()
-    assert int(run.data.tags["pipeline.restarts"]) >= 1
+    assert int(run.data.tags["mxtrain.restarts"]) >= 1
     survivors = {r["pid"] for r in job.records()} - set(job.killed)
     final = [r for r in job.records() if r["pid"] in survivors]
     assert {r["start_step"] for r in final if "steps" in r} == {0}
@@ -237,7 +237,7 @@ def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path,
     assert "snapshot of run" in resumed.stdout and "removed" in resumed.stdout
     _, run = job.run()
     assert run.info.status == "FINISHED"
-    assert run.data.tags["pipeline.resumes"] == "1"
+    assert run.data.tags["mxtrain.resumes"] == "1"
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert {m.step for m in history} == set(range(EPOCHS))
     assert client.get_model_version_by_alias("digits-cnn", "candidate").run_id == run.info.run_id

@@ -107,7 +107,7 @@ def test_a_job_logs_to_it_with_credentials(tracking_server, digits_uri, tmp_path
     client = MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["pipeline.world_size"] == "2"
+    assert run.data.tags["mxtrain.world_size"] == "2"
     assert client.get_metric_history(result.run_id, "train_loss")  # logged by rank 0
     assert result.registration is not None
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
@@ -199,8 +199,9 @@ def test_no_run_ending_prints_the_tracking_password(tracking_server, capsys):
     """MLflow prints "View run ... at: <URI>" when a run ends against a server, password
     and all; importing pipeline.tracking turns that off for every kind of run: a training
     run FAILED or KILLED, a scoring run, a search's and a variant's run."""
+    from pipeline.tracking.client import client_for
     from pipeline.tracking.inference import InferenceRun
-    from pipeline.tracking.mlflow_run import client_for, end_run
+    from pipeline.tracking.mlflow_run import end_run
 
     uri = tracking_server["uri"].replace("http://", f"http://admin:{ADMIN_PASSWORD}@")
     client = client_for(uri)

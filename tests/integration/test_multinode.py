@@ -201,7 +201,7 @@ def test_losing_a_node_goes_on_with_the_survivor_from_the_newest_checkpoint(
     client, run = job.finish()
 
     assert run.info.status == "FINISHED"
-    assert int(run.data.tags["pipeline.restarts"]) >= 1
+    assert int(run.data.tags["mxtrain.restarts"]) >= 1
     sizes = _history(client, run, "world_size")
     assert sizes[0] == 2.0 and sizes[-1] == 1.0 and sizes == sorted(sizes, reverse=True), sizes
     assert "worker group restarted after a failure" in job.stdout()
@@ -251,7 +251,7 @@ def test_gaining_a_node_grows_the_group_from_a_checkpoint(cluster, digits_uri, t
     assert run.info.status == "FINISHED"
     sizes = _history(client, run, "world_size")
     assert sizes[0] == 1.0 and sizes[-1] == 2.0 and sizes == sorted(sizes), sizes
-    assert int(run.data.tags["pipeline.attempts"]) >= 2  # the resize started a new group
+    assert int(run.data.tags["mxtrain.attempts"]) >= 2  # the resize started a new group
     assert "worker group grew from 1 to 2 workers (elastic)" in job.stdout()
     assert "resuming from checkpoint" in job.stdout()
     _assert_lr_follows_the_world_size(client, run, [*SETTINGS, *longer])

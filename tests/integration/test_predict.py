@@ -165,7 +165,7 @@ def _post(port: int, body: dict | bytes, host: str = "") -> tuple[int, dict]:
 
 def test_serve_answers_rest_calls_with_the_installed_loader_only(digits_uri, tmp_path):
     from models import build_model
-    from pipeline.tracking import bundle, installed_pyfunc
+    from pipeline.model import bundle, installed
     from tests.faults import register_crafted_version
     from tests.unit.test_predict import INFO
 
@@ -175,7 +175,7 @@ def test_serve_answers_rest_calls_with_the_installed_loader_only(digits_uri, tmp
     net(mx.nd.zeros((2, 64)))
     written = bundle.write(tmp_path / "cnn", net, bundle.BundleMeta.for_data("classifier", 0, INFO))
     _, x, _ = _test_split(digits_uri)
-    reference = installed_pyfunc.load(written).predict(x[:5])
+    reference = installed.load(written).predict(x[:5])
     # The version as someone who may write the registry shapes it: our bundle, their loader.
     marker = tmp_path / "ran"
     model = register_crafted_version("digits-cnn", marker, artifacts=written.artifacts())

@@ -61,7 +61,7 @@ def test_train_from_s3_with_outputs_in_the_bucket(s3_env, tmp_path):
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] >= RECIPE_TARGETS["digits-cnn"][1]
-    assert run.data.tags["pipeline.data_uri"] == data
+    assert run.data.tags["mxtrain.data_uri"] == data
     assert run.data.params["scaling.num_workers"] == "2"
 
     checkpoints = list_keys(bucket, "runs/")
@@ -223,7 +223,7 @@ def test_storage_gone_mid_run_is_reported_as_unavailable_not_as_a_bad_file(
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
     assert run.info.status == "FAILED"
-    assert run.data.tags["pipeline.attempts"] == "2"  # retried once: it is not the data's fault
+    assert run.data.tags["mxtrain.attempts"] == "2"  # retried once: it is not the data's fault
 
 
 def _two_checkpoints_in_bucket(hvd, bucket: str, local, tamper) -> tuple:

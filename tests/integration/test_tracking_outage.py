@@ -105,7 +105,7 @@ def test_a_minute_without_mlflow_loses_nothing(mlflow_server, digits_uri, tmp_pa
     assert "reachable again" in stderr
     run = direct.get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["pipeline.attempts"] == "2"  # the restart was counted, not fatal
+    assert run.data.tags["mxtrain.attempts"] == "2"  # the restart was counted, not fatal
     for key in ("val_accuracy", "train_loss"):
         steps = sorted({m.step for m in direct.get_metric_history(run.info.run_id, key)})
         assert steps == list(range(EPOCHS)), (key, steps)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.tune.run import TAG_STOPPED, TAG_TRIAL, TuneRequest, tune
+from pipeline.tracking.names import TAG_STOPPED, TAG_TRIAL
+from pipeline.tune.search import TuneRequest, tune
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -119,7 +119,7 @@ def test_augmentations_that_do_not_fit_the_data_are_one_line(overrides, shape, s
     from pipeline.config import load_job_config
     from pipeline.data.contract import DatasetInfo
     from pipeline.errors import ConfigError
-    from pipeline.launch import _check_augment
+    from pipeline.preflight import _check_augment
 
     cfg = load_job_config("digits-fcn", overrides)
     with pytest.raises(ConfigError, match=message):

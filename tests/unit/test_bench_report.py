@@ -1,5 +1,5 @@
-"""The README's Performance table is generated from a results file, never typed: the report
-writes every figure with the machine, between the markers, and refuses a README without them."""
+"""docs/performance.md's table is generated from a results file, never typed: the report
+writes every figure with the machine, between the markers, and refuses a page without them."""
 
 from __future__ import annotations
 
@@ -40,5 +40,12 @@ def test_the_table_is_the_results_file(tmp_path):
 
 
 def test_a_readme_without_markers_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="no <!-- bench-table"):
+    with pytest.raises(ValueError, match="has no <!-- bench-table"):
         report.replace_table("# no table here\n", "| a |")
+
+
+def test_the_shipped_page_has_the_markers():
+    from tests.conftest import REPO
+
+    page = (REPO / "docs" / "performance.md").read_text()
+    assert report.BEGIN in page and report.END in page

@@ -17,7 +17,7 @@ import pytest
 from models import build_gan, build_model
 from models.config import GANConfig, MLPConfig
 from pipeline.data.contract import DatasetInfo, SplitInfo
-from pipeline.tracking import bundle
+from pipeline.model import bundle
 
 INFO = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
 
@@ -32,7 +32,7 @@ def _as_pyfunc(model: bundle.Bundle, path, example=None):
     """Saved and loaded by MLflow with the signature the job logs."""
     import mlflow.pyfunc
 
-    from pipeline.tracking.registry import model_signature
+    from pipeline.model.installed import model_signature
 
     signature, example = model_signature(model, example)
     mlflow.pyfunc.save_model(

@@ -13,18 +13,19 @@ from mlflow import MlflowClient
 
 from models import build_model
 from models.config import CNNConfig
-from pipeline.compress.prune import (
+from pipeline.compress.run import CompressRequest, compress
+from pipeline.config import config_from_params, load_job_config
+from pipeline.data.contract import DatasetInfo, SplitInfo
+from pipeline.errors import ConfigError
+from pipeline.model import bundle
+from pipeline.model.prune import (
     apply_masks,
     global_magnitude_masks,
     nonzero_params,
     sparsity_by_layer,
 )
-from pipeline.compress.run import CompressRequest, compress
-from pipeline.config import config_from_params, load_job_config
-from pipeline.data.contract import DatasetInfo, SplitInfo
-from pipeline.errors import ConfigError
-from pipeline.tracking import bundle, registry
-from pipeline.tracking.mlflow_run import param_value
+from pipeline.tracking import registry
+from pipeline.tracking.client import param_value
 from tests.conftest import one_rank_task, random_batches, run_cli
 
 INFO = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})

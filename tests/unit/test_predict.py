@@ -19,12 +19,13 @@ from models import build_model
 from pipeline.config import load_job_config
 from pipeline.data.contract import MANIFEST, DatasetInfo, SplitInfo
 from pipeline.errors import ConfigError, DataError
+from pipeline.model import bundle, installed
 from pipeline.predict.inputs import PIECE_ROWS, _pieces, inspect_scoring_input
 from pipeline.predict.output import PredictionWriter
 from pipeline.predict.run import PredictRequest, _Tally, predict
 from pipeline.predict.scorer import model_files, score, unpack_model
 from pipeline.progress import ProgressBar
-from pipeline.tracking import bundle, installed_pyfunc, registry
+from pipeline.tracking import registry
 from pipeline.tracking.model_source import fetch_source_model
 from tests.conftest import run_cli
 
@@ -108,7 +109,7 @@ def test_a_piece_scored_in_process_matches_the_pyfunc(digits_uri, registered_fcn
     # installed loader; the registry's own pyfunc gives the same answers.
     files = model_files(source.plain.directory)
     assert sorted(files) == sorted(bundle.FILES)
-    loaded = installed_pyfunc.load(bundle.read(unpack_model(files, tmp_path / "actor")))
+    loaded = installed.load(bundle.read(unpack_model(files, tmp_path / "actor")))
     registered = mlflow.pyfunc.load_model(registered_fcn)
     with pytest.raises(ValueError, match="escapes"):
         unpack_model({"../evil": b"x"}, tmp_path / "actor2")
@@ -302,7 +303,7 @@ def _register(tmp_path, net, meta, cfg, example) -> str:
     ``cfg`` as params (what the scoring job reads the data settings from)."""
     from mlflow.entities import Param
 
-    from pipeline.tracking.mlflow_run import param_value
+    from pipeline.tracking.client import param_value
 
     written = bundle.write(tmp_path / meta.kind, net, meta)
     client = MlflowClient()
@@ -345,7 +346,7 @@ def test_your_own_columns_are_scored_as_the_model_was_trained_on_them(tmp_path):
     pq.write_table(pa.table(columns), unlabelled / "a.parquet", row_group_size=7)
 
     source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
-    loaded = installed_pyfunc.load(source.plain)
+    loaded = installed.load(source.plain)
     expected = loaded.predict(x)
     for where, labelled in ((data, True), (unlabelled, False)):
         scoring = inspect_scoring_input(str(where), source.bundle.meta, source.cfg.data)
@@ -382,7 +383,7 @@ def test_a_generator_makes_an_image_per_requested_label(tmp_path):
     meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=latent)
     model = _register(tmp_path, generator, meta, cfg, np.zeros((2, 64), np.float32))
     source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
-    loaded = installed_pyfunc.load(source.plain)
+    loaded = installed.load(source.plain)
 
     wanted = tmp_path / "wanted"
     wanted.mkdir()

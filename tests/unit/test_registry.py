@@ -15,7 +15,9 @@ from models import build_model
 from models.config import MLPConfig
 from pipeline.config import load_job_config
 from pipeline.data.contract import DatasetInfo, SplitInfo
-from pipeline.tracking import bundle, registry
+from pipeline.model import bundle
+from pipeline.tracking import registry
+from pipeline.tracking.names import TAG_GATE
 
 INFO = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
 
@@ -43,7 +45,7 @@ def test_a_run_that_meets_its_gate_gets_the_alias(trained):
     _, run_id, reg = _register(trained, {"test_accuracy": 0.975})
     assert reg.promoted and reg.verdict == "test_accuracy 0.9750 >= 0.97"
     version = MlflowClient().get_model_version_by_alias("digits-fcn", "candidate")
-    assert version.run_id == run_id and version.tags[registry.TAG_GATE] == "passed"
+    assert version.run_id == run_id and version.tags[TAG_GATE] == "passed"
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,7 @@ def test_a_run_below_its_gate_is_registered_without_the_alias(trained, metrics, 
     client = MlflowClient()
     assert int(client.get_model_version_by_alias("digits-fcn", "candidate").version) == 1
     below = client.get_model_version("digits-fcn", str(reg.version))
-    assert below.run_id == run_id and why in below.tags[registry.TAG_GATE]
+    assert below.run_id == run_id and why in below.tags[TAG_GATE]
 
 
 def test_without_a_gate_every_run_moves_the_alias(trained):

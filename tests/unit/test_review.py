@@ -15,9 +15,10 @@ from mlflow import MlflowClient
 from pipeline.config import load_job_config
 from pipeline.data.contract import DatasetInfo, SplitInfo
 from pipeline.data.digest import data_digest, split_digest
+from pipeline.model import diagnostics
+from pipeline.model.diagnostics import ErrorReport
 from pipeline.progress import ProgressBar
-from pipeline.tracking import code_version, diagnostics, summary, system_metrics
-from pipeline.tracking.diagnostics import ErrorReport
+from pipeline.tracking import code_version, summary, system_metrics
 
 
 def _git(cwd, *args):
@@ -143,9 +144,9 @@ def test_confusion_matrix_and_misclassified_images_are_pngs(tmp_path):
 def test_the_run_and_version_descriptions_say_what_a_reviewer_needs():
     cfg = load_job_config("digits-cnn", [])
     tags = {
-        "pipeline.data_uri": "s3://bucket/digits",
+        "mxtrain.data_uri": "s3://bucket/digits",
         "mxtrain.data_digest": "d" * 64,
-        "pipeline.restarts": "1",
+        "mxtrain.restarts": "1",
         "mlflow.source.git.commit": "abc123" * 6,
         "mxtrain.git.dirty": "true",
         "mxtrain.version": "0.1.0",

@@ -8,8 +8,9 @@ import pytest
 
 from pipeline.config import config_from_params, load_job_config
 from pipeline.errors import ConfigError
-from pipeline.tracking.mlflow_run import param_value
-from pipeline.tune.run import TuneRequest, _concurrency, tune
+from pipeline.tracking.client import param_value
+from pipeline.tracking.names import PARAM_STORAGE, TAG_KIND
+from pipeline.tune.search import TuneRequest, _concurrency, tune
 from pipeline.tune.space import check_space, parse_space, trial_overrides
 
 
@@ -133,7 +134,7 @@ def test_resume_never_restores_from_a_place_the_run_names(digits_uri, tmp_path):
 
     from mlflow import MlflowClient
 
-    from pipeline.tune.run import PARAM_STORAGE, TAG_KIND, search_path
+    from pipeline.tune.record import search_path
 
     marker = tmp_path / "ran"
     planted = tmp_path / "planted" / "tune-digits-fcn-x"
@@ -162,14 +163,16 @@ def test_a_search_records_its_overrides_without_their_secrets():
 
     from mlflow import MlflowClient
 
-    from pipeline.tune.run import _parent_run
+    from pipeline.tune.record import open_search_run
 
     secret = "s3.endpoint_url=http://me:hunter2@127.0.0.1:9"
     request = TuneRequest("digits-fcn", (secret,))
     cfg = load_job_config("digits-fcn", [secret])
     dims = parse_space(cfg.tune.space or ["optim.learning_rate = loguniform(0.01, 0.1)"])
     shown: list[str] = []
-    run_id, _, _ = _parent_run(cfg, request, dims, "val_accuracy", 1, {}, shown.append)
+    run_id, _, _ = open_search_run(
+        cfg, request.overrides, "", dims, "val_accuracy", 1, {}, shown.append
+    )
     recorded = MlflowClient().get_run(run_id).data.params["tune.overrides"]
     assert json.loads(recorded) == ["s3.endpoint_url=http://me:***@127.0.0.1:9"]
     assert "hunter2" not in " ".join(shown)

@@ -5,8 +5,8 @@ artifact store can shape: its ``MLmodel`` names a loader module and code files, 
 a cloudpickled ``python_model.pkl`` or ``code/`` folders that MLflow puts on ``sys.path``.
 ``mlflow.pyfunc.load_model`` runs all of that. Scoring, serving and compression never do:
 they take only the version's bundle (graph, weights, ``model.json``: data, read by
-:mod:`pipeline.tracking.bundle` with its size caps), rewrite its weights as a plain file
-(:meth:`~pipeline.tracking.bundle.Bundle.plain_copy`) and hand it to the pyfunc classes of
+:mod:`pipeline.model.bundle` with its size caps), rewrite its weights as a plain file
+(:meth:`~pipeline.model.bundle.Bundle.plain_copy`) and hand it to the pyfunc classes of
 *this* installation (``gluon_pyfunc.py``, ``gluon_generator_pyfunc.py``), in process
 (:func:`load`) or behind a fresh MLmodel that names them (:func:`save_for_serving`).
 """
@@ -18,13 +18,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pipeline.tracking.bundle import Bundle, BundleError
+from pipeline.model.bundle import Bundle, BundleError
 
 #: A bundle's kind -> (module, class) of the installed loader (the same files the training
 #: job logs as the model's code: bundle.PYFUNC_CODE).
 LOADERS = {
-    "classifier": ("pipeline.tracking.gluon_pyfunc", "GluonClassifier"),
-    "generator": ("pipeline.tracking.gluon_generator_pyfunc", "GluonGenerator"),
+    "classifier": ("pipeline.model.gluon_pyfunc", "GluonClassifier"),
+    "generator": ("pipeline.model.gluon_generator_pyfunc", "GluonGenerator"),
 }
 
 
@@ -61,8 +61,6 @@ def save_for_serving(plain: Bundle, directory: str | Path, feature_example) -> P
     import mxnet as mx
     import numpy as np
 
-    from pipeline.tracking.registry import model_signature
-
     signature, example = model_signature(plain, feature_example)
     target = Path(directory)
     mlflow.pyfunc.save_model(
@@ -74,3 +72,30 @@ def save_for_serving(plain: Bundle, directory: str | Path, feature_example) -> P
         pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
     )
     return target
+
+
+def model_signature(model: Bundle, feature_example):
+    """(signature, input example) of the logged model, computed by running the export."""
+    import mxnet as mx
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    meta = model.meta
+    if meta.kind == "generator":
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("long", "label")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_features))]),
+            params=ParamSchema([ParamSpec("seed", "long", 0)]),
+        )
+        example = pd.DataFrame({"label": np.arange(meta.num_classes, dtype=np.int64)})
+        return signature, example
+    example = np.asarray(feature_example, dtype=np.float32)
+    probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
+    signature = infer_signature(example, probs)
+    if meta.class_names:  # the pyfunc's DataFrame: the class's name, then each probability
+        columns: list[ColSpec | TensorSpec] = [ColSpec("string", "prediction")]
+        columns += [ColSpec("float", f"probability_{name}") for name in meta.class_names]
+        signature = ModelSignature(inputs=signature.inputs, outputs=Schema(columns))
+    return signature, example

@@ -4,7 +4,7 @@ MLflow dropped its Gluon flavor in 2.20, so a trained network is logged as a pyf
 artifacts are MXNet's own export files (``-symbol.json`` graph + ``.params`` weights, no pickle)
 and ``model.json`` with the input names, the input width, the class count and, for data
 whose labels were strings, the class names (the bundle format of
-``pipeline/tracking/bundle.py``; a pruned model's weights come gzip-compressed, an INT8
+``pipeline/model/bundle.py``; a pruned model's weights come gzip-compressed, an INT8
 model's convolution weights as int8 with their scale).
 
 This file is logged as the model's code ("models from code"): MLflow stores the file itself,
