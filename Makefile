@@ -35,7 +35,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_W
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
 	CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress tune predict serve mlflow-ui mlflow-server mlflow-server-stop local-cluster object-store object-store-stop test test-all bench petastorm-venv bench-report lint format clean
+.PHONY: help setup postgres-package fashion-package data data-fashion manifest train train-distributed submit compress tune predict serve mlflow-ui mlflow-server mlflow-server-stop local-cluster object-store object-store-stop test test-unit test-all bench petastorm-venv bench-report lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -151,6 +151,9 @@ postgres-package:
 
 test: $(STAMP) postgres-package fashion-package ## Unit and integration tests (real Ray, Horovod, MLflow); under 30 minutes
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## The unit tests only (about 2 minutes): the edit-run loop; make test is the gate
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 test-all: $(STAMP) postgres-package fashion-package ## Every test, the slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,4 +1,7 @@
-"""Fault injection for tests: the only fakes in the suite, and only of the network."""
+"""Fault injection for tests: fakes of the network (a flaky S3, an MLflow outage, a Ray head
+without its job agent) and of the registry (a version with code of its own). The other fake
+in the suite is ``_FakeMX`` in test_distributed_units.py: an MXNet that reports GPUs, for the
+device choice no machine here can run."""
 
 from __future__ import annotations
 

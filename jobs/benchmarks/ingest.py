@@ -66,7 +66,7 @@ def ours(
         transform,
     )
     rows = 0
-    for batch in reader.batches(epoch=0, batch_size=batch_size, shuffle_rows=2048, ctx=mx.cpu()):
+    for batch in reader.batches(epoch=0, batch_size=batch_size, shuffle_rows=2048, device=mx.cpu()):
         rows += batch.x.shape[0]
     mx.nd.waitall()
     reader.source.close()

@@ -94,7 +94,7 @@ def _ours(task, reader, cfg):
     def run():
         throttle = EngineThrottle("")
         batches = reader.batches(
-            0, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, ctx=mx.cpu()
+            0, cfg.data.batch_size, shuffle_rows=cfg.data.shuffle_buffer, device=mx.cpu()
         )
         for step, b in enumerate(batches):
             throttle.add(task.train_step(b, cfg.optim.learning_rate), 0, step)

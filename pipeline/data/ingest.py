@@ -334,13 +334,13 @@ class Batch:
             self.scale,
         )
 
-    def on_device(self, ctx) -> Batch:
-        """This batch with ``x``/``y`` copied to ``ctx``. uint8 features travel as bytes (a
+    def on_device(self, device) -> Batch:
+        """This batch with ``x``/``y`` copied to ``device``. uint8 features travel as bytes (a
         quarter of float32's) and become float32 on the device, once for the whole window."""
-        x = to_ndarray(self.features, ctx)
+        x = to_ndarray(self.features, device)
         if self.scale is not None:
             x = x.astype("float32") * self.scale
-        y = to_ndarray(self.labels.astype(np.float32), ctx)
+        y = to_ndarray(self.labels.astype(np.float32), device)
         return Batch(self.features, self.labels, self.ids, x, y, self.scale)
 
 
@@ -353,8 +353,8 @@ def _device_rows(array, index: slice | np.ndarray):
     return array[index]
 
 
-def to_ndarray(array: np.ndarray, ctx):
-    """numpy -> NDArray on ``ctx`` in one synchronous copy.
+def to_ndarray(array: np.ndarray, device):
+    """numpy -> NDArray on ``device`` in one synchronous copy.
 
     ``mx.nd.array`` goes through NDArray's Python indexing code: 150 us for a 64 x 64 batch
     here, against 36 us for an empty array plus MXNDArraySyncCopyFromCPU. Per batch of 64
@@ -363,7 +363,7 @@ def to_ndarray(array: np.ndarray, ctx):
     import mxnet as mx
 
     array = np.ascontiguousarray(array)
-    out = mx.nd.empty(array.shape, ctx=ctx, dtype=array.dtype)
+    out = mx.nd.empty(array.shape, ctx=device, dtype=array.dtype)
     out._sync_copyfrom(array)
     return out
 
@@ -435,7 +435,7 @@ class ShardReader:
         shuffle_rows: int = 0,
         skip_steps: int = 0,
         prefetch: int | None = None,
-        ctx=None,
+        device=None,
     ) -> Iterator[Batch]:
         """The rank's batches of ``epoch``, starting after ``skip_steps`` batches.
 
@@ -443,7 +443,7 @@ class ShardReader:
         to whole batches); ``prefetch`` windows are read ahead on a thread, so reading and
         decoding overlap the step (pyarrow releases the GIL). By default only storage is read
         ahead: from memory the thread only competes for the GIL (measured: 1-4% of an MLP's
-        step rate). With ``ctx``, each window goes
+        step rate). With ``device``, each window goes
         to the device in one copy and the batches carry views of it (``Batch.x``/``y``).
         """
         shuffle = shuffle_rows > 0
@@ -457,8 +457,8 @@ class ShardReader:
             windows = _read_ahead(windows, prefetch)
         drop = skip_rows - first * window
         for rows in windows:
-            if ctx is not None:
-                rows = rows.on_device(ctx)
+            if device is not None:
+                rows = rows.on_device(device)
             for lo in range(drop, len(rows), batch_size):
                 yield rows[lo : lo + batch_size]
             drop = 0

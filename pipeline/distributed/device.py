@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 
-def worker_context(mx: Any, use_gpu: bool, local_rank: int) -> Any:
+def worker_device(mx: Any, use_gpu: bool, local_rank: int) -> Any:
     """``mx.gpu(local_rank)`` for GPU workers, else ``mx.cpu()``.
 
     Raises ConfigError when a GPU is asked for but this MXNet build sees none.

@@ -114,14 +114,14 @@ def train_worker(payload: WorkerPayload) -> None:
     import horovod.mxnet as hvd
     import mxnet as mx
 
-    from pipeline.distributed.device import worker_context
+    from pipeline.distributed.device import worker_device
 
     cfg = payload.config
     _quiet_ray_train()
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
     is_chief = rank == 0
-    ctx = worker_context(mx, cfg.scaling.use_gpu, hvd.local_rank())
+    device = worker_device(mx, cfg.scaling.use_gpu, hvd.local_rank())
     np.random.seed(cfg.seed)
     logger: RunLogger | Untracked | None = None
     if is_chief and not cfg.tracking.enabled:
@@ -136,7 +136,7 @@ def train_worker(payload: WorkerPayload) -> None:
         )
 
     try:
-        _train(payload, hvd, ctx, rank, world, logger)
+        _train(payload, hvd, device, rank, world, logger)
     finally:
         system_metrics.finish(sampler)
         if logger:
@@ -146,7 +146,7 @@ def train_worker(payload: WorkerPayload) -> None:
 def _train(
     payload: WorkerPayload,
     hvd,
-    ctx,
+    device,
     rank: int,
     world: int,
     logger: RunLogger | Untracked | None,
@@ -158,7 +158,7 @@ def _train(
 
     cfg, info = payload.config, payload.info
     is_chief = rank == 0
-    task = make_task(WorkerContext(cfg, info, ctx, hvd, world, rank))
+    task = make_task(WorkerContext(cfg, info, device, hvd, world, rank))
     if logger:
         logger.log_params({"model.num_params": task.num_params()})
 
@@ -180,7 +180,7 @@ def _train(
         for split in ("train", "val", "test")
     }
     steps = readers["train"].steps(cfg.data.batch_size)
-    start_epoch, skip, history = _resume(payload, task, ctx, world, is_chief)
+    start_epoch, skip, history = _resume(payload, task, device, world, is_chief)
     if logger and history:
         # Metrics that an earlier group logged while the tracking server was unreachable died
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
@@ -213,7 +213,7 @@ def _train(
             cfg.data.batch_size,
             shuffle_rows=cfg.data.shuffle_buffer,
             skip_steps=first,
-            ctx=ctx,
+            device=device,
         )
         throttle = EngineThrottle(_divergence_hint(cfg))
         bar = _epoch_bar(cfg, epoch, steps, first, world) if is_chief else None
@@ -367,7 +367,9 @@ def _report(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tuple[int, int, list]:
+def _resume(
+    payload: WorkerPayload, task, device, world: int, is_chief: bool
+) -> tuple[int, int, list]:
     """(epoch, step) to start from, after the newest valid checkpoint of this run if any, and
     the metrics logged up to that checkpoint."""
     from pipeline.storage import resolve
@@ -380,7 +382,7 @@ def _resume(payload: WorkerPayload, task, ctx, world: int, is_chief: bool) -> tu
     cfg = payload.config
     loc = resolve(cfg.storage.resolved_path(), cfg.s3)
     run_dir = loc.join(payload.run_name)
-    state = checkpoint.resume(loc.filesystem, run_dir, task.networks(), ctx, warn)
+    state = checkpoint.resume(loc.filesystem, run_dir, task.networks(), device, warn)
     if state is None:
         return 0, 0, []
     name = state["checkpoint"].rstrip("/").rsplit("/", 1)[-1]

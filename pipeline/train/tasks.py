@@ -56,7 +56,7 @@ def _confusion(
     counts = np.zeros((k, k), dtype=np.int64)
     report = ErrorReport(counts)
     for batch in reader.batches(
-        epoch=0, batch_size=context.cfg.data.eval_batch_size, ctx=context.device
+        epoch=0, batch_size=context.cfg.data.eval_batch_size, device=context.device
     ):
         pred = net(batch.x).argmax(axis=1).asnumpy().astype(np.int64)
         keep = batch.labels >= 0

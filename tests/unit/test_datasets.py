@@ -98,7 +98,7 @@ def test_uint8_features_are_a_quarter_of_the_bytes_and_the_same_floats(small_fas
         reader = ShardReader(
             source, info.splits["test"], info.num_features, 0, 1, 0, info.feature_scale
         )
-        batch = next(reader.batches(0, 100, ctx=mx.cpu()))
+        batch = next(reader.batches(0, 100, device=mx.cpu()))
         assert batch.features.dtype == np.uint8
         expected = dataset.splits["test"].features.reshape(100, -1).astype(np.float32) / 255
         np.testing.assert_allclose(batch.x.asnumpy(), expected, rtol=1e-6)

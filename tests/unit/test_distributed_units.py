@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import OptimConfig, load_job_config
-from pipeline.distributed.device import worker_context
+from pipeline.distributed.device import worker_device
 from pipeline.distributed.horovod_backend import (
     HorovodConfig,
     _interface_for,
@@ -60,19 +60,19 @@ class _FakeMX:
 
 
 def test_device_follows_local_rank():
-    assert worker_context(_FakeMX(gpus=0), use_gpu=False, local_rank=3) == "cpu(0)"
-    assert worker_context(_FakeMX(gpus=4), use_gpu=True, local_rank=3) == "gpu(3)"
+    assert worker_device(_FakeMX(gpus=0), use_gpu=False, local_rank=3) == "cpu(0)"
+    assert worker_device(_FakeMX(gpus=4), use_gpu=True, local_rank=3) == "gpu(3)"
 
 
 def test_device_without_gpu_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"scaling\.use_gpu=true but MXNet sees 1 GPU"):
-        worker_context(_FakeMX(gpus=1), use_gpu=True, local_rank=1)
+        worker_device(_FakeMX(gpus=1), use_gpu=True, local_rank=1)
 
 
 def test_device_with_real_mxnet_on_cpu():
     import mxnet as mx
 
-    assert worker_context(mx, use_gpu=False, local_rank=0) == mx.cpu()
+    assert worker_device(mx, use_gpu=False, local_rank=0) == mx.cpu()
 
 
 def test_learning_rate_scales_with_workers_and_warms_up():
