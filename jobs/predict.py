@@ -6,7 +6,7 @@ actors that each load the model's MLflow pyfunc once.
     make predict MODEL=models:/digits-cnn@candidate DATA=data/digits/test OUT=runs/predictions/x
 
 The output folder gets Parquet parts and, last, _manifest.json; the job is recorded as an
-MLflow run in the experiment ``mxtrain-inference``.
+MLflow run in the experiment ``mxtrain-predict``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--experiment",
-        default="mxtrain-inference",
+        default="mxtrain-predict",
         help="MLflow experiment of the scoring run (default: %(default)s)",
     )
     p.add_argument(

@@ -68,7 +68,9 @@ SIZES = {
 }
 
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
-GROUPS = ("ingest", "step", "comm", "startup", "jobs", "nodes", "memory", "predict", "tta", "ui")
+GROUPS = (
+    "ingest", "step", "comm", "startup", "whole_jobs", "nodes", "memory", "predict", "tta", "ui",
+)  # fmt: skip
 
 
 def _prepare(uri: str, rows: int, rows_per_file: int) -> None:
@@ -227,10 +229,10 @@ def _ingest(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
 
 
 def _step(size: dict, _tmp: Path, handicap: float) -> list[Figure]:
-    from jobs.benchmarks import train_step
+    from jobs.benchmarks import step
 
     _progress("training loop: step overhead, 2 ranks (horovodrun)")
-    return train_step.figures(size["steps"], size["batch"], size["fast_reps"], handicap)
+    return step.figures(size["steps"], size["batch"], size["fast_reps"], handicap)
 
 
 def _comm(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
@@ -256,7 +258,7 @@ def _startup(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     return startup.startup_figures(uri, "digits-cnn", size["reps"], tmp)
 
 
-def _jobs(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
+def _whole_jobs(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     from jobs.benchmarks import whole_jobs
 
     uri = _synthetic(tmp, "scaling", size["scaling_rows"])
@@ -271,11 +273,11 @@ def _jobs(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
 
 
 def _nodes(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
-    from jobs.benchmarks import multinode
+    from jobs.benchmarks import nodes
 
     uri = _synthetic(tmp, "scaling", size["scaling_rows"])
     _progress("two nodes: 2 workers on 2 Ray nodes vs 1 node, a cluster on this machine")
-    return [multinode.two_node_figure(uri, "digits-cnn", size["job_epochs"], size["reps"], tmp)]
+    return [nodes.two_node_figure(uri, "digits-cnn", size["job_epochs"], size["reps"], tmp)]
 
 
 def _memory(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
@@ -289,12 +291,12 @@ def _memory(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
 
 
 def _predict(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
-    from jobs.benchmarks import inference
+    from jobs.benchmarks import predict
 
     spec = size["predict"]
     data = spec["data"] or f"{_synthetic(tmp, 'scaling', size['scaling_rows'])}/train"
     _progress(f"batch scoring: jobs.predict (2 actors) vs one process's pyfunc, on {data}")
-    return inference.predict_figures(data, spec["copies"], size["reps"], tmp)
+    return predict.predict_figures(data, spec["copies"], size["reps"], tmp)
 
 
 def _tta(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
@@ -308,10 +310,10 @@ def _tta(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
 
 
 def _ui(_size: dict, tmp: Path, _handicap: float) -> list[Figure]:
-    from jobs.benchmarks import mlflow_ui
+    from jobs.benchmarks import ui
 
     _progress("MLflow UI memory: make mlflow-ui vs mlflow ui")
-    return [mlflow_ui.ui_memory_figure(tmp)]
+    return [ui.ui_memory_figure(tmp)]
 
 
 RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
@@ -319,7 +321,7 @@ RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "step": _step,
     "comm": _comm,
     "startup": _startup,
-    "jobs": _jobs,
+    "whole_jobs": _whole_jobs,
     "nodes": _nodes,
     "memory": _memory,
     "predict": _predict,

@@ -32,9 +32,9 @@ from pipeline.predict.output import PredictionWriter
 from pipeline.predict.scorer import PREDICTION, Scorer, model_files
 from pipeline.progress import ProgressBar
 from pipeline.redact import redact
-from pipeline.tracking.inference import InferenceRun
 from pipeline.tracking.lineage import log_dataset
 from pipeline.tracking.model_source import SourceModel, fetch_source_model
+from pipeline.tracking.predict_run import PredictRun
 
 Progress = Callable[[str], None]
 
@@ -63,7 +63,7 @@ class PredictRequest:
     id_column: str | None = None
     #: Noise seed of a generator model.
     seed: int = 0
-    experiment: str = "mxtrain-inference"
+    experiment: str = "mxtrain-predict"
     #: "" = MLFLOW_TRACKING_URI or the repository's sqlite store.
     tracking_uri: str = ""
     #: Record the job as an MLflow run.
@@ -107,7 +107,7 @@ class PredictSummary:
     out: str
     #: Share of labelled rows predicted right; None when the data has no labels.
     accuracy: float | None
-    #: The inference run ("" when not tracked).
+    #: The job's MLflow run ("" when not tracked).
     run_id: str
     manifest: dict
 
@@ -124,7 +124,7 @@ class PredictSummary:
         if self.accuracy is not None:
             lines.append(f"accuracy on the labelled rows: {self.accuracy:.4f}")
         if self.run_id:
-            lines.append(f"MLflow run {self.run_id} (experiment of the inference runs)")
+            lines.append(f"MLflow run {self.run_id} (experiment of the predictions)")
         return lines
 
 
@@ -240,7 +240,7 @@ def _check_resources(request: PredictRequest) -> None:
 
 def _open_run(
     request: PredictRequest, uri: str, source: SourceModel, scoring: ScoringInput
-) -> InferenceRun:
+) -> PredictRun:
     params = {
         "model_uri": request.model,
         "model_version": source.version,
@@ -255,7 +255,7 @@ def _open_run(
         "gpus_per_actor": str(request.gpus_per_actor),
         "batch_size": str(request.batch_size),
     }
-    run = InferenceRun.open(uri, request.experiment, source, params, scoring.digest)
+    run = PredictRun.open(uri, request.experiment, source, params, scoring.digest)
     name = request.data.rstrip("/").rsplit("/", 1)[-1]
     try:
         log_dataset(uri, run.run_id, request.data, name, scoring.digest, scoring.rows, "scoring")

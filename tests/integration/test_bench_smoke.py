@@ -69,7 +69,7 @@ def test_every_benchmark_figure_is_produced(tiny_results):
         for key in ("value", "baseline", "ratio"):
             assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (name, f)
     assert set(results["group_seconds"]) == {
-        "ingest", "step", "comm", "startup", "jobs", "nodes", "memory", "predict", "tta", "ui"
+        "ingest", "step", "comm", "startup", "whole_jobs", "nodes", "memory", "predict", "tta", "ui"
     }  # fmt: skip
 
 

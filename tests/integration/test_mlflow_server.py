@@ -200,16 +200,16 @@ def test_no_run_ending_prints_the_tracking_password(tracking_server, capsys):
     and all; importing pipeline.tracking turns that off for every kind of run: a training
     run FAILED or KILLED, a scoring run, a search's and a variant's run."""
     from pipeline.tracking.client import client_for
-    from pipeline.tracking.inference import InferenceRun
     from pipeline.tracking.mlflow_run import end_run
+    from pipeline.tracking.predict_run import PredictRun
 
     uri = tracking_server["uri"].replace("http://", f"http://admin:{ADMIN_PASSWORD}@")
     client = client_for(uri)
     exp = client.create_experiment("run-endings")
     for status in ("FAILED", "KILLED"):  # a training job's driver: end_run
         end_run(uri, client.create_run(exp).info.run_id, status)
-    InferenceRun(uri, client.create_run(exp).info.run_id).finish({"rows": 1.0}, {"rows": 1})
-    InferenceRun(uri, client.create_run(exp).info.run_id).fail()
+    PredictRun(uri, client.create_run(exp).info.run_id).finish({"rows": 1.0}, {"rows": 1})
+    PredictRun(uri, client.create_run(exp).info.run_id).fail()
     for status in ("FINISHED", "KILLED"):  # a search's parent and trials, a variant's run
         client.set_terminated(client.create_run(exp).info.run_id, status)
     shown = capsys.readouterr()

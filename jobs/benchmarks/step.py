@@ -11,7 +11,7 @@ model, batch size and optimizer, over the same rows held in memory:
   params broadcast from rank 0, forward, backward, ``trainer.step`` on NDArrays made
   once before timing.
 
-Run as ``python -m jobs.benchmarks.train_step RECIPE STEPS BATCH REPS HANDICAP`` under
+Run as ``python -m jobs.benchmarks.step RECIPE STEPS BATCH REPS HANDICAP`` under
 horovodrun; rank 0 prints ``STEP {"ours": [...], "bare": [...], ...}`` (seconds per epoch).
 
 (tracking_overhead is a whole-job figure: whole_jobs.py.)
@@ -109,7 +109,7 @@ def figures(steps: int, batch: int, reps: int, handicap: float) -> list[Figure]:
     out = []
     for recipe, label in (("digits-cnn", "cnn"), ("digits-fcn", "mlp")):
         args = (recipe, str(steps), str(batch), str(reps), str(handicap))
-        stdout, _ = horovodrun(2, "jobs.benchmarks.train_step", *args)
+        stdout, _ = horovodrun(2, "jobs.benchmarks.step", *args)
         line = json_line(stdout, "STEP ")
         out.append(
             throughput_figure(

@@ -1,8 +1,8 @@
-"""A batch-scoring job as an MLflow run: in an inference experiment, opened before the work
-(a crash leaves it FAILED, not missing), with the model version scored, the data's URI and
-digest (as params and as an MLflow dataset input), the output location, and at the end the
-row counts, throughput and, for labelled data, accuracy; the output's manifest as an
-artifact."""
+"""A ``jobs.predict`` job as an MLflow run: in the experiment ``mxtrain-predict``, opened
+before the work (a crash leaves it FAILED, not missing), with the model version scored, the
+data's URI and digest (as params and as an MLflow dataset input), the output location, and at
+the end the row counts, throughput and, for labelled data, accuracy; the output's manifest as
+an artifact."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pipeline.tracking.names import TAG_DATA_DIGEST, TAG_KIND, TAG_MODEL, TAG_NO
 from pipeline.tracking.outage import is_unreachable
 
 
-class InferenceRun:
+class PredictRun:
     def __init__(self, uri: str, run_id: str) -> None:
         self.uri = uri
         self.run_id = run_id
@@ -26,7 +26,7 @@ class InferenceRun:
     @classmethod
     def open(
         cls, uri: str, experiment: str, source: SourceModel, params: dict[str, str], digest: str
-    ) -> InferenceRun:
+    ) -> PredictRun:
         from mlflow.entities import Param
 
         try:
