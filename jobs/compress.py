@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from jobs._cli import run_main
+from pipeline.compress.job import CompressRequest, Row, compress
 from pipeline.compress.quantize import CALIBRATION_ROWS
-from pipeline.compress.run import CompressRequest, Row, compress
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from jobs._cli import run_main
-from pipeline.predict.run import PredictRequest, predict
+from pipeline.predict.batch import PredictRequest, predict
 
 
 def build_parser() -> argparse.ArgumentParser:

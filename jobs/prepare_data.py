@@ -36,7 +36,7 @@ DATASETS = {
 LAYOUT = {"digits": (128, 64), "fashion-mnist": (5000, 500), "synthetic": (128, 64)}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jobs.prepare_data",
         description="Write a data set as Parquet train/val/test splits in the pipeline's data "
@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + ", ".join(f"{k}: {v[1]}" for k, v in LAYOUT.items()),
     )
     p.add_argument("--overwrite", action="store_true", help="replace what is already at --out")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with the data set's default layout filled in and checked."""
+    p = build_parser()
     args = p.parse_args(argv)
     files, groups = LAYOUT[args.dataset]
     args.rows_per_file = files if args.rows_per_file is None else args.rows_per_file

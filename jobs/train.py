@@ -158,7 +158,7 @@ def make_variants(cfg: JobConfig, result) -> None:
         print("\ncompress: skipped, the model did not pass its gate", flush=True)
         return
     from jobs.compress import format_table
-    from pipeline.compress.run import CompressRequest, compress
+    from pipeline.compress.job import CompressRequest, compress
 
     print(f"\ncompress: variants of {reg.name} version {reg.version}", flush=True)
     rows = compress(

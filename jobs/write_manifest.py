@@ -19,7 +19,7 @@ from jobs._cli import run_main
 from pipeline.data.manifest import certify
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jobs.write_manifest",
         description="Check a data set in the pipeline's Parquet layout (train/, val/, test/; see "
@@ -30,11 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a manifest that is already there"
     )
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     start = time.perf_counter()
     print(f"checking {args.uri}", flush=True)
     manifest = certify(args.uri, overwrite=args.overwrite, progress=lambda m: print(m, flush=True))

@@ -1,7 +1,7 @@
 """Batch-scoring figures: ``jobs.predict`` (Ray Data, 2 actors) against one process calling
 the same pyfunc, and its memory as the data grows 8x.
 
-* predict_vs_pyfunc: rows/s of :func:`pipeline.predict.run.predict` (2 actors x 1 CPU on a
+* predict_vs_pyfunc: rows/s of :func:`pipeline.predict.batch.predict` (2 actors x 1 CPU on a
   running local Ray: actor start, model loads, reading, scoring and writing the output and its
   manifest) against ``pyfunc_baseline.py`` (one process, pyarrow's thread pool, MXNet with as
   many threads as cores, batches of 1,024, the same output columns; model load to last file).
@@ -116,7 +116,7 @@ def predict_figures(data: str, copies: int, reps: int, tmp: Path) -> list[Figure
     import pyarrow.parquet as pq
 
     from pipeline.distributed.ray_runtime import ray_runtime
-    from pipeline.predict.run import READ_CPUS, PredictRequest, predict
+    from pipeline.predict.batch import READ_CPUS, PredictRequest, predict
     from pipeline.tracking.model_source import fetch_source_model
 
     first = sorted(Path(data).glob("*.parquet"))[0]

@@ -108,14 +108,15 @@ class Tracer:
 
 
 def read_events(directory: str | Path) -> list[dict]:
+    """All events of all ranks (``events-rank-*.jsonl``: rendezvous, topology, first step)."""
     records = []
     for path in sorted(Path(directory).glob("events-rank-*.jsonl")):
         records += [json.loads(line) for line in path.read_text().splitlines() if line]
     return records
 
 
-def read(directory: str | Path) -> list[dict]:
-    """All records of all ranks."""
+def read_steps(directory: str | Path) -> list[dict]:
+    """All step records of all ranks (``rank-*.jsonl``: the ids each step trained on)."""
     records = []
     for path in sorted(Path(directory).glob("rank-*.jsonl")):
         records += [json.loads(line) for line in path.read_text().splitlines() if line]

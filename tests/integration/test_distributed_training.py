@@ -39,7 +39,7 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     info = inspect_dataset(digits_uri)
     train_ids = _ids(info.splits["train"].files)
     assert len(train_ids) % 2 == 1  # odd: the padding path is exercised
-    records = trace.read(tmp_path / "trace")
+    records = trace.read_steps(tmp_path / "trace")
     assert {r["epoch"] for r in records} == set(range(cfg.optim.epochs))
     for epoch in range(cfg.optim.epochs):
         ranks = {r["rank"]: r for r in records if r["epoch"] == epoch}

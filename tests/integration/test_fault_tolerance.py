@@ -93,7 +93,7 @@ class Job:
         return client, runs[0]
 
     def records(self) -> list[dict]:
-        return trace.read(self.trace)
+        return trace.read_steps(self.trace)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def test_gan_two_workers_stay_identical_and_register_a_generator(digits_uri, tmp
     )
     result = run_job(cfg, progress=lambda _msg: None)
 
-    records = trace.read(tmp_path / "trace")
+    records = trace.read_steps(tmp_path / "trace")
     for epoch in range(EPOCHS):
         ranks = {r["rank"]: r for r in records if r["epoch"] == epoch}
         assert set(ranks) == {0, 1}

@@ -209,7 +209,7 @@ def test_losing_a_node_goes_on_with_the_survivor_from_the_newest_checkpoint(
     _assert_lr_follows_the_world_size(client, run, SETTINGS)
     # Each epoch, whichever group ran it, trained every row once: its ranks' shards are
     # disjoint and cover the split (one rank's after the loss).
-    records = [r for r in trace.read(job.trace) if "checkpoint" not in r]
+    records = [r for r in trace.read_steps(job.trace) if "checkpoint" not in r]
     for epoch, world in enumerate(sizes):
         shards = [set(r["ids"]) for r in records if r["epoch"] == epoch]
         covered = [

@@ -27,7 +27,7 @@ from pipeline.config import load_job_config
 from pipeline.data.contract import MANIFEST
 from pipeline.errors import DataError
 from pipeline.launch import run_job
-from pipeline.predict.run import PredictRequest, predict
+from pipeline.predict.batch import PredictRequest, predict
 from tests.conftest import REPO, list_keys, run_cli
 
 pytestmark = pytest.mark.integration

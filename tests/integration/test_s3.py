@@ -151,7 +151,7 @@ def test_transient_faults_are_retried_and_rows_stay_exact(s3_env, seaweedfs, tmp
 
     info = inspect_dataset(data)
     rows = info.splits["train"].rows
-    records = trace.read(tmp_path / "trace")
+    records = trace.read_steps(tmp_path / "trace")
     for epoch in range(2):
         ids = [i for r in records if r["epoch"] == epoch for i in r["ids"]]
         assert len(ids) == rows and len(set(ids)) == rows

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from models import build_model
 from models.config import CNNConfig
-from pipeline.compress.run import CompressRequest, compress
+from pipeline.compress.job import CompressRequest, compress
 from pipeline.config import config_from_params, load_job_config
 from pipeline.data.contract import DatasetInfo, SplitInfo
 from pipeline.errors import ConfigError

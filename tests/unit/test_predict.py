@@ -20,9 +20,9 @@ from pipeline.config import load_job_config
 from pipeline.data.contract import MANIFEST, DatasetInfo, SplitInfo
 from pipeline.errors import ConfigError, DataError
 from pipeline.model import bundle, installed
+from pipeline.predict.batch import PredictRequest, _Tally, predict
 from pipeline.predict.inputs import PIECE_ROWS, _pieces, inspect_scoring_input
 from pipeline.predict.output import PredictionWriter
-from pipeline.predict.run import PredictRequest, _Tally, predict
 from pipeline.predict.scorer import model_files, score, unpack_model
 from pipeline.progress import ProgressBar
 from pipeline.tracking import registry
@@ -263,7 +263,7 @@ def test_the_entry_point_ends_a_user_error_in_one_line(tmp_path):
 def test_more_gpus_than_the_cluster_has_are_refused(monkeypatch):
     import ray
 
-    from pipeline.predict.run import _check_resources
+    from pipeline.predict.batch import _check_resources
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     request = PredictRequest("models:/m/1", "/d", "/o", gpus_per_actor=1)
