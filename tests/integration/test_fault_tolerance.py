@@ -3,21 +3,21 @@ and the job either resumes from its checkpoints or, past max_failures, fails cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
-from mlflow import MlflowClient
 
 from pipeline.train import checkpoint, trace
-from tests.conftest import REPO, fresh_mlflow_store, run_cli
+from tests.conftest import REPO, run_cli
+from tests.jobs import BackgroundJob, checkpoints, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,63 +34,37 @@ COMMON = (
 )
 
 
-class Job:
+class Job(BackgroundJob):
     """One `python -m jobs.train` run with its own storage, trace folder and MLflow store."""
 
     def __init__(
         self, root: Path, digits_uri: str, name: str, *overrides: str, new_session: bool = False
     ):
-        self.dir = root / name
-        self.storage = self.dir / "runs"
-        self.trace = self.dir / "trace"
-        self.dir.mkdir(parents=True)
-        self.uri = fresh_mlflow_store(self.dir)
-        args = ["--data", digits_uri, "--storage", str(self.storage), *COMMON]
+        args = ["--data", digits_uri, "--storage", str(root / name / "runs"), *COMMON]
         for item in overrides:
             args += ["--set", item]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.train", *args],
-            cwd=REPO,
-            env={
-                **os.environ,
-                "MXTRAIN_TRACE_DIR": str(self.trace),
-                "MLFLOW_TRACKING_URI": self.uri,
-            },
-            # Files, not pipes: a full pipe would stall the job while nobody reads it.
-            stdout=(self.dir / "stdout").open("w"),
-            stderr=(self.dir / "stderr").open("w"),
-            text=True,
-            start_new_session=new_session,
-        )
+        super().__init__(root / name, args, new_session=new_session)
         self.killed: list[int] = []
 
     def kill_rank_after_first_checkpoint(self, rank: int = 1) -> None:
         """SIGKILL rank ``rank``'s worker process once the first complete checkpoint exists."""
 
+        def rank_pid() -> int | None:
+            if not checkpoints(self.storage):
+                return None
+            pids = [e["pid"] for e in trace.read_events(self.trace) if e["rank"] == rank]
+            return pids[0] if pids else None
+
         def watch() -> None:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if list(self.storage.glob("*/checkpoint_*/MANIFEST.json")):
-                    events = trace.read_events(self.trace)
-                    pids = [e["pid"] for e in events if e["rank"] == rank]
-                    if pids:
-                        os.kill(pids[0], signal.SIGKILL)
-                        self.killed.append(pids[0])
-                        return
-                time.sleep(0.05)
+            with contextlib.suppress(AssertionError):  # the job ended first: nothing to kill
+                pid = wait_for(rank_pid, f"rank {rank}'s pid", alive=self.ended)
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
 
         threading.Thread(target=watch, daemon=True).start()
 
-    def wait(self) -> subprocess.CompletedProcess:
-        self.proc.wait(timeout=600)
-        out, err = ((self.dir / name).read_text() for name in ("stdout", "stderr"))
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
-
     def run(self):
-        client = MlflowClient(self.uri)
-        runs = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
-        assert len(runs) == 1, "a job keeps one MLflow run across restarts"
-        return client, runs[0]
+        return self.the_run()
 
     def records(self) -> list[dict]:
         return trace.read_steps(self.trace)
@@ -193,10 +167,7 @@ def test_failures_beyond_max_failures_fail_the_run_and_register_nothing(tmp_path
 
 def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path, digits_uri):
     job = Job(tmp_path, digits_uri, "driver", "checkpoint.every_steps=10", new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(job.storage.glob("*/checkpoint_*/MANIFEST.json")):
-        assert time.monotonic() < deadline and job.proc.poll() is None, job.wait().stderr[-3000:]
-        time.sleep(0.05)
+    job.wait_for_checkpoint()
     # Ray's worker processes (the Train controller, the training workers) lead process groups
     # of their own: the kill reaches the driver and its raylet, and they die a moment later.
     family = psutil.Process(job.proc.pid).children(recursive=True)
@@ -208,7 +179,7 @@ def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path,
     assert run.info.status == "RUNNING", "a killed driver must not leave the run FINISHED"
     # Ray Train rewrites its snapshot in place; a controller killed between open and write
     # leaves it empty (seen in CI), and Ray's next controller then cannot start.
-    run_dir = next(job.storage.glob("*/checkpoint_*/MANIFEST.json")).parent.parent
+    run_dir = checkpoints(job.storage)[0].parent.parent
     (run_dir / checkpoint.TRAIN_SNAPSHOT).write_text("")
 
     resumed = subprocess.run(
@@ -280,10 +251,7 @@ def test_sigterm_kills_the_run_cleanly_and_a_live_driver_keeps_it(tmp_path, digi
     # Long enough to be training still when the second driver has been refused (a job's
     # length must not depend on how slow checkpoints are).
     job = Job(tmp_path, digits_uri, "stopped", "checkpoint.every_steps=10", "optim.epochs=60")
-    deadline = time.monotonic() + 300
-    while not list(job.storage.glob("*/checkpoint_*/MANIFEST.json")):
-        assert time.monotonic() < deadline and job.proc.poll() is None, job.wait().stderr[-3000:]
-        time.sleep(0.05)
+    job.wait_for_checkpoint()
     _, run = job.run()
     second = run_cli(
         "jobs.train",

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from infra.local.ray_cluster import start_cluster
 from pipeline.config import load_job_config
 from pipeline.train import trace
 from pipeline.train.schedule import lr_at
-from tests.conftest import REPO, fresh_mlflow_store
+from tests.jobs import BackgroundJob, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +44,7 @@ def _resize(cluster, nodes: int) -> None:
     cluster.wait_for_nodes(nodes)
 
 
-class Job:
+class Job(BackgroundJob):
     """``python -m jobs.train`` joining the cluster through RAY_ADDRESS, in the background."""
 
     def __init__(
@@ -60,49 +56,15 @@ class Job:
         *sets: str,
         env: dict[str, str] | None = None,
     ):
-        self.tmp = tmp
-        self.uri = fresh_mlflow_store(tmp / "store")
-        self.trace = tmp / "trace"
-        self.storage = tmp / "runs"
-        self.out = (tmp / "stdout").open("w")
-        self.err = (tmp / "stderr").open("w")
-        args = ["--workers", workers, "--data", digits_uri, "--storage", str(self.storage)]
+        args = ["--workers", workers, "--data", digits_uri, "--storage", str(tmp / "runs")]
         for item in [*SETTINGS, *sets]:
             args += ["--set", item]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.train", *args],
-            cwd=REPO,
-            stdout=self.out,
-            stderr=self.err,
-            env={
-                **os.environ,
-                **cluster.head.client_env(),
-                "MLFLOW_TRACKING_URI": self.uri,
-                trace.ENV: str(self.trace),
-                **(env or {}),
-            },
-        )
-
-    def wait_for_checkpoint(self) -> None:
-        deadline = time.monotonic() + 300
-        while not list(self.storage.glob("*/checkpoint_*/MANIFEST.json")):
-            assert self.proc.poll() is None, self.stderr()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in 300 s"
-            time.sleep(0.1)
+        super().__init__(tmp, args, env={**cluster.head.client_env(), **(env or {})})
 
     def finish(self):
-        assert self.proc.wait(timeout=900) == 0, self.stderr()[-3000:]
-        client = MlflowClient(self.uri)
-        (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
-        return client, run
-
-    def stdout(self) -> str:
-        self.out.flush()
-        return (self.tmp / "stdout").read_text()
-
-    def stderr(self) -> str:
-        self.err.flush()
-        return (self.tmp / "stderr").read_text()
+        done = self.wait(timeout_s=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return self.the_run()
 
 
 def _history(client, run, key: str) -> list[float]:
@@ -195,8 +157,7 @@ def test_losing_a_node_goes_on_with_the_survivor_from_the_newest_checkpoint(
     job.wait_for_checkpoint()
     lost_at = time.monotonic()
     cluster.kill_node(cluster.nodes[0])
-    while "resuming from checkpoint" not in job.stdout() and job.proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: "resuming from checkpoint" in job.stdout(), "resume", 600, 0.2, job.ended)
     print(f"node lost: training resumed {time.monotonic() - lost_at:.1f} s later")
     client, run = job.finish()
 
@@ -243,8 +204,7 @@ def test_gaining_a_node_grows_the_group_from_a_checkpoint(cluster, digits_uri, t
     t0 = time.monotonic()
     cluster.add_node(num_cpus=1)
     print(f"node joined in {time.monotonic() - t0:.1f} s")
-    while "resuming from checkpoint" not in job.stdout() and job.proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: "resuming from checkpoint" in job.stdout(), "resume", 600, 0.2, job.ended)
     print(f"group regrown {time.monotonic() - t0:.1f} s after the node started")
     client, run = job.finish()
 

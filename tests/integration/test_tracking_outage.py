@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from infra.processes import free_port, stop_group, wait_for_http
 from pipeline.train import trace
-from tests.conftest import REPO
 from tests.faults import FlakyProxy
+from tests.jobs import BackgroundJob, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,49 +58,41 @@ def mlflow_server(tmp_path):
 def test_a_minute_without_mlflow_loses_nothing(mlflow_server, digits_uri, tmp_path):
     direct = MlflowClient(f"http://127.0.0.1:{mlflow_server}")
     proxy = FlakyProxy(mlflow_server, reset_first=0, slow_down_every=0)
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
-    job = subprocess.Popen(
+    job = BackgroundJob(
+        tmp_path / "job",
         [
-            *(sys.executable, "-m", "jobs.train", "--recipe", "digits-fcn"),
-            *("--data", digits_uri, "--storage", str(tmp_path / "runs")),
+            *("--recipe", "digits-fcn", "--data", digits_uri, "--storage", str(tmp_path / "runs")),
             *("--set", f"optim.epochs={EPOCHS}", "--set", "checkpoint.every_steps=10"),
             *("--set", "tracking.gate_min=0.9", "--set", "scaling.max_failures=1"),
         ],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_URI": proxy.endpoint,
-            trace.ENV: str(tmp_path / "trace"),
-        },
-        stdout=out.open("w"),
-        stderr=err.open("w"),
+        env={"MLFLOW_TRACKING_URI": proxy.endpoint},
     )
+
+    def first_epoch_logged():
+        exp = direct.get_experiment_by_name("mxtrain")
+        runs = direct.search_runs([exp.experiment_id]) if exp else []
+        return runs[0] if runs and "val_accuracy" in runs[0].data.metrics else None
+
     try:
         # The outage starts once the first epoch's metrics are on the server.
-        deadline = time.monotonic() + 300
-        run = None
-        while run is None or "val_accuracy" not in run.data.metrics:
-            assert job.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
-            time.sleep(0.2)
-            exp = direct.get_experiment_by_name("mxtrain")
-            runs = direct.search_runs([exp.experiment_id]) if exp else []
-            run = runs[0] if runs else None
+        run = wait_for(first_epoch_logged, "first epoch's metrics", 300, 0.2, job.ended)
         proxy.go_down()
         down_at = time.monotonic()
         # A worker dies during the outage: its group restarts without the server.
         time.sleep(2)
-        pids = [e["pid"] for e in trace.read_events(tmp_path / "trace") if e["rank"] == 1]
+        pids = [e["pid"] for e in trace.read_events(job.trace) if e["rank"] == 1]
         os.kill(pids[0], signal.SIGKILL)
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-        assert job.poll() is None, "the job ended during the outage: " + err.read_text()[-3000:]
+        assert job.ended() is None, "the job ended during the outage: " + job.stderr()[-3000:]
         proxy.come_back()
-        assert job.wait(timeout=600) == 0, err.read_text()[-3000:]
+        done = job.wait()
+        assert done.returncode == 0, done.stderr[-3000:]
     finally:
-        if job.poll() is None:
-            job.kill()
+        if job.proc.poll() is None:
+            job.proc.kill()
         proxy.close()
 
-    stdout, stderr = out.read_text(), err.read_text()
+    stdout, stderr = job.stdout(), job.stderr()
     assert "is unreachable; training goes on" in stderr
     assert "reachable again" in stderr
     run = direct.get_run(run.info.run_id)

@@ -9,15 +9,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.tracking.names import TAG_STOPPED, TAG_TRIAL
+from pipeline.tracking.names import TAG_KIND, TAG_STOPPED, TAG_TRIAL
 from pipeline.tune.search import TuneRequest, tune
 from tests.conftest import REPO
+from tests.jobs import BackgroundJob, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,32 +106,22 @@ def test_a_search_whose_driver_dies_is_resumed_to_the_end(digits_uri, tmp_path):
     argv = ["--recipe", "digits-fcn"]
     for item in _settings(digits_uri, tmp_path / "runs", 3):
         argv += ["--set", item]
-    log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "jobs.tune", *argv],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    first = BackgroundJob(
+        tmp_path / "first", argv, module="jobs.tune", env={"MLFLOW_TRACKING_URI": uri},
+        new_session=True,
+    )  # fmt: skip
     client = MlflowClient(uri)
-    deadline = time.monotonic() + 300
-    parent = None
-    while True:  # until the first trial's run has finished
-        assert time.monotonic() < deadline and first.poll() is None, (
-            tmp_path / "first.log"
-        ).read_text()[-3000:]
+
+    def parent_with_a_finished_trial():
         runs = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            "tags.`mxtrain.kind` = 'tune'",
+            [e.experiment_id for e in client.search_experiments()], f"tags.`{TAG_KIND}` = 'tune'"
         )
-        if runs:
-            parent = runs[0]
-            if any(r.info.status == "FINISHED" for r in _children(client, parent)):
-                break
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver, its local Ray, the trials
-    first.wait()
+        done = runs and any(r.info.status == "FINISHED" for r in _children(client, runs[0]))
+        return runs[0] if done else None
+
+    parent = wait_for(parent_with_a_finished_trial, "a finished trial", 300, 0.5, first.ended)
+    os.killpg(first.proc.pid, signal.SIGKILL)  # the driver, its local Ray, the trials
+    first.proc.wait()
     assert client.get_run(parent.info.run_id).info.status == "RUNNING"
 
     done = subprocess.run(

@@ -162,16 +162,10 @@ def test_bad_requests_are_refused_before_any_work(request_, message, tmp_path):
 
 
 def test_a_generator_is_refused_with_the_reason(tmp_path):
-    from models import build_gan
+    from tests.jobs import tiny_generator_bundle
 
     cfg = load_job_config("digits-gan", [])
-    generator, _, _ = build_gan(cfg.model.arch, INFO.feature_shape, 10)
-    generator.initialize(mx.init.Xavier())
-    generator.hybridize()
-    latent = cfg.model.arch.latent_dim
-    generator(mx.nd.zeros((2, latent)), mx.nd.zeros((2, 10)))
-    meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=latent)
-    bundle.write(tmp_path / "gen", generator, meta)
+    tiny_generator_bundle(tmp_path / "gen")
     run_id = MlflowClient().create_run("0").info.run_id
     registry.log_and_register_model(cfg, run_id, str(tmp_path / "gen"), np.zeros((2, 64)), {})
     done = run_cli("jobs.compress", "--model", "models:/digits-gan/1", "--quantize", "int8")

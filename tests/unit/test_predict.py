@@ -301,11 +301,15 @@ def test_unreachable_s3_is_one_line(registered_fcn, tmp_path, monkeypatch, capsy
 def _register(tmp_path, net, meta, cfg, example) -> str:
     """``net`` logged and registered as the next version of ``cfg``'s model, its run holding
     ``cfg`` as params (what the scoring job reads the data settings from)."""
+    return _register_bundle(bundle.write(tmp_path / meta.kind, net, meta), cfg, example)
+
+
+def _register_bundle(written, cfg, example) -> str:
+    """A bundle logged and registered as :func:`_register` does."""
     from mlflow.entities import Param
 
     from pipeline.tracking.client import param_value
 
-    written = bundle.write(tmp_path / meta.kind, net, meta)
     client = MlflowClient()
     run_id = client.create_run("0").info.run_id
     params = [Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
@@ -372,16 +376,11 @@ def test_your_own_columns_are_scored_as_the_model_was_trained_on_them(tmp_path):
 
 
 def test_a_generator_makes_an_image_per_requested_label(tmp_path):
-    from models import build_gan
+    from tests.jobs import tiny_generator_bundle
 
     cfg = load_job_config("digits-gan", [])
-    generator, _, _ = build_gan(cfg.model.arch, INFO.feature_shape, 10)
-    generator.initialize(mx.init.Xavier())
-    generator.hybridize()
-    latent = cfg.model.arch.latent_dim
-    generator(mx.nd.zeros((2, latent)), mx.nd.zeros((2, 10)))
-    meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=latent)
-    model = _register(tmp_path, generator, meta, cfg, np.zeros((2, 64), np.float32))
+    written = tiny_generator_bundle(tmp_path / "generator")
+    model = _register_bundle(written, cfg, np.zeros((2, 64), np.float32))
     source = fetch_source_model(model, mlflow.get_tracking_uri(), tmp_path / "dl")
     loaded = installed.load(source.plain)
 

@@ -19,6 +19,7 @@ from pipeline.model import diagnostics
 from pipeline.model.diagnostics import ErrorReport
 from pipeline.progress import ProgressBar
 from pipeline.tracking import code_version, summary, system_metrics
+from tests.jobs import wait_for
 
 
 def _git(cwd, *args):
@@ -189,7 +190,15 @@ def test_system_metrics_reach_the_run(tmp_path):
     run = client.create_run(client.create_experiment("e"))
     sampler = system_metrics.start(uri, run.info.run_id, every_s=1)
     assert sampler is not None
-    time.sleep(2.5)
+    # Two samples, however slow the machine (a fixed sleep was flaky under load).
+    wait_for(
+        lambda: (
+            len(client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage"))
+            >= 2
+        ),
+        "two system-metric samples",
+        timeout_s=120,
+    )
     system_metrics.finish(sampler)
     logged = client.get_run(run.info.run_id).data.metrics
     assert "system/cpu_utilization_percentage" in logged
