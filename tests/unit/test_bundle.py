@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import build_gan, build_model
-from models.config import GANConfig, MLPConfig
+from models import build_model
+from models.config import MLPConfig
 from pipeline.data.contract import DatasetInfo, SplitInfo
 from pipeline.model import bundle
+from tests.jobs import tiny_generator_bundle
 
 INFO = DatasetInfo("memory://", (1, 8, 8), 10, {"train": SplitInfo((), 64)})
 
@@ -92,12 +93,8 @@ def test_a_classifier_of_named_classes_predicts_names_and_probabilities(tmp_path
 
 
 def test_generator_bundle_round_trip_through_its_pyfunc(tmp_path):
-    cfg = GANConfig(latent_dim=8, channels=8, judge_channels=4)
-    g, _, _ = build_gan(cfg, INFO.feature_shape, 10)
-    _ready(g, mx.nd.zeros((2, 8)), mx.nd.zeros((2, 10)))
-
-    meta = bundle.BundleMeta.for_data("generator", 0, INFO, latent_dim=8)
-    model = bundle.write(tmp_path / "b", g, meta)
+    model = tiny_generator_bundle(tmp_path / "b")
+    latent = model.meta.latent_dim
     assert bundle.read(tmp_path / "b").meta.inputs == ("data0", "data1")
 
     served = _as_pyfunc(model, tmp_path / "pyfunc")
@@ -105,7 +102,7 @@ def test_generator_bundle_round_trip_through_its_pyfunc(tmp_path):
     images = served.predict(labels, params={"seed": 1})
     assert images.shape == (10, INFO.num_features)
     # The pyfunc draws its noise from the seed: the same draw through the network directly.
-    z = np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)
+    z = np.random.default_rng(1).standard_normal((10, latent)).astype(np.float32)
     direct = model.load()(mx.nd.array(z), mx.nd.one_hot(mx.nd.arange(10), 10)).asnumpy()
     np.testing.assert_allclose(images, direct, rtol=1e-5, atol=1e-6)
 
