@@ -133,8 +133,9 @@ NODES ?= 2
 local-cluster: $(STAMP) ## A Ray cluster of NODES nodes (own raylets, token auth) on this machine, in the foreground; prints how a job joins it; Ctrl-C stops it
 	$(BIN)/python -m infra.local.ray_cluster --nodes $(NODES) $(ARGS)
 
-object-store: $(STAMP) ## Start a local S3 server (SeaweedFS) on 127.0.0.1:8333 with bucket s3://mxtrain
-	$(BIN)/python -m infra.local.seaweedfs start --dir .object-store --s3-port 8333 --bucket mxtrain
+LATENCY_MS ?= 0
+object-store: $(STAMP) ## Start a local S3 server (SeaweedFS) on 127.0.0.1:8333 with bucket s3://mxtrain; LATENCY_MS=30 makes it a distant one
+	$(BIN)/python -m infra.local.seaweedfs start --dir .object-store --s3-port 8333 --bucket mxtrain --latency-ms $(LATENCY_MS)
 
 object-store-stop: $(STAMP) ## Stop the local S3 server
 	$(BIN)/python -m infra.local.seaweedfs stop --dir .object-store

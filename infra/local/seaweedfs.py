@@ -166,14 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=Path(".object-store"))
     p.add_argument("--s3-port", type=int, default=8333)
     p.add_argument("--bucket", default="mxtrain")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="make it a distant S3: every request waits this long (infra/local/latency_proxy.py"
+        " on --s3-port, SeaweedFS behind it); 0 = loopback speed (default)",
+    )
+    p.add_argument("--mbps", type=float, default=100, help="with --latency-ms: MB/s per connection")
     args = p.parse_args(argv)
-    pidfile = args.dir / "weed.pid"
+    pidfile, proxy_pidfile = args.dir / "weed.pid", args.dir / "proxy.pid"
     if args.action == "stop":
         if not pidfile.exists():
             print("object store is not running")
             return 0
-        stop_group(int(pidfile.read_text()))
-        pidfile.unlink()
+        for path in (proxy_pidfile, pidfile):
+            if path.exists():
+                stop_group(int(path.read_text()))
+                path.unlink()
         print("object store stopped")
         return 0
     if pidfile.exists():
@@ -183,9 +193,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except ProcessLookupError:
             pidfile.unlink()
-    server = start(args.dir, args.s3_port, args.bucket)
+    if args.latency_ms < 0 or args.mbps < 0:
+        p.error("--latency-ms and --mbps must be >= 0")
+    server = start(args.dir, None if args.latency_ms else args.s3_port, args.bucket)
     pidfile.write_text(str(server.pid))
-    print(f"SeaweedFS S3 on {server.endpoint}, bucket s3://{args.bucket}, data in {args.dir}/")
+    if args.latency_ms:
+        from infra.local import latency_proxy
+
+        proxy = latency_proxy.start(server.s3_port, args.latency_ms, args.mbps, args.s3_port)
+        proxy_pidfile.write_text(str(proxy.pid))
+        print(
+            f"SeaweedFS S3 on {proxy.endpoint} as a distant S3 ({args.latency_ms:g} ms a request,"
+            f" {args.mbps:g} MB/s a connection; loopback speed on {server.endpoint}), bucket"
+            f" s3://{args.bucket}, data in {args.dir}/"
+        )
+    else:
+        print(f"SeaweedFS S3 on {server.endpoint}, bucket s3://{args.bucket}, data in {args.dir}/")
     print("use it:  source infra/local/object-store.env   (stop: make object-store-stop)")
     return 0
 
