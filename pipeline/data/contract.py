@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
+from pipeline.data.parallel import map_ordered
 from pipeline.errors import DataError, PipelineError, StorageError, StorageUnavailableError
 from pipeline.storage import Location, check_access, resolve
 
@@ -207,19 +208,20 @@ def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
     """Every id once across all splits, reading only the id column (8 bytes a row). An id
     in two splits is a row the model is trained and then tested on."""
     loc = resolve(info.uri, s3)
-    ids: list[np.ndarray] = []
-    names: list[str] = []
-    for split, split_info in info.splits.items():
-        for path in split_info.files:
-            where = loc.uri_of(path)
-            try:
-                column = pq.read_table(path, columns=[ID], filesystem=loc.filesystem).column(ID)
-            except (pa.ArrowException, OSError) as exc:
-                raise read_failure(exc, where) from None
-            if column.null_count:
-                raise DataError(f"{where}: {column.null_count} rows have a null 'id'")
-            ids.append(column.to_numpy())
-            names.append(f"{split}/{path.rsplit('/', 1)[-1]}")
+
+    def read_ids(path: str) -> np.ndarray:
+        where = loc.uri_of(path)
+        try:
+            column = pq.read_table(path, columns=[ID], filesystem=loc.filesystem).column(ID)
+        except (pa.ArrowException, OSError) as exc:
+            raise read_failure(exc, where) from None
+        if column.null_count:
+            raise DataError(f"{where}: {column.null_count} rows have a null 'id'")
+        return column.to_numpy()
+
+    files = [(split, path) for split, s in info.splits.items() for path in s.files]
+    ids = map_ordered(lambda item: read_ids(item[1]), files)
+    names = [f"{split}/{path.rsplit('/', 1)[-1]}" for split, path in files]
     repeat = first_repeat(ids)
     if repeat is not None:
         value, first, second, total = repeat
@@ -330,15 +332,10 @@ def inspect_dataset(
             )
         rows = 0
         groups = []
-        for path, _size in files:
-            where = loc.uri_of(path)
-            try:
-                meta = pq.read_metadata(path, filesystem=loc.filesystem)
-            except (pa.ArrowException, OSError) as exc:
-                raise read_failure(exc, where) from None
-            shapes.add(check_schema(meta.schema.to_arrow_schema(), where))
-            rows += meta.num_rows
-            groups.append(tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
+        for shape, file_groups in map_ordered(lambda f: _footer_facts(loc, f[0]), files):
+            shapes.add(shape)
+            rows += sum(file_groups)
+            groups.append(file_groups)
         if rows == 0:
             raise DataError(f"{uri}: split {split}/ has no rows")
         found[split] = SplitInfo(
@@ -350,6 +347,17 @@ def inspect_dataset(
     (shape, num_classes, scale) = shapes.pop()
     found = _check_manifest(loc, found, sizes, require_manifest)
     return DatasetInfo(uri, shape, num_classes, found, feature_scale=scale)
+
+
+def _footer_facts(loc: Location, path: str) -> tuple[tuple, tuple[int, ...]]:
+    """A file's (feature shape, classes, scale) and rows per row group, from its footer."""
+    where = loc.uri_of(path)
+    try:
+        meta = pq.read_metadata(path, filesystem=loc.filesystem)
+    except (pa.ArrowException, OSError) as exc:
+        raise read_failure(exc, where) from None
+    shape = check_schema(meta.schema.to_arrow_schema(), where)
+    return shape, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
 
 
 def _check_manifest(

@@ -42,6 +42,7 @@ from pipeline.data.columns import (
     string_values,
 )
 from pipeline.data.contract import SPLITS, DatasetInfo, SplitInfo, first_repeat, read_failure
+from pipeline.data.parallel import imap_ordered, map_ordered
 from pipeline.errors import DataError, StorageError
 from pipeline.storage import Location, check_access, resolve
 
@@ -61,7 +62,9 @@ def inspect_own_parquet(data: DataConfig, seed: int, s3: S3Config | None = None)
     loc = resolve(data.uri, s3)
     found = list_parquet(loc)
     layout, plan = _plan_splits(data, seed, loc, found)
-    files = {path: _footer(loc, path, size) for path, size in found if _used(path, plan)}
+    used = [(path, size) for path, size in found if _used(path, plan)]
+    footers = map_ordered(lambda f: _footer(loc, f[0], f[1]), used)
+    files = {path: footer for (path, _), footer in zip(used, footers, strict=True)}
     first_train = files[plan["train"][0][0]]
     data = dataclasses.replace(
         data,
@@ -299,12 +302,16 @@ def _scan(
     split_column = next((sel.column for _, sel in plan.values() if sel.column), "")
     if split_column and split_column not in columns:
         columns.append(split_column)
-    for path, f in files.items():
-        where = loc.uri_of(path)
+
+    def read(path: str) -> pa.Table:
         try:
-            table = pq.read_table(path, columns=columns, filesystem=loc.filesystem)
+            return pq.read_table(path, columns=columns, filesystem=loc.filesystem)
         except (pa.ArrowException, OSError) as exc:
-            raise read_failure(exc, where) from None
+            raise read_failure(exc, loc.uri_of(path)) from None
+
+    # Read ahead concurrently (a bounded window of files), processed in the files' order.
+    for (path, f), table in zip(files.items(), imap_ordered(read, list(files)), strict=True):
+        where = loc.uri_of(path)
         ids = mapping.ids(table, path, 0, where)
         every_id.append(ids)
         if split_column:
