@@ -55,6 +55,10 @@ FEATURES = "features"
 LABEL = "label"
 SPLITS = ("train", "val", "test")
 MANIFEST = "_manifest.json"
+#: The manifest's record that every id of every split was checked unique when it was
+#: written: :func:`ids_proof` of its file entries, so an entry changed since (a file
+#: rewritten, its checksum updated by hand) voids it.
+IDS_UNIQUE = "ids_unique"
 META_SHAPE = b"mxtrain.feature_shape"
 META_CLASSES = b"mxtrain.num_classes"
 #: For uint8 features: the float one unit stands for (1/255 for 8-bit pixels).
@@ -108,6 +112,9 @@ class DatasetInfo:
     #: The user's own Parquet: how its columns map onto the contract's; None for a set in
     #: the contract's layout.
     mapping: ColumnMapping | None = None
+    #: The manifest, which matched the files, records that every id was checked unique when
+    #: it was written (``prepare_data``, ``write_manifest``): nobody needs to read them again.
+    ids_unique: bool = False
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -204,9 +211,29 @@ def first_repeat(ids: list[np.ndarray]) -> tuple[int, int, int, int] | None:
     return int(every[first]), int(owner[first]), int(owner[second]), len(repeated)
 
 
-def check_unique_ids(info: DatasetInfo, s3: S3Config | None = None) -> None:
+def ids_proof(splits: dict) -> str:
+    """What a manifest records once its ids were checked unique: a SHA-256 of every file
+    entry (split, name, rows, checksum) it lists."""
+    import hashlib
+    import json
+
+    entries = sorted(
+        (split, f["path"], int(f["rows"]), str(f.get("sha256")))
+        for split, entry in splits.items()
+        for f in entry["files"]
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def check_unique_ids(
+    info: DatasetInfo, s3: S3Config | None = None, trust_manifest: bool = True
+) -> None:
     """Every id once across all splits, reading only the id column (8 bytes a row). An id
-    in two splits is a row the model is trained and then tested on."""
+    in two splits is a row the model is trained and then tested on. A set whose manifest
+    records the check (:attr:`DatasetInfo.ids_unique`) is trusted unless ``trust_manifest``
+    is false (``write_manifest`` makes that proof, so it reads)."""
+    if trust_manifest and info.ids_unique:
+        return
     loc = resolve(info.uri, s3)
 
     def read_ids(path: str) -> np.ndarray:
@@ -345,8 +372,8 @@ def inspect_dataset(
         seen = sorted(shapes, key=str)
         raise DataError(f"{uri}: files disagree on feature_shape/num_classes/scale: {seen}")
     (shape, num_classes, scale) = shapes.pop()
-    found = _check_manifest(loc, found, sizes, require_manifest)
-    return DatasetInfo(uri, shape, num_classes, found, feature_scale=scale)
+    found, ids_unique = _check_manifest(loc, found, sizes, require_manifest)
+    return DatasetInfo(uri, shape, num_classes, found, feature_scale=scale, ids_unique=ids_unique)
 
 
 def _footer_facts(loc: Location, path: str) -> tuple[tuple, tuple[int, ...]]:
@@ -362,8 +389,9 @@ def _footer_facts(loc: Location, path: str) -> tuple[tuple, tuple[int, ...]]:
 
 def _check_manifest(
     loc: Location, found: dict[str, SplitInfo], sizes: dict[str, int], required: bool
-) -> dict[str, SplitInfo]:
-    """Compare what is stored with the manifest (files, rows, bytes); attach its checksums.
+) -> tuple[dict[str, SplitInfo], bool]:
+    """Compare what is stored with the manifest (files, rows, bytes); attach its checksums;
+    and whether it records its ids as checked unique (every split listed and matched).
 
     Without a manifest nothing says the set is complete (a crashed write leaves a partial
     one) and no checksum can be checked: refused unless the user opted out."""
@@ -375,9 +403,12 @@ def _check_manifest(
     if manifest is None:
         if required:
             raise DataError(f"{loc.uri}: no {MANIFEST}, so nothing proves the set is whole; {how}")
-        return found
+        return found, False
     try:
-        return _match_manifest(loc, manifest, found, sizes, required, how)
+        checked = _match_manifest(loc, manifest, found, sizes, required, how)
+        listed = all(split in manifest["splits"] for split in found)
+        proven = listed and manifest.get(IDS_UNIQUE) == ids_proof(manifest["splits"])
+        return checked, proven
     except (KeyError, TypeError, AttributeError):
         raise DataError(
             f"{loc.uri}/{MANIFEST}: not a manifest this pipeline wrote (missing or mistyped "

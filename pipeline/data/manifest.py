@@ -20,9 +20,11 @@ import pyarrow.parquet as pq
 from pipeline.config import S3Config
 from pipeline.data.contract import (
     CONTRACT_VERSION,
+    IDS_UNIQUE,
     MANIFEST,
     check_rows,
     check_unique_ids,
+    ids_proof,
     inspect_dataset,
     read_failure,
     read_manifest,
@@ -81,7 +83,7 @@ def certify(
             f"{uri} already has a {MANIFEST}; pass --overwrite to check the files again and "
             "replace it"
         )
-    check_unique_ids(info, s3)
+    check_unique_ids(info, s3, trust_manifest=False)  # this is where the proof is made
     first = pq.read_schema(info.splits["train"].files[0], filesystem=loc.filesystem)
     manifest = new_manifest(info.feature_shape, info.num_classes, first, f"certified {uri}")
     for split, split_info in info.splits.items():
@@ -98,5 +100,6 @@ def certify(
             files.append(file_entry(path.rsplit("/", 1)[-1], table.num_rows, data))
         manifest["splits"][split] = {"rows": split_info.rows, "files": files}
         progress(f"  {split:<5} {split_info.rows:>9} rows in {len(files)} files: checked")
+    manifest[IDS_UNIQUE] = ids_proof(manifest["splits"])
     save(loc, manifest)
     return manifest

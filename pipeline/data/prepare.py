@@ -20,8 +20,11 @@ from pipeline.data import manifest as manifests
 from pipeline.data.contract import (
     FEATURES,
     ID,
+    IDS_UNIQUE,
     LABEL,
     MANIFEST,
+    first_repeat,
+    ids_proof,
     make_schema,
 )
 from pipeline.data.datasets import Dataset, Split
@@ -80,6 +83,10 @@ def write_dataset(
     shape, classes = dataset.feature_shape, dataset.num_classes
     schema = make_schema(shape, classes, dataset.feature_scale)
     manifest = manifests.new_manifest(shape, classes, schema, dataset.source)
+    # The ids are all in memory here: checked once, and when unique the manifest says so,
+    # so that no reader has to read them again (contract.check_unique_ids). Repeated ids are
+    # written as given, without the proof: every reader then checks, and refuses them.
+    repeat = first_repeat([np.asarray(split.ids, np.int64) for split in dataset.splits.values()])
     for name, split in dataset.splits.items():
         table = _table(split, schema)
         files = []
@@ -102,6 +109,8 @@ def write_dataset(
             files.append(manifests.file_entry(fname, chunk.num_rows, data))
         manifest["splits"][name] = {"rows": table.num_rows, "files": files}
         progress(f"  {name:<5} {table.num_rows:>7} rows in {len(files)} files")
+    if repeat is None:
+        manifest[IDS_UNIQUE] = ids_proof(manifest["splits"])
     manifests.save(loc, manifest)
     return manifest
 

@@ -329,3 +329,42 @@ def test_write_manifest_hashes_each_file_where_it_was_read(tmp_path):
     path = next(out.glob("train/*.parquet"))
     assert entry["bytes"] == path.stat().st_size
     assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_manifest_proves_the_ids_unique_once(digits_copy, monkeypatch):
+    """prepare_data checks the ids when it writes them and records the proof (bound to every
+    file entry); the driver then reads no id column. A file changed since voids the proof,
+    and write_manifest always reads: it is where the proof is made."""
+    from pipeline.data import contract
+    from pipeline.data.contract import IDS_UNIQUE
+    from tests.datasets import rewrite_file
+
+    info = inspect_dataset(str(digits_copy))
+    assert info.ids_unique
+    reads: list[str] = []
+    real = contract.pq.read_table
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(contract.pq, "read_table", counting)
+    check_unique_ids(info)
+    assert reads == []  # trusted: no id column read
+    # A test id copied into a training file, the manifest's entry updated by hand.
+    test_id = int(pq.read_table(next((digits_copy / "test").glob("*.parquet"))).column(ID)[0])
+    rewrite_file(
+        digits_copy,
+        "train",
+        0,
+        lambda t: t.set_column(
+            0, ID, pa.array([test_id, *t.column(ID).to_pylist()[1:]], pa.int64())
+        ),
+    )
+    changed = inspect_dataset(str(digits_copy))
+    assert not changed.ids_unique
+    with pytest.raises(DataError, match=f"id {test_id} appears in"):
+        check_unique_ids(changed)
+    assert reads  # read, this time
+    manifest = json.loads((digits_copy / MANIFEST).read_text())
+    assert IDS_UNIQUE in manifest  # the stale proof is still there, and no longer trusted
