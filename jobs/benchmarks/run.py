@@ -48,6 +48,7 @@ SIZES = {
         },
         "tta_reps": 1,
         "predict": {"data": "", "copies": 1},
+        "driver_files": 40,
     },
     "default": {
         "ingest_rows": 400_000,
@@ -64,12 +65,14 @@ SIZES = {
         "tta": {"recipe": "fashion-cnn", "data": "data/fashion-mnist", "target": 0.93, "set": []},
         "tta_reps": 3,
         "predict": {"data": "data/fashion-mnist/test", "copies": 16},
+        "driver_files": 2000,
     },
 }
 
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
 GROUPS = (
-    "ingest", "step", "comm", "startup", "whole_jobs", "nodes", "memory", "predict", "tta", "ui",
+    "ingest", "driver", "step", "comm", "startup", "whole_jobs", "nodes", "memory", "predict",
+    "tta", "ui",
 )  # fmt: skip
 
 
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mxtrain-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        with _object_store(tmp, needed=bool({"ingest", "memory"} & set(groups))):
+        with _object_store(tmp, needed=bool({"ingest", "driver", "memory"} & set(groups))):
             for group in GROUPS:
                 if group in groups:
                     started = time.perf_counter()
@@ -228,6 +231,14 @@ def _ingest(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
         ray.shutdown()
 
 
+def _driver(size: dict, _tmp: Path, _handicap: float) -> list[Figure]:
+    from jobs.benchmarks import driver
+
+    files = size["driver_files"]
+    _progress(f"driver: preflight of {files} files on S3, 30 ms away and on loopback")
+    return driver.preflight_figures(files, size["reps"])
+
+
 def _step(size: dict, _tmp: Path, handicap: float) -> list[Figure]:
     from jobs.benchmarks import step
 
@@ -318,6 +329,7 @@ def _ui(_size: dict, tmp: Path, _handicap: float) -> list[Figure]:
 
 RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "ingest": _ingest,
+    "driver": _driver,
     "step": _step,
     "comm": _comm,
     "startup": _startup,
