@@ -94,16 +94,23 @@ class Tracer:
         )
 
     def rendezvous_listeners(self) -> None:
-        """Where the Gloo rendezvous server listens while this rank trains: the local address
-        of every listening TCP socket on this machine with its port (an ``event``)."""
+        """Where the Gloo rendezvous server listens while this rank trains (an ``event``):
+        the addresses of the listening TCP sockets on its port that belong to the server's
+        process, i.e. the process listening there on the rendezvous address or on a
+        wildcard. Another process may listen on the same port number on another address
+        (Ray's own servers bind the node's address); that is not the server's and is left
+        out."""
         import psutil
 
         port = int(os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT", "0"))
-        listening = {
-            c.laddr.ip
+        address = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", "")
+        sockets = [
+            (c.laddr.ip, c.pid)
             for c in psutil.net_connections(kind="tcp")
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-        }
+        ]
+        server = {pid for ip, pid in sockets if ip in (address, "0.0.0.0", "::")}
+        listening = {ip for ip, pid in sockets if pid in server} if server else set()
         self.event("rendezvous", port=port, listen=sorted(listening))
 
 
