@@ -180,7 +180,7 @@ def _train(
         for split in ("train", "val", "test")
     }
     steps = readers["train"].steps(cfg.data.batch_size)
-    start_epoch, skip, history = _resume(payload, task, device, world, is_chief)
+    start_epoch, skip, history, restored = _resume(payload, task, device, world, is_chief)
     if logger and history:
         # Metrics that an earlier group logged while the tracking server was unreachable died
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
@@ -280,6 +280,8 @@ def _train(
         _report(
             payload, task, world, is_chief, {**metrics, "epoch": epoch}, (epoch + 1, 0), history
         )
+    if restored and start_epoch >= optim.epochs:
+        _report_finished(payload, is_chief, restored, history, optim.epochs - 1)
     for reader in readers.values():
         reader.source.close()
 
@@ -367,11 +369,34 @@ def _report(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _report_finished(
+    payload: WorkerPayload, is_chief: bool, path: str, history: list, epoch: int
+) -> None:
+    """Report the run's final checkpoint (``path``) again, with the last epoch's metrics.
+
+    Training had ended before the previous driver died (while it registered the model, or
+    while its workers outlived it for a moment): without this report the resumed job would
+    train nothing, get no checkpoint from Ray, and have nothing to register."""
+    import ray.train
+
+    from pipeline.storage import resolve
+    from pipeline.train import checkpoint
+
+    metrics = {key: value for key, value, _, step in history if int(step) == epoch}
+    metrics["epoch"] = epoch
+    if not is_chief:
+        ray.train.report(metrics)
+        return
+    loc = resolve(payload.config.storage.resolved_path(), payload.config.s3)
+    with checkpoint.local_copy(loc.filesystem, path) as directory:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
 def _resume(
     payload: WorkerPayload, task, device, world: int, is_chief: bool
-) -> tuple[int, int, list]:
-    """(epoch, step) to start from, after the newest valid checkpoint of this run if any, and
-    the metrics logged up to that checkpoint."""
+) -> tuple[int, int, list, str | None]:
+    """(epoch, step) to start from, after the newest valid checkpoint of this run if any, the
+    metrics logged up to that checkpoint, and its path."""
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
 
@@ -384,7 +409,7 @@ def _resume(
     run_dir = loc.join(payload.run_name)
     state = checkpoint.resume(loc.filesystem, run_dir, task.networks(), device, warn)
     if state is None:
-        return 0, 0, []
+        return 0, 0, [], None
     name = state["checkpoint"].rstrip("/").rsplit("/", 1)[-1]
     if state.get("resume_key") != cfg.resume_key():
         raise ConfigError(
@@ -398,9 +423,14 @@ def _resume(
             f"{state['world_size']} workers; with {world} the epoch restarts from its beginning"
         )
         step = 0
-    if is_chief:
+    if is_chief and epoch >= cfg.optim.epochs:
+        print(
+            f"resuming from checkpoint {name}: training had finished; registering its model",
+            flush=True,
+        )
+    elif is_chief:
         print(f"resuming from checkpoint {name}: epoch {epoch + 1}, step {step}", flush=True)
-    return epoch, step, list(state.get("metrics_log", []))
+    return epoch, step, list(state.get("metrics_log", [])), state["checkpoint"]
 
 
 def _peak_rss_mb() -> float:

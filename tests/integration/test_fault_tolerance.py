@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from mlflow import MlflowClient
 
 from pipeline.train import checkpoint, trace
 from tests.conftest import REPO, run_cli
@@ -203,7 +205,7 @@ def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path,
         text=True,
         timeout=600,
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from checkpoint" in resumed.stdout
     assert "snapshot of run" in resumed.stdout and "removed" in resumed.stdout
     _, run = job.run()
@@ -212,6 +214,58 @@ def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path,
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert {m.step for m in history} == set(range(EPOCHS))
     assert client.get_model_version_by_alias("digits-cnn", "candidate").run_id == run.info.run_id
+
+
+def test_a_driver_killed_after_training_resumes_to_register_the_final_model(
+    tmp_path, digits_uri, uninterrupted
+):
+    # A killed driver's workers may outlive it long enough to write the final checkpoint (seen
+    # in CI): the run is not FINISHED, no version is registered, and Ray Train's snapshot is
+    # torn, so Ray knows of no checkpoint. (A copy of the `uninterrupted` job, so as not to
+    # train again.)
+    storage = tmp_path / "runs"
+    shutil.copytree(uninterrupted.storage, storage)
+    (checkpoints(storage)[0].parent.parent / checkpoint.TRAIN_SNAPSHOT).write_text("")
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(uninterrupted.dir / "store" / "mlflow.db", tmp_path / "store" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = uninterrupted.run()[1].info.run_id
+    client.update_run(run_id, status="KILLED")
+    for version in client.search_model_versions(f"run_id='{run_id}'"):
+        client.delete_model_version(version.name, version.version)
+
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            "--data",
+            digits_uri,
+            "--storage",
+            str(storage),
+            *COMMON,
+            "--set",
+            "checkpoint.every_steps=10",
+            "--resume",
+            run_id,
+        ],
+        cwd=REPO,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "training had finished" in resumed.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    # Nothing was trained again: one validation figure per epoch, as the first job logged.
+    history = client.get_metric_history(run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(EPOCHS))
+    version = client.get_model_version_by_alias("digits-cnn", "candidate")
+    assert version.run_id == run_id
+    assert run.data.metrics["test_accuracy"] > 0.5
 
 
 def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_uri):
