@@ -338,42 +338,82 @@ def inspect_dataset(
     splits: tuple[str, ...] = SPLITS,
     s3: S3Config | None = None,
     require_manifest: bool = True,
+    trust_manifest: bool = True,
 ) -> DatasetInfo:
-    """Check a data set against the contract by reading footers only; raise DataError if not.
+    """Check a data set against the contract without reading row data; raise DataError if not.
 
+    With a manifest that records every file's row groups (what ``prepare_data`` and
+    ``write_manifest`` write), one footer is read, for the schema: the rest comes from the
+    manifest, matched against the listing (names, sizes), so the driver's work does not grow
+    with the files' count beyond listing them. Otherwise every footer is read, concurrently.
     For S3, the bucket is checked first (reachable, credentials valid, exists): StorageError.
-    ``require_manifest=False`` accepts a set without ``_manifest.json`` (no checksums then).
+    ``require_manifest=False`` accepts a set without ``_manifest.json`` (no checksums then);
+    ``trust_manifest=False`` reads every footer even so (``write_manifest`` re-checks).
     """
     check_access(uri, s3)
     loc = resolve(uri, s3)
-    shapes: set[tuple[tuple[int, ...], int, float | None]] = set()
-    found: dict[str, SplitInfo] = {}
-    sizes: dict[str, int] = {}
-    for split in splits:
-        files = _list_parquet(loc, split)
-        sizes.update(files)
+    manifest = read_manifest(loc)
+    listings = map_ordered(lambda split: _list_parquet(loc, split), splits)
+    listed = dict(zip(splits, listings, strict=True))
+    for split, files in listed.items():
         if not files:
             raise DataError(
                 f"{uri}: no Parquet files under {split}/; prepare the data with "
                 f"`python -m jobs.prepare_data --out {uri}` or point data.uri at a prepared set"
             )
-        rows = 0
-        groups = []
-        for shape, file_groups in map_ordered(lambda f: _footer_facts(loc, f[0]), files):
-            shapes.add(shape)
-            rows += sum(file_groups)
-            groups.append(file_groups)
-        if rows == 0:
-            raise DataError(f"{uri}: split {split}/ has no rows")
+    if manifest is None and require_manifest:  # before any footer: a partial set's last file
+        raise _no_manifest(loc)  # may be an empty one
+    planned = _manifest_row_groups(manifest, splits) if trust_manifest else None
+    shapes: set[tuple[tuple[int, ...], int, float | None]] = set()
+    found: dict[str, SplitInfo] = {}
+    sizes: dict[str, int] = {}
+    for split, files in listed.items():
+        sizes.update(files)
+        if planned is not None:
+            # Files missing from the manifest get no row groups; _check_manifest refuses them.
+            groups = [planned[split].get(path.rsplit("/", 1)[-1], ()) for path, _ in files]
+        else:
+            groups = []
+            for shape, file_groups in map_ordered(lambda f: _footer_facts(loc, f[0]), files):
+                shapes.add(shape)
+                groups.append(file_groups)
+        rows = sum(sum(g) for g in groups)
         found[split] = SplitInfo(
             tuple(p for p, _ in files), rows, sum(n for _, n in files), row_groups=tuple(groups)
         )
+    if planned is not None:  # the manifest's writer checked every file's schema; one is read
+        shapes.add(_footer_facts(loc, listed[splits[0]][0][0])[0])
     if len(shapes) != 1:
         seen = sorted(shapes, key=str)
         raise DataError(f"{uri}: files disagree on feature_shape/num_classes/scale: {seen}")
     (shape, num_classes, scale) = shapes.pop()
-    found, ids_unique = _check_manifest(loc, found, sizes, require_manifest)
+    found, ids_unique = _check_manifest(loc, manifest, found, sizes, require_manifest)
+    for split, split_info in found.items():
+        if split_info.rows == 0:
+            raise DataError(f"{uri}: split {split}/ has no rows")
     return DatasetInfo(uri, shape, num_classes, found, feature_scale=scale, ids_unique=ids_unique)
+
+
+def _manifest_row_groups(
+    manifest: dict | None, splits: tuple[str, ...]
+) -> dict[str, dict[str, tuple[int, ...]]] | None:
+    """Rows per row group of every file the manifest lists, by split and file name; None when
+    the manifest does not record them for every split asked for (older manifests: the
+    footers are read then)."""
+    try:
+        planned = {}
+        for split in splits:
+            entry = manifest["splits"][split]  # type: ignore[index]
+            groups = {f["path"]: tuple(f["row_groups"]) for f in entry["files"]}
+            for name, counts in groups.items():
+                if not isinstance(name, str) or not all(
+                    isinstance(n, int) and n >= 0 for n in counts
+                ):
+                    return None
+            planned[split] = groups
+        return planned
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def _footer_facts(loc: Location, path: str) -> tuple[tuple, tuple[int, ...]]:
@@ -387,22 +427,35 @@ def _footer_facts(loc: Location, path: str) -> tuple[tuple, tuple[int, ...]]:
     return shape, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
 
 
+def _manifest_how(loc: Location) -> str:
+    return (
+        f"write one with `python -m jobs.write_manifest {loc.uri}` (it checks every row and "
+        "records checksums), or set data.require_manifest=false to train without checksums"
+    )
+
+
+def _no_manifest(loc: Location) -> DataError:
+    return DataError(
+        f"{loc.uri}: no {MANIFEST}, so nothing proves the set is whole; {_manifest_how(loc)}"
+    )
+
+
 def _check_manifest(
-    loc: Location, found: dict[str, SplitInfo], sizes: dict[str, int], required: bool
+    loc: Location,
+    manifest: dict | None,
+    found: dict[str, SplitInfo],
+    sizes: dict[str, int],
+    required: bool,
 ) -> tuple[dict[str, SplitInfo], bool]:
     """Compare what is stored with the manifest (files, rows, bytes); attach its checksums;
     and whether it records its ids as checked unique (every split listed and matched).
 
     Without a manifest nothing says the set is complete (a crashed write leaves a partial
     one) and no checksum can be checked: refused unless the user opted out."""
-    manifest = read_manifest(loc)
-    how = (
-        f"write one with `python -m jobs.write_manifest {loc.uri}` (it checks every row and "
-        "records checksums), or set data.require_manifest=false to train without checksums"
-    )
+    how = _manifest_how(loc)
     if manifest is None:
         if required:
-            raise DataError(f"{loc.uri}: no {MANIFEST}, so nothing proves the set is whole; {how}")
+            raise _no_manifest(loc)
         return found, False
     try:
         checked = _match_manifest(loc, manifest, found, sizes, required, how)

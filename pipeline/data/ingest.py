@@ -48,6 +48,7 @@ from pipeline.data.contract import (
     DatasetInfo,
     SplitInfo,
     check_rows,
+    check_schema,
     read_failure,
     single_chunk,
 )
@@ -153,6 +154,7 @@ class FileSource:
         ahead: int = 2,
         mapping: ColumnMapping | None = None,
         split: str = "train",
+        schema_facts: tuple | None = None,
     ):
         self.files = files
         self.filesystem = filesystem
@@ -162,6 +164,9 @@ class FileSource:
         self.mapping = mapping
         self.split = split
         self.columns = mapping.columns(split) if mapping else COLUMNS
+        #: (feature shape, classes, scale) every file must have: the driver read one footer
+        #: and planned the rest from the manifest, so each file's is checked as it is opened.
+        self.schema_facts = schema_facts
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._checked: set[Piece] = set()
@@ -177,11 +182,18 @@ class FileSource:
                 # pre_buffer: one coalesced request per row group instead of one per column
                 current = (piece.file, pq.ParquetFile(stream, pre_buffer=True))
                 self._local.current = current
+                self._check_schema(current[1], piece.file)
             parquet = current[1]
             table = parquet.read_row_group(piece.group, columns=self.columns, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(exc, self.uri_of(self.files[piece.file])) from None
         where = f"{self.uri_of(self.files[piece.file])} (row group {piece.group})"
+        if self.mapping is None and table.num_rows != piece.rows:
+            raise DataError(
+                f"{where}: {table.num_rows} rows where the plan (_manifest.json) says "
+                f"{piece.rows}; the file was changed after the manifest was written: re-run "
+                "jobs.prepare_data or jobs.write_manifest"
+            )
         if self.mapping is not None:
             meta = parquet.metadata
             first_row = sum(meta.row_group(g).num_rows for g in range(piece.group))
@@ -191,6 +203,18 @@ class FileSource:
             check_rows(table, self.num_classes, where)
             self._checked.add(piece)
         return table
+
+    def _check_schema(self, parquet: pq.ParquetFile, file: int) -> None:
+        if self.schema_facts is None or self.mapping is not None:
+            return
+        where = self.uri_of(self.files[file])
+        facts = check_schema(parquet.schema_arrow, where)
+        if facts != self.schema_facts:
+            raise DataError(
+                f"{where}: feature_shape/num_classes/scale {facts} where the data set has "
+                f"{self.schema_facts}; the file was changed after the manifest was written: "
+                "re-run jobs.prepare_data or jobs.write_manifest"
+            )
 
     def read_in_order(self, pieces: list[Piece]) -> Iterator[pa.Table]:
         if self.ahead <= 0:
@@ -282,6 +306,7 @@ def open_source(info: DatasetInfo, split: str, memory: bool, s3: S3Config | None
         info.num_classes,
         mapping=info.mapping,
         split=split,
+        schema_facts=(info.feature_shape, info.num_classes, info.feature_scale),
     )
 
 

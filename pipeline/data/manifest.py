@@ -45,15 +45,19 @@ def new_manifest(feature_shape, num_classes: int, schema: pa.Schema, source: str
     }
 
 
-def file_entry(name: str, rows: int, data: bytes | pa.Buffer) -> dict:
-    """A file's line in the manifest; ``data`` its bytes, hashed where they are (an Arrow
-    buffer is not copied)."""
+def file_entry(name: str, data: bytes | pa.Buffer) -> dict:
+    """A Parquet file's line in the manifest: rows, bytes, checksum and the rows of each row
+    group (so the driver plans from the manifest without reading any footer). ``data`` is
+    the file's bytes, hashed where they are (an Arrow buffer is not copied)."""
     view = memoryview(data)
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     return {
         "path": name,
-        "rows": rows,
+        "rows": meta.num_rows,
         "bytes": view.nbytes,
         "sha256": hashlib.sha256(view).hexdigest(),
+        "row_groups": groups,
     }
 
 
@@ -76,7 +80,7 @@ def certify(
 
     Refuses (DataError) a set that breaks the contract anywhere (schema, a value, an id used
     twice), and a set that already has a manifest unless ``overwrite``."""
-    info = inspect_dataset(uri, s3=s3, require_manifest=False)
+    info = inspect_dataset(uri, s3=s3, require_manifest=False, trust_manifest=False)
     loc = resolve(uri, s3)
     if read_manifest(loc) is not None and not overwrite:
         raise DataError(
@@ -97,7 +101,7 @@ def certify(
             except (pa.ArrowException, OSError) as exc:
                 raise read_failure(exc, where) from None
             check_rows(table, info.num_classes, where)
-            files.append(file_entry(path.rsplit("/", 1)[-1], table.num_rows, data))
+            files.append(file_entry(path.rsplit("/", 1)[-1], data))
         manifest["splits"][split] = {"rows": split_info.rows, "files": files}
         progress(f"  {split:<5} {split_info.rows:>9} rows in {len(files)} files: checked")
     manifest[IDS_UNIQUE] = ids_proof(manifest["splits"])

@@ -106,7 +106,7 @@ def write_dataset(
                     out.write(data)
             except OSError as exc:
                 raise StorageError(f"{loc.uri}/{name}/{fname}: write failed ({exc})") from None
-            files.append(manifests.file_entry(fname, chunk.num_rows, data))
+            files.append(manifests.file_entry(fname, data))
         manifest["splits"][name] = {"rows": table.num_rows, "files": files}
         progress(f"  {name:<5} {table.num_rows:>7} rows in {len(files)} files")
     if repeat is None:

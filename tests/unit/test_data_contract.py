@@ -125,8 +125,40 @@ def test_wrong_schema_is_named(tmp_path):
     table = pq.read_table(victim)
     bad = table.set_column(2, LABEL, pa.array(table.column(LABEL).to_numpy().astype(np.float64)))
     pq.write_table(bad, victim)
+    (ds / MANIFEST).unlink()  # without one every footer is read
     with pytest.raises(DataError, match=r"column 'label' is double, expected int64"):
-        inspect_dataset(str(ds))
+        inspect_dataset(str(ds), require_manifest=False)
+
+
+def test_the_manifest_plans_the_row_groups_with_one_footer_read(tmp_path, monkeypatch):
+    from pipeline.data import contract
+
+    ds = _small(tmp_path)
+    from_footers = inspect_dataset(str(ds), trust_manifest=False)
+    reads = []
+    footer_facts = contract._footer_facts
+    monkeypatch.setattr(contract, "_footer_facts", lambda *a: reads.append(a) or footer_facts(*a))
+    planned = inspect_dataset(str(ds))
+    assert len(reads) == 1
+    assert planned == from_footers
+    assert planned.splits["train"].row_groups == ((8,), (8,), (4,))
+
+
+def test_a_file_changed_after_the_plan_is_refused_by_the_streaming_reader(tmp_path):
+    ds = _small(tmp_path)
+    info = inspect_dataset(str(ds))  # planned from the manifest
+    victim = sorted((ds / "train").iterdir())[-1]  # 4 rows in one row group
+    table = pq.read_table(victim)
+    pq.write_table(table, victim, row_group_size=3)  # same rows, other row groups
+    source = open_source(info, "train", memory=False)
+    piece = epoch_pieces(info.splits["train"], 0, 0, shuffle=False)[-1]
+    with pytest.raises(DataError, match=rf"{victim.name} \(row group 0\): 3 rows where"):
+        source.read(piece)
+    bad = table.set_column(2, LABEL, pa.array(table.column(LABEL).to_numpy().astype(np.int32)))
+    pq.write_table(bad, victim)
+    source = open_source(info, "train", memory=False)
+    with pytest.raises(DataError, match=rf"{victim.name}: column 'label' is int32"):
+        source.read(piece)
 
 
 def test_missing_column_is_named(tmp_path):
