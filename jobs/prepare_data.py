@@ -3,6 +3,9 @@
     python -m jobs.prepare_data --dataset digits --out data/digits
     python -m jobs.prepare_data --dataset digits --out s3://bucket/digits
     python -m jobs.prepare_data --dataset fashion-mnist --out data/fashion-mnist [--source DIR]
+    python -m jobs.prepare_data --dataset synthetic --rows 20000000 --shape 16 \
+        --rows-per-file 2000 --out s3://bucket/scale        # a scale set, written in parallel
+    python -m jobs.prepare_data --dataset fashion-mnist --copies 100 --out s3://bucket/fm100
 
 The contract (columns, types, schema metadata, layout) is described in docs/data.md and in
 pipeline/data/contract.py; a user's own data must meet it too.
@@ -17,11 +20,12 @@ from pathlib import Path
 from jobs._cli import run_main
 from pipeline.data.datasets import (
     FASHION_MNIST_DIR,
+    fashion_copies,
     load_digits_splits,
     load_fashion_mnist,
-    synthetic_splits,
+    synthetic_files,
 )
-from pipeline.data.prepare import write_dataset
+from pipeline.data.prepare import Dataset, StreamedDataset, write_dataset
 
 DATASETS = {
     "digits": "scikit-learn's 1,797 8x8 handwritten digits (shipped offline), 10 classes",
@@ -29,7 +33,8 @@ DATASETS = {
     "--source (Debian's dataset-fashion-mnist package by default); the official 10,000 test "
     "images are the test split, 5,000 of the 60,000 training images the validation split; "
     "pixels stored as uint8",
-    "synthetic": "seeded synthetic classes of any size (--rows, --shape, --classes)",
+    "synthetic": "seeded synthetic classes of any size (--rows, --shape, --classes), made file"
+    " by file: memory holds only the files being written, whatever --rows",
 }
 #: (rows per file, rows per row group) by data set: several files per split, and row groups
 #: small enough for the shuffled order to mix them.
@@ -60,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fashion-mnist: the folder holding its four idx files (.gz)",
     )
     p.add_argument("--rows", type=int, default=100_000, help="synthetic: total rows")
+    p.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="fashion-mnist: write the training split this many times, every copy after the "
+        "first shifted by up to 2 pixels and mirrored half of the time per image, with ids of "
+        "its own (a real-image set of any size; val and test stay the official ones)",
+    )
     p.add_argument("--shape", default="1,8,8", help="synthetic: feature shape, e.g. 1,8,8 or 64")
     p.add_argument("--classes", type=int, default=10, help="synthetic: number of classes")
     p.add_argument(
@@ -95,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--shape must be comma-separated integers, got {args.shape!r}")
     if args.rows < 10 or args.classes < 2 or min(args.shape) < 1:
         p.error("--rows must be >= 10, --classes >= 2 and every --shape dimension >= 1")
+    if not 1 <= args.copies <= 100_000:
+        p.error("--copies must be between 1 and 100000")
+    if args.copies > 1 and args.dataset != "fashion-mnist":
+        p.error("--copies applies to --dataset fashion-mnist only")
     return args
 
 
@@ -102,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     print(f"writing {args.dataset} to {args.out}", flush=True)
+    dataset: Dataset | StreamedDataset
     if args.dataset == "synthetic":
-        dataset = synthetic_splits(args.rows, args.shape, args.classes, args.seed)
+        dataset = synthetic_files(
+            args.rows, args.shape, args.classes, args.seed, rows_per_file=args.rows_per_file
+        )
+    elif args.dataset == "fashion-mnist" and args.copies > 1:
+        dataset = fashion_copies(args.source, args.seed, args.copies, args.rows_per_file)
     elif args.dataset == "fashion-mnist":
         dataset = load_fashion_mnist(args.source, seed=args.seed)
     else:
@@ -117,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda msg: print(msg, flush=True),
     )
     total = sum(s["rows"] for s in manifest["splits"].values())
+    files = sum(len(s["files"]) for s in manifest["splits"].values())
+    size = sum(f["bytes"] for s in manifest["splits"].values() for f in s["files"])
     print(
-        f"done: {total} rows, feature_shape {dataset.feature_shape}, "
-        f"{dataset.num_classes} classes, "
+        f"done: {total:,} rows in {files:,} files ({size / 2**20:,.1f} MB), feature_shape "
+        f"{dataset.feature_shape}, {dataset.num_classes} classes, "
         f"{time.perf_counter() - start:.1f}s -> {args.out}"
     )
     return 0

@@ -45,7 +45,7 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
     info = inspect_data(cfg)
     _check_cached_files(cfg, info)  # checksums first: a changed file is named as such
     if info.mapping is None:  # the user's own Parquet had its ids checked by the inspection
-        check_unique_ids(info, cfg.s3)
+        check_unique_ids(info, cfg.s3, memory_mb=cfg.data.ids_check_mb)
     check_writable(cfg.storage.resolved_path(), cfg.s3)
     if cfg.tracking.artifact_uri:
         check_access(cfg.tracking.artifact_uri, cfg.s3)

@@ -74,6 +74,14 @@ class DataConfig(Section):
     cache_max_mb: int = option(
         1024, "largest data set (stored Parquet bytes) that auto caches", ge=0
     )
+    ids_check_mb: int = option(
+        256,
+        "memory the driver's check that every id is used once may hold; past it the ids are"
+        " spilled to local disk in 256 partitions by hash (a set whose manifest proves its"
+        " ids unique is not read at all)",
+        ge=16,
+        le=65_536,
+    )
     require_manifest: bool = option(
         True,
         "refuse a set in the contract's layout without _manifest.json (it proves the set is"

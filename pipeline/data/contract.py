@@ -43,7 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
-from pipeline.data.parallel import map_ordered
+from pipeline.data import unique_ids
+from pipeline.data.parallel import imap_ordered, map_ordered
 from pipeline.errors import DataError, PipelineError, StorageError, StorageUnavailableError
 from pipeline.storage import Location, check_access, resolve
 
@@ -198,19 +199,6 @@ def check_finite(features: pa.FixedSizeListArray, ids: np.ndarray, where: str) -
         )
 
 
-def first_repeat(ids: list[np.ndarray]) -> tuple[int, int, int, int] | None:
-    """The first id found twice in the per-file arrays ``ids``: (id, index of the file it is
-    in, index of the file it is in again, how many repeats there are); None if none."""
-    every = np.concatenate(ids)
-    owner = np.repeat(np.arange(len(ids)), [len(a) for a in ids])
-    order = np.argsort(every, kind="stable")
-    repeated = np.flatnonzero(every[order][1:] == every[order][:-1])
-    if not len(repeated):
-        return None
-    first, second = order[repeated[0]], order[repeated[0] + 1]
-    return int(every[first]), int(owner[first]), int(owner[second]), len(repeated)
-
-
 def ids_proof(splits: dict) -> str:
     """What a manifest records once its ids were checked unique: a SHA-256 of every file
     entry (split, name, rows, checksum) it lists."""
@@ -226,12 +214,16 @@ def ids_proof(splits: dict) -> str:
 
 
 def check_unique_ids(
-    info: DatasetInfo, s3: S3Config | None = None, trust_manifest: bool = True
+    info: DatasetInfo,
+    s3: S3Config | None = None,
+    trust_manifest: bool = True,
+    memory_mb: float = unique_ids.DEFAULT_MEMORY_MB,
 ) -> None:
-    """Every id once across all splits, reading only the id column (8 bytes a row). An id
-    in two splits is a row the model is trained and then tested on. A set whose manifest
-    records the check (:attr:`DatasetInfo.ids_unique`) is trusted unless ``trust_manifest``
-    is false (``write_manifest`` makes that proof, so it reads)."""
+    """Every id once across all splits, reading only the id column (8 bytes a row, in
+    memory up to ``memory_mb``, then spilled to local disk). An id in two splits is a row
+    the model is trained and then tested on. A set whose manifest records the check
+    (:attr:`DatasetInfo.ids_unique`) is trusted unless ``trust_manifest`` is false
+    (``write_manifest`` makes that proof, so it reads)."""
     if trust_manifest and info.ids_unique:
         return
     loc = resolve(info.uri, s3)
@@ -247,9 +239,11 @@ def check_unique_ids(
         return column.to_numpy()
 
     files = [(split, path) for split, s in info.splits.items() for path in s.files]
-    ids = map_ordered(lambda item: read_ids(item[1]), files)
     names = [f"{split}/{path.rsplit('/', 1)[-1]}" for split, path in files]
-    repeat = first_repeat(ids)
+    with unique_ids.UniqueIds(memory_mb) as seen:
+        for owner, ids in enumerate(imap_ordered(lambda item: read_ids(item[1]), files)):
+            seen.add(ids, owner)
+        repeat = seen.first_repeat()
     if repeat is not None:
         value, first, second, total = repeat
         raise DataError(

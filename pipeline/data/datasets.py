@@ -10,8 +10,10 @@ split. Each loader returns a :class:`Dataset` in memory; :mod:`pipeline.data.pre
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,28 +145,160 @@ def load_fashion_mnist(source: Path | None = None, seed: int = 0, val_rows: int 
     )
 
 
+@dataclass(frozen=True)
+class StreamedDataset:
+    """A data set too large to hold: per split, one function per Parquet file that makes
+    that file's rows when it is written (in any order, on any thread)."""
+
+    files: dict[str, list[Callable[[], Split]]]
+    feature_shape: tuple[int, ...]
+    num_classes: int
+    feature_scale: float | None = None
+    source: str = ""
+
+    @classmethod
+    def of(cls, dataset: Dataset, rows_per_file: int) -> StreamedDataset:
+        """An in-memory data set cut into files of ``rows_per_file`` rows."""
+
+        def piece(split: Split, start: int) -> Callable[[], Split]:
+            cut = slice(start, start + rows_per_file)
+            return lambda: Split(split.features[cut], split.labels[cut], split.ids[cut])
+
+        files = {
+            name: [
+                piece(split, start) for start in range(0, max(1, len(split.labels)), rows_per_file)
+            ]
+            for name, split in dataset.splits.items()
+        }
+        return cls(
+            files, dataset.feature_shape, dataset.num_classes, dataset.feature_scale, dataset.source
+        )
+
+    def materialize(self) -> Dataset:
+        """Every file's rows in memory, as one :class:`Dataset` (small sets only)."""
+        splits = {}
+        for name, makers in self.files.items():
+            parts = [make() for make in makers]
+            splits[name] = Split(
+                *(
+                    np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("features", "labels", "ids")
+                )
+            )
+        return Dataset(
+            splits, self.feature_shape, self.num_classes, self.feature_scale, self.source
+        )
+
+
+def synthetic_files(
+    rows: int,
+    feature_shape: tuple[int, ...] = (1, 8, 8),
+    num_classes: int = 10,
+    seed: int = 0,
+    rows_per_file: int = 128,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> StreamedDataset:
+    """A seeded synthetic classification set of any size, made file by file: each class is a
+    fixed random prototype in [0, 1] plus noise, so models can learn it and sizes scale
+    freely. Ids run 0..rows-1 (test first, then val, then train); a file's rows follow from
+    (seed, its first id) alone, so files can be made in any order and memory holds only the
+    files being written."""
+    prototypes = np.random.default_rng(seed).random((num_classes, *feature_shape), np.float32)
+    n_test = int(rows * test_fraction)
+    n_val = int(rows * val_fraction)
+    bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, rows)}
+
+    def make(first: int, n: int) -> Callable[[], Split]:
+        def rows_of_file() -> Split:
+            rng = np.random.default_rng([seed, first])
+            labels = rng.integers(0, num_classes, n, dtype=np.int64)
+            noise = rng.standard_normal((n, *feature_shape), np.float32)
+            features = prototypes[labels] + np.float32(0.3) * noise
+            np.clip(features, 0.0, 1.0, out=features)
+            return Split(features, labels, np.arange(first, first + n, dtype=np.int64))
+
+        return rows_of_file
+
+    files = {
+        name: [
+            make(first, min(rows_per_file, hi - first))
+            for first in range(lo, max(hi, lo + 1), rows_per_file)
+        ]
+        for name, (lo, hi) in bounds.items()
+    }
+    return StreamedDataset(
+        files, tuple(feature_shape), num_classes, source=f"synthetic (seed {seed})"
+    )
+
+
 def synthetic_splits(
     rows: int,
     feature_shape: tuple[int, ...] = (1, 8, 8),
     num_classes: int = 10,
     seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-):
-    """A seeded synthetic classification set of any size: each class is a fixed random
-    prototype in [0, 1] plus noise, so models can learn it and sizes scale freely."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.random((num_classes, *feature_shape), dtype=np.float32)
-    labels = rng.integers(0, num_classes, rows, dtype=np.int64)
-    features = prototypes[labels] + rng.normal(0, 0.3, (rows, *feature_shape)).astype(np.float32)
-    np.clip(features, 0.0, 1.0, out=features)
-    ids = np.arange(rows, dtype=np.int64)
-    n_test = int(rows * test_fraction)
-    n_val = int(rows * val_fraction)
-    cuts = {
-        "test": slice(0, n_test),
-        "val": slice(n_test, n_test + n_val),
-        "train": slice(n_test + n_val, rows),
-    }
-    splits = {k: Split(features[c], labels[c], ids[c]) for k, c in cuts.items()}
-    return Dataset(splits, tuple(feature_shape), num_classes, source=f"synthetic (seed {seed})")
+) -> Dataset:
+    """:func:`synthetic_files`' rows in memory (for small sets: tests, benchmarks)."""
+    return synthetic_files(
+        rows, feature_shape, num_classes, seed, rows_per_file=1 << 16
+    ).materialize()
+
+
+#: Ids of a replicated Fashion-MNIST's copy c are the original ids + c * COPY_ID_STRIDE.
+COPY_ID_STRIDE = 70_000
+
+
+def fashion_copies(
+    source: Path | None,
+    seed: int,
+    copies: int,
+    rows_per_file: int,
+    shift: int = 2,
+    val_rows: int = 5000,
+) -> StreamedDataset:
+    """Fashion-MNIST with its training split repeated ``copies`` times, each copy after the
+    first varied per image (a shift of up to ``shift`` pixels each way, a mirror image half of
+    the time, drawn from (seed, copy)): a set of real images of any size, for measuring scale.
+    Validation and test stay the official ones, so accuracy means what it always did."""
+    base = load_fashion_mnist(source, seed=seed, val_rows=val_rows)
+    streamed = StreamedDataset.of(base, rows_per_file)
+    train = base.splits["train"]
+
+    def make(copy: int, start: int) -> Callable[[], Split]:
+        def rows_of_file() -> Split:
+            cut = slice(start, start + rows_per_file)
+            features = train.features[cut]
+            if copy:
+                rng = np.random.default_rng([seed, copy, start])
+                features = _vary(features, rng, shift)
+            return Split(features, train.labels[cut], train.ids[cut] + copy * COPY_ID_STRIDE)
+
+        return rows_of_file
+
+    streamed.files["train"] = [
+        make(copy, start)
+        for copy in range(copies)
+        for start in range(0, len(train.labels), rows_per_file)
+    ]
+    return dataclasses.replace(
+        streamed, source=f"{base.source}, training split x{copies} (shifted, mirrored copies)"
+    )
+
+
+def _vary(images: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarray:
+    """(N, C, H, W) images each moved by up to ``shift`` pixels (zeros come in) and mirrored
+    left-right half of the time."""
+    n, _, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (shift, shift), (shift, shift)))
+    dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
+    rows = (dy[:, None] + np.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + np.arange(w))[:, None, None, :]
+    moved = padded[
+        np.arange(n)[:, None, None, None],
+        np.arange(images.shape[1])[None, :, None, None],
+        rows,
+        cols,
+    ]
+    mirror = rng.random(n) < 0.5
+    moved[mirror] = moved[mirror][..., ::-1]
+    return moved

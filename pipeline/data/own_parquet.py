@@ -41,8 +41,9 @@ from pipeline.data.columns import (
     is_string,
     string_values,
 )
-from pipeline.data.contract import SPLITS, DatasetInfo, SplitInfo, first_repeat, read_failure
+from pipeline.data.contract import SPLITS, DatasetInfo, SplitInfo, read_failure
 from pipeline.data.parallel import imap_ordered, map_ordered
+from pipeline.data.unique_ids import UniqueIds
 from pipeline.errors import DataError, StorageError
 from pipeline.storage import Location, check_access, resolve
 
@@ -84,7 +85,8 @@ def inspect_own_parquet(data: DataConfig, seed: int, s3: S3Config | None = None)
         selects={split: select for split, (_, select) in plan.items()},
         layout=layout,
     )
-    splits, labels = _scan(loc, files, plan, draft, data.max_classes)
+    with UniqueIds(data.ids_check_mb) as seen_ids:
+        splits, labels = _scan(loc, files, plan, draft, data.max_classes, seen_ids)
     first = _first_row(loc, first_train, draft)
     mapping = _finish(data, draft, first, labels, loc.uri_of(first_train.path))
     # An image's (C, H, W) lets the CNN and the augmentations see it as one.
@@ -290,14 +292,18 @@ class _Labels:
 
 
 def _scan(
-    loc: Location, files: dict[str, _File], plan: Plan, mapping: ColumnMapping, max_classes: int
+    loc: Location,
+    files: dict[str, _File],
+    plan: Plan,
+    mapping: ColumnMapping,
+    max_classes: int,
+    seen_ids: UniqueIds,
 ) -> tuple[dict[str, SplitInfo], dict[str, _Labels]]:
     """Read the label/id/split columns of every file once: rows of each split per row group,
-    each split's labels; refuse nulls, unknown split names, repeated ids and more classes
-    than ``max_classes``."""
+    each split's labels; refuse nulls, unknown split names, repeated ids (collected in
+    ``seen_ids``, bounded memory) and more classes than ``max_classes``."""
     counts: dict[str, dict[str, tuple[int, ...]]] = {s: {} for s in plan}
     labels = {s: _Labels(set()) for s in plan}
-    every_id: list[np.ndarray] = []
     columns = list(dict.fromkeys(c for c in (mapping.label, mapping.id) if c))
     split_column = next((sel.column for _, sel in plan.values() if sel.column), "")
     if split_column and split_column not in columns:
@@ -310,10 +316,13 @@ def _scan(
             raise read_failure(exc, loc.uri_of(path)) from None
 
     # Read ahead concurrently (a bounded window of files), processed in the files' order.
-    for (path, f), table in zip(files.items(), imap_ordered(read, list(files)), strict=True):
+    for owner, ((path, f), table) in enumerate(
+        zip(files.items(), imap_ordered(read, list(files)), strict=True)
+    ):
         where = loc.uri_of(path)
         ids = mapping.ids(table, path, 0, where)
-        every_id.append(ids)
+        if mapping.id:
+            seen_ids.add(ids, owner)
         if split_column:
             _check_split_names(table.column(split_column), split_column, where)
         label = table.column(mapping.label)
@@ -332,10 +341,10 @@ def _scan(
             counts[split][path] = tuple(int(n) for n in running[bounds[1:]] - running[bounds[:-1]])
             _note_labels(labels[split], label, chosen, where, mapping.label, max_classes)
     if mapping.id:
-        repeat = first_repeat(every_id)
+        repeat = seen_ids.first_repeat()
         if repeat is not None:
             value, a, b, total = repeat
-            names = sorted(files)
+            names = list(files)
             raise DataError(
                 f"{loc.uri}: id {value} ({mapping.id!r}) appears in {loc.uri_of(names[a])} and "
                 f"again in {loc.uri_of(names[b])} ({total} repeated ids); ids must be unique"

@@ -277,7 +277,7 @@ def test_an_overwrite_killed_midway_leaves_a_set_training_refuses(tmp_path):
     it leaves a partial set without one, which training refuses."""
     out = tmp_path / "set"
     assert run_cli("jobs.prepare_data", "--out", str(out), timeout=120).returncode == 0
-    args = ["--dataset", "synthetic", "--rows", "50000", "--out", str(out), "--overwrite"]
+    args = ["--dataset", "synthetic", "--rows", "400000", "--out", str(out), "--overwrite"]
     proc = subprocess.Popen([sys.executable, "-m", "jobs.prepare_data", *args], cwd=REPO)
     try:
         deadline = time.monotonic() + 60

@@ -104,3 +104,57 @@ def test_uint8_features_are_a_quarter_of_the_bytes_and_the_same_floats(small_fas
         np.testing.assert_allclose(batch.x.asnumpy(), expected, rtol=1e-6)
         np.testing.assert_allclose(batch.float_features(), expected, rtol=1e-6)
         source.close()
+
+
+def test_fashion_copies_are_varied_real_images_with_ids_of_their_own(small_fashion, tmp_path):
+    from pipeline.data.datasets import fashion_copies
+
+    streamed = fashion_copies(small_fashion, seed=0, copies=3, rows_per_file=200, val_rows=50)
+    manifest = write_dataset(str(tmp_path / "x3"), streamed, rows_per_file=200)
+    info = inspect_dataset(str(tmp_path / "x3"))
+    assert {s: i.rows for s, i in info.splits.items()} == {"train": 1650, "val": 50, "test": 100}
+    assert info.ids_unique and "ids_unique" in manifest
+    table = pq.read_table(tmp_path / "x3" / "train")
+    ids = table.column("id").to_numpy()
+    images = np.stack(table.column(FEATURES).to_numpy(zero_copy_only=False)).reshape(-1, 28, 28)
+    by_id = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+    for original_id in ids[ids < 70_000][:20]:
+        original, copy = images[by_id[original_id]], images[by_id[original_id + 70_000]]
+        padded = np.pad(original, 2)
+        variants = [
+            v
+            for dy in range(5)
+            for dx in range(5)
+            for v in (
+                padded[dy : dy + 28, dx : dx + 28],
+                padded[dy : dy + 28, dx : dx + 28][:, ::-1],
+            )
+        ]
+        assert any(np.array_equal(copy, v) for v in variants)  # a shifted or mirrored image
+    assert (
+        sum(
+            not np.array_equal(images[by_id[i]], images[by_id[i + 70_000]])
+            for i in ids[:100]
+            if i < 70_000
+        )
+        > 50
+    )
+
+
+def test_a_streamed_set_is_written_holding_only_the_files_in_flight(tmp_path):
+    import tracemalloc
+
+    from pipeline.data.datasets import synthetic_files
+
+    rows, shape = 200_000, (64,)  # 51 MB of float32 features
+    streamed = synthetic_files(rows, shape, 4, seed=0, rows_per_file=2000)
+    tracemalloc.start()
+    try:
+        manifest = write_dataset(str(tmp_path / "s"), streamed, 2000, 500, threads=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(s["rows"] for s in manifest["splits"].values()) == rows
+    assert len(manifest["splits"]["train"]["files"]) == 80 and "ids_unique" in manifest
+    # 4 files of 512 KB in flight, their Parquet bytes, 12 bytes an id for the id check.
+    assert peak < 16 * 2**20, f"{peak / 2**20:.1f} MB held to write a 51 MB set"
