@@ -74,6 +74,13 @@ class DataConfig(Section):
     cache_max_mb: int = option(
         1024, "largest data set (stored Parquet bytes) that auto caches", ge=0
     )
+    read_ahead: int = option(
+        8,
+        "stream: row groups each worker's reader keeps in flight per split (concurrent"
+        " requests to S3, so its latency overlaps); memory is this many row groups",
+        ge=1,
+        le=64,
+    )
     ids_check_mb: int = option(
         256,
         "memory the driver's check that every id is used once may hold; past it the ids are"

@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import queue
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +58,12 @@ from pipeline.storage import resolve
 #: Label of padding rows: masked out of the loss and of every metric.
 PAD_LABEL = -1
 COLUMNS = [ID, FEATURES, LABEL]
+#: Footers a streaming reader keeps (least recently used dropped): a few KB each, so memory
+#: stays bounded whatever the number of files, and a set of up to this many files is opened
+#: with one request fewer per row group from its second epoch on.
+FOOTER_CACHE = 4096
+#: Row groups a streaming reader keeps in flight by default (``data.read_ahead``).
+READ_AHEAD = 8
 
 
 def padding_rows(total: int, world_size: int) -> int:
@@ -139,7 +145,9 @@ class FileSource:
     :meth:`read_in_order` keeps ``ahead`` row groups in flight on a thread pool, so object
     storage latency overlaps the decoding and the training step. Each thread holds at most
     one open file: keeping every file's reader open made a worker's memory grow with the
-    number of files (make bench, rss_growth). Each row group's values are checked
+    number of files (make bench, rss_growth); footers are kept instead, up to
+    :data:`FOOTER_CACHE` of them, so a file opened again costs its row group's request (and
+    S3's HEAD) only. Each row group's values are checked
     (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it. The
     user's own Parquet is mapped onto the contract's columns (``mapping``) as it is read, on
     these threads (image decoding included).
@@ -151,7 +159,7 @@ class FileSource:
         filesystem,
         uri_of: Callable[[str], str],
         num_classes: int,
-        ahead: int = 2,
+        ahead: int = READ_AHEAD,
         mapping: ColumnMapping | None = None,
         split: str = "train",
         schema_facts: tuple | None = None,
@@ -170,6 +178,8 @@ class FileSource:
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._checked: set[Piece] = set()
+        self._footers: OrderedDict[int, pq.FileMetaData] = OrderedDict()
+        self._lock = threading.Lock()
 
     def read(self, piece: Piece) -> pa.Table:
         try:
@@ -178,11 +188,8 @@ class FileSource:
                 if current is not None:
                     current[1].close()
                 self._local.current = None
-                stream = self.filesystem.open_input_file(self.files[piece.file])
-                # pre_buffer: one coalesced request per row group instead of one per column
-                current = (piece.file, pq.ParquetFile(stream, pre_buffer=True))
+                current = (piece.file, self._open(piece.file))
                 self._local.current = current
-                self._check_schema(current[1], piece.file)
             parquet = current[1]
             table = parquet.read_row_group(piece.group, columns=self.columns, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
@@ -203,6 +210,25 @@ class FileSource:
             check_rows(table, self.num_classes, where)
             self._checked.add(piece)
         return table
+
+    def _open(self, file: int) -> pq.ParquetFile:
+        """The file, its footer from the cache when this worker read it before (an epoch's
+        shuffled order opens every file again: a footer costs one or two more round trips to
+        S3); the schema checked the first time."""
+        with self._lock:
+            footer = self._footers.get(file)
+            if footer is not None:
+                self._footers.move_to_end(file)
+        stream = self.filesystem.open_input_file(self.files[file])
+        # pre_buffer: one coalesced request per row group instead of one per column
+        parquet = pq.ParquetFile(stream, metadata=footer, pre_buffer=True)
+        if footer is None:
+            self._check_schema(parquet, file)
+            with self._lock:
+                self._footers[file] = parquet.metadata
+                if len(self._footers) > FOOTER_CACHE:
+                    self._footers.popitem(last=False)
+        return parquet
 
     def _check_schema(self, parquet: pq.ParquetFile, file: int) -> None:
         if self.schema_facts is None or self.mapping is not None:
@@ -292,7 +318,13 @@ class MemorySource:
 Source = FileSource | MemorySource
 
 
-def open_source(info: DatasetInfo, split: str, memory: bool, s3: S3Config | None = None) -> Source:
+def open_source(
+    info: DatasetInfo,
+    split: str,
+    memory: bool,
+    s3: S3Config | None = None,
+    ahead: int = READ_AHEAD,
+) -> Source:
     loc = resolve(info.uri, s3)
     filesystem = loc.filesystem or pafs.LocalFileSystem()
     if memory:
@@ -304,6 +336,7 @@ def open_source(info: DatasetInfo, split: str, memory: bool, s3: S3Config | None
         filesystem,
         loc.uri_of,
         info.num_classes,
+        ahead=ahead,
         mapping=info.mapping,
         split=split,
         schema_facts=(info.feature_shape, info.num_classes, info.feature_scale),

@@ -14,6 +14,7 @@ from pipeline.data.ingest import (
     MemorySource,
     ShardReader,
     arrow_to_batch,
+    epoch_pieces,
     padding_rows,
     steps_per_epoch,
 )
@@ -149,3 +150,26 @@ def test_a_read_error_names_the_file(split, tmp_path):
     bad = dataclasses.replace(split, files=(str(broken), *split.files[1:]))
     with pytest.raises(DataError, match=r"broken\.parquet: not a readable Parquet file"):
         list(_reader(bad, 0, 1).batches(0, 8))
+
+
+def test_a_file_opened_again_reuses_its_footer_and_the_cache_is_bounded(split, monkeypatch):
+    from pipeline.data import ingest
+
+    opened = []
+    parquet_file = ingest.pq.ParquetFile
+
+    def spy(stream, metadata=None, **kw):
+        opened.append(metadata is not None)
+        return parquet_file(stream, metadata=metadata, **kw)
+
+    monkeypatch.setattr(ingest.pq, "ParquetFile", spy)
+    monkeypatch.setattr(ingest, "FOOTER_CACHE", 2)
+    source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=0)
+    pieces = epoch_pieces(split, 0, 0, shuffle=False)
+    one_per_file = [next(p for p in pieces if p.file == f) for f in range(3)]
+    for piece in [*one_per_file, one_per_file[2], one_per_file[0]]:
+        source._local.current = None  # as another thread would: the file is opened anew
+        source.read(piece)
+    # Files 0, 1, 2 read their footers; 2 again from the cache; 0 was dropped (cache of 2).
+    assert opened == [False, False, False, True, False]
+    assert len(source._footers) == 2
