@@ -49,6 +49,7 @@ SIZES = {
         "tta_reps": 1,
         "predict": {"data": "", "copies": 1},
         "driver_files": 40,
+        "scale": {"files": 40, "rows_per_file": 250, "stream_rows": 5_000},
     },
     "default": {
         "ingest_rows": 400_000,
@@ -66,13 +67,14 @@ SIZES = {
         "tta_reps": 3,
         "predict": {"data": "data/fashion-mnist/test", "copies": 16},
         "driver_files": 2000,
+        "scale": {"files": 10_000, "rows_per_file": 2_000, "stream_rows": 200_000},
     },
 }
 
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
 GROUPS = (
-    "ingest", "driver", "step", "comm", "startup", "whole_jobs", "nodes", "memory", "predict",
-    "tta", "ui",
+    "ingest", "driver", "scale", "step", "comm", "startup", "whole_jobs", "nodes", "memory",
+    "predict", "tta", "ui",
 )  # fmt: skip
 
 
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mxtrain-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        with _object_store(tmp, needed=bool({"ingest", "driver", "memory"} & set(groups))):
+        s3_groups = {"ingest", "driver", "scale", "memory"}
+        with _object_store(tmp, needed=bool(s3_groups & set(groups))):
             for group in GROUPS:
                 if group in groups:
                     started = time.perf_counter()
@@ -239,6 +242,19 @@ def _driver(size: dict, _tmp: Path, _handicap: float) -> list[Figure]:
     return driver.preflight_figures(files, size["reps"])
 
 
+def _scale(size: dict, _tmp: Path, _handicap: float) -> list[Figure]:
+    from jobs.benchmarks import scale
+
+    spec = size["scale"]
+    _progress(
+        f"scale: {spec['files']:,} training files of {spec['rows_per_file']:,} rows on S3, "
+        "30 ms away and on loopback"
+    )
+    return scale.figures(
+        spec["files"], spec["rows_per_file"], spec["stream_rows"], size["reps"], _progress
+    )
+
+
 def _step(size: dict, _tmp: Path, handicap: float) -> list[Figure]:
     from jobs.benchmarks import step
 
@@ -330,6 +346,7 @@ def _ui(_size: dict, tmp: Path, _handicap: float) -> list[Figure]:
 RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "ingest": _ingest,
     "driver": _driver,
+    "scale": _scale,
     "step": _step,
     "comm": _comm,
     "startup": _startup,

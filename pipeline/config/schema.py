@@ -74,12 +74,13 @@ class DataConfig(Section):
     cache_max_mb: int = option(
         1024, "largest data set (stored Parquet bytes) that auto caches", ge=0
     )
-    read_ahead: int = option(
-        8,
-        "stream: row groups each worker's reader keeps in flight per split (concurrent"
-        " requests to S3, so its latency overlaps); memory is this many row groups",
+    read_ahead_mb: int = option(
+        64,
+        "stream: stored bytes of row groups each worker's reader keeps in flight per split;"
+        " as many concurrent requests as fit (2 to 64, from the split's average row group),"
+        " so a distant S3's latency overlaps while memory stays bounded by this setting",
         ge=1,
-        le=64,
+        le=16_384,
     )
     ids_check_mb: int = option(
         256,

@@ -62,8 +62,19 @@ COLUMNS = [ID, FEATURES, LABEL]
 #: stays bounded whatever the number of files, and a set of up to this many files is opened
 #: with one request fewer per row group from its second epoch on.
 FOOTER_CACHE = 4096
-#: Row groups a streaming reader keeps in flight by default (``data.read_ahead``).
-READ_AHEAD = 8
+#: Stored bytes of row groups a streaming reader keeps in flight (``data.read_ahead_mb``),
+#: and the bounds of the number of requests that makes.
+READ_AHEAD_MB = 64
+MIN_AHEAD, MAX_AHEAD = 2, 64
+
+
+def requests_in_flight(split: SplitInfo, read_ahead_mb: float = READ_AHEAD_MB) -> int:
+    """As many row groups in flight as ``read_ahead_mb`` holds, from the split's average
+    row group (stored bytes), within [MIN_AHEAD, MAX_AHEAD]: small row groups on a distant
+    S3 need many requests at once (each waits its round trips), large ones few."""
+    groups = sum(len(g) for g in split.row_groups) or 1
+    average = max(1, split.bytes) / groups
+    return int(min(MAX_AHEAD, max(MIN_AHEAD, read_ahead_mb * 2**20 // average)))
 
 
 def padding_rows(total: int, world_size: int) -> int:
@@ -159,7 +170,7 @@ class FileSource:
         filesystem,
         uri_of: Callable[[str], str],
         num_classes: int,
-        ahead: int = READ_AHEAD,
+        ahead: int = MIN_AHEAD,
         mapping: ColumnMapping | None = None,
         split: str = "train",
         schema_facts: tuple | None = None,
@@ -323,7 +334,7 @@ def open_source(
     split: str,
     memory: bool,
     s3: S3Config | None = None,
-    ahead: int = READ_AHEAD,
+    read_ahead_mb: float = READ_AHEAD_MB,
 ) -> Source:
     loc = resolve(info.uri, s3)
     filesystem = loc.filesystem or pafs.LocalFileSystem()
@@ -336,7 +347,10 @@ def open_source(
         filesystem,
         loc.uri_of,
         info.num_classes,
-        ahead=ahead,
+        # Local disk answers at once: more threads would only contend for the cores.
+        ahead=MIN_AHEAD
+        if isinstance(filesystem, pafs.LocalFileSystem)
+        else requests_in_flight(info.splits[split], read_ahead_mb),
         mapping=info.mapping,
         split=split,
         schema_facts=(info.feature_shape, info.num_classes, info.feature_scale),

@@ -168,7 +168,7 @@ def _train(
     augment = Augmenter(cfg.augment, info.feature_shape, cfg.seed) if cfg.augment.active else None
     readers = {
         split: ShardReader(
-            open_source(info, split, memory, cfg.s3, cfg.data.read_ahead),
+            open_source(info, split, memory, cfg.s3, cfg.data.read_ahead_mb),
             info.splits[split],
             info.num_features,
             rank,

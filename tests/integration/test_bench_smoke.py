@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXPECTED = {
     "driver_preflight_s3_30ms",
     "driver_preflight_s3_loopback",
+    "scale_preflight_30ms_vs_loopback",
+    "scale_stream_30ms_vs_loopback",
     "mlflow_ui_memory",
     "two_node_throughput",
     "ingest_vs_pyarrow",
@@ -71,8 +73,8 @@ def test_every_benchmark_figure_is_produced(tiny_results):
         for key in ("value", "baseline", "ratio"):
             assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (name, f)
     assert set(results["group_seconds"]) == {
-        "ingest", "driver", "step", "comm", "startup", "whole_jobs", "nodes", "memory", "predict",
-        "tta", "ui",
+        "ingest", "driver", "scale", "step", "comm", "startup", "whole_jobs", "nodes", "memory",
+        "predict", "tta", "ui",
     }  # fmt: skip
 
 

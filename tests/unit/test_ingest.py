@@ -173,3 +173,15 @@ def test_a_file_opened_again_reuses_its_footer_and_the_cache_is_bounded(split, m
     # Files 0, 1, 2 read their footers; 2 again from the cache; 0 was dropped (cache of 2).
     assert opened == [False, False, False, True, False]
     assert len(source._footers) == 2
+
+
+def test_requests_in_flight_follow_the_memory_setting_within_bounds():
+    from pipeline.data.contract import SplitInfo
+    from pipeline.data.ingest import MAX_AHEAD, MIN_AHEAD, requests_in_flight
+
+    def split(groups: int, group_bytes: int) -> SplitInfo:
+        return SplitInfo(("f",), groups, groups * group_bytes, row_groups=((1,) * groups,))
+
+    assert requests_in_flight(split(100, 2**20), 16) == 16  # 16 MB of 1 MB row groups
+    assert requests_in_flight(split(100, 32 * 2**10), 64) == MAX_AHEAD  # small: capped
+    assert requests_in_flight(split(4, 512 * 2**20), 64) == MIN_AHEAD  # huge: 2 at least
