@@ -28,7 +28,7 @@ import itertools
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
+from pipeline.data import epoch_plan
 from pipeline.data.columns import ColumnMapping
 from pipeline.data.contract import (
     FEATURES,
@@ -52,6 +53,7 @@ from pipeline.data.contract import (
     read_failure,
     single_chunk,
 )
+from pipeline.data.epoch_plan import Dealing, Remaining, Resize, Segment
 from pipeline.errors import DataError
 from pipeline.storage import resolve
 
@@ -125,26 +127,6 @@ def epoch_pieces(split: SplitInfo, seed: int, epoch: int, shuffle: bool) -> list
         rng = np.random.default_rng([seed, epoch, 0x5EED])
         pieces = [pieces[i] for i in rng.permutation(len(pieces))]
     return pieces
-
-
-@dataclass(frozen=True)
-class RankSpan:
-    """Rank's rows of the epoch sequence: ``[start, end)`` then ``pad`` padding rows."""
-
-    start: int
-    end: int
-    pad: int
-
-    @property
-    def rows(self) -> int:
-        return self.end - self.start + self.pad
-
-
-def rank_span(total: int, world_size: int, rank: int) -> RankSpan:
-    per = rows_per_rank(total, world_size)
-    start = min(rank * per, total)
-    end = min(start + per, total)
-    return RankSpan(start, end, per - (end - start))
 
 
 # -- where the rows come from -------------------------------------------------------------------
@@ -497,8 +479,20 @@ class ShardReader:
         #: Applied to each window of the epoch (augmentation), in the read-ahead thread.
         self.transform = transform
 
-    def steps(self, batch_size: int) -> int:
-        return steps_per_epoch(self.split.rows, self.world_size, batch_size)
+    def steps(self, batch_size: int, remaining: Remaining | None = None) -> int:
+        """Batches per epoch (of ``remaining`` rows, an epoch resumed with another world)."""
+        rows = self.split.rows if remaining is None else remaining.rows
+        return steps_per_epoch(rows, self.world_size, batch_size)
+
+    def remaining(
+        self, epoch: int, batch_size: int, shuffle_rows: int, resizes: Sequence[Resize] = ()
+    ) -> Remaining:
+        """The rows of ``epoch`` that the worlds of ``resizes`` left untrained (all of them
+        when there were none): what this world deals among its ranks."""
+        deal = Dealing(
+            batch_size, window_rows(batch_size, shuffle_rows), shuffle_rows > 0, self.seed, epoch
+        )
+        return epoch_plan.remaining(self.split.rows, resizes, deal)
 
     def batches(
         self,
@@ -508,8 +502,11 @@ class ShardReader:
         skip_steps: int = 0,
         prefetch: int | None = None,
         device=None,
+        resizes: Sequence[Resize] = (),
     ) -> Iterator[Batch]:
-        """The rank's batches of ``epoch``, starting after ``skip_steps`` batches.
+        """The rank's batches of ``epoch``, starting after ``skip_steps`` batches; of the rows
+        that earlier worlds left untrained when the epoch was resumed with another world size
+        (``resizes``, see :mod:`pipeline.data.epoch_plan`).
 
         ``shuffle_rows`` > 0 permutes the row groups and windows of that many rows (rounded up
         to whole batches); ``prefetch`` windows are read ahead on a thread, so reading and
@@ -519,10 +516,11 @@ class ShardReader:
         to the device in one copy and the batches carry views of it (``Batch.x``/``y``).
         """
         shuffle = shuffle_rows > 0
-        window = batch_size * max(1, -(-max(shuffle_rows, 4096) // batch_size))
+        window = window_rows(batch_size, shuffle_rows)
+        left = self.remaining(epoch, batch_size, shuffle_rows, resizes)
         skip_rows = skip_steps * batch_size
         first = skip_rows // window
-        windows = self._windows(epoch, shuffle, window, first)
+        windows = self._windows(epoch, shuffle, window, first, left)
         if prefetch is None:  # a transform is work worth taking off the training thread
             prefetch = 2 if isinstance(self.source, FileSource) or self.transform else 0
         if prefetch:
@@ -535,11 +533,13 @@ class ShardReader:
                 yield rows[lo : lo + batch_size]
             drop = 0
 
-    def _windows(self, epoch: int, shuffle: bool, window: int, first: int) -> Iterator[Batch]:
+    def _windows(
+        self, epoch: int, shuffle: bool, window: int, first: int, left: Remaining
+    ) -> Iterator[Batch]:
         parts: list[Batch] = []
         held = 0
         index = first
-        for part in self._rows(epoch, shuffle, first * window):
+        for part in self._rows(epoch, shuffle, first * window, left):
             parts.append(part)
             held += len(part)
             while held >= window:
@@ -558,32 +558,43 @@ class ShardReader:
         rng = np.random.default_rng([self.seed, epoch, self.rank, index])
         return rows[rng.permutation(len(rows))]
 
-    def _rows(self, epoch: int, shuffle: bool, offset: int) -> Iterator[Batch]:
-        """The rank's rows from ``offset`` on: its part of the sequence, then its padding."""
+    def _rows(self, epoch: int, shuffle: bool, offset: int, left: Remaining) -> Iterator[Batch]:
+        """The rank's rows from ``offset`` on: its part of the rows ``left`` to train, then its
+        padding (copies of the first of them)."""
         pieces = epoch_pieces(self.split, self.seed, epoch, shuffle)
-        span = rank_span(self.split.rows, self.world_size, self.rank)
-        real = span.end - span.start
+        start, real, pad = epoch_plan.rank_part(left.rows, self.world_size, self.rank)
         if offset < real:
-            yield from self._slice(pieces, span.start + offset, span.end)
+            yield from self._slice(pieces, left.locate(start + offset, start + real))
         pad_from = max(offset - real, 0)
-        for part in self._slice(pieces, pad_from, span.pad):
+        for part in self._slice(pieces, left.locate(pad_from, pad)):
             yield _as_padding(part)
 
-    def _slice(self, pieces: list[Piece], start: int, end: int) -> Iterator[Batch]:
-        """Rows ``[start, end)`` of the epoch sequence, reading only the row groups needed."""
-        wanted: list[tuple[Piece, int, int]] = []  # (row group, first row, rows)
-        lo = 0
-        for piece in pieces:
-            hi = lo + piece.rows
-            if hi > start and lo < end:
-                begin = max(start - lo, 0)
-                wanted.append((piece, begin, min(end, hi) - lo - begin))
-            if hi >= end:
-                break
-            lo = hi
-        tables = self.source.read_in_order([piece for piece, _, _ in wanted])
-        for (_, begin, rows), table in zip(wanted, tables, strict=True):
+    def _slice(self, pieces: list[Piece], segments: list[Segment]) -> Iterator[Batch]:
+        """The rows of ``segments`` (ranges of the epoch sequence), reading only the row
+        groups needed, each once for consecutive segments in it."""
+        bounds = np.cumsum([0] + [piece.rows for piece in pieces])
+        wanted: list[tuple[int, int, int]] = []  # (piece index, first row, rows)
+        for start, end in segments:
+            i = int(np.searchsorted(bounds, start, side="right")) - 1
+            while start < end:
+                hi = int(bounds[i + 1])
+                take = min(end, hi) - start
+                wanted.append((i, start - int(bounds[i]), take))
+                start += take
+                i += 1
+        distinct = [w[0] for k, w in enumerate(wanted) if k == 0 or wanted[k - 1][0] != w[0]]
+        tables = self.source.read_in_order([pieces[i] for i in distinct])
+        table = pa.table({})
+        current = -1
+        for i, begin, rows in wanted:
+            if i != current:
+                table, current = next(tables), i
             yield arrow_to_batch(table.slice(begin, rows), self.num_features, self.feature_scale)
+
+
+def window_rows(batch_size: int, shuffle_rows: int) -> int:
+    """Rows of a rank's shuffle window: ``shuffle_rows`` (4,096 at least) in whole batches."""
+    return batch_size * max(1, -(-max(shuffle_rows, 4096) // batch_size))
 
 
 def _read_ahead(items: Iterator[Batch], depth: int) -> Iterator[Batch]:

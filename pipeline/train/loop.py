@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 from pipeline.config import JobConfig
 from pipeline.data.augment import Augmenter
 from pipeline.data.contract import DatasetInfo
+from pipeline.data.epoch_plan import Resize
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.distributed.collectives import allreduce_max
 from pipeline.errors import ConfigError, DivergedError
@@ -180,7 +182,7 @@ def _train(
         for split in ("train", "val", "test")
     }
     steps = readers["train"].steps(cfg.data.batch_size)
-    start_epoch, skip, history, restored = _resume(payload, task, device, world, is_chief)
+    start_epoch, skip, history, restored, resized = _resume(payload, task, device, world, is_chief)
     if logger and history:
         # Metrics that an earlier group logged while the tracking server was unreachable died
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
@@ -207,6 +209,15 @@ def _train(
         start = time.perf_counter()
         first = skip if epoch == start_epoch else 0
         n_steps = first
+        # An epoch resumed with another world size deals what the earlier worlds left.
+        resizes = resized if epoch == start_epoch else []
+        epoch_steps = readers["train"].steps(
+            cfg.data.batch_size,
+            readers["train"].remaining(
+                epoch, cfg.data.batch_size, cfg.data.shuffle_buffer, resizes
+            ),
+        )
+        done_before = steps - epoch_steps  # the schedule goes on where the others stopped
         seen: list[np.ndarray] = []
         batches = readers["train"].batches(
             epoch,
@@ -214,12 +225,16 @@ def _train(
             shuffle_rows=cfg.data.shuffle_buffer,
             skip_steps=first,
             device=device,
+            resizes=resizes,
         )
         throttle = EngineThrottle(_divergence_hint(cfg))
-        bar = _epoch_bar(cfg, epoch, steps, first, world) if is_chief else None
+        bar = _epoch_bar(cfg, epoch, epoch_steps, first, world) if is_chief else None
         for batch in batches:
             throttle.add(
-                task.train_step(batch, lr_at(optim, world, epoch * steps + n_steps, steps)),
+                task.train_step(
+                    batch,
+                    lr_at(optim, world, epoch * steps + max(0, done_before + n_steps), steps),
+                ),
                 epoch,
                 n_steps,
             )
@@ -232,7 +247,7 @@ def _train(
                 bar.update(1)
             if tracer:
                 seen.append(batch.ids[batch.labels >= 0])
-            if every and n_steps % every == 0 and n_steps < steps:
+            if every and n_steps % every == 0 and n_steps < epoch_steps:
                 if tracer:
                     tracer.checkpoint(epoch, n_steps, np.concatenate(seen))
                 _report(
@@ -243,10 +258,11 @@ def _train(
                     {"epoch": epoch, "step": n_steps},
                     (epoch, n_steps),
                     history,
+                    resizes,
                 )
         throttle.drain()
-        if n_steps != steps:
-            raise RuntimeError(f"rank {rank}: shard gave {n_steps} batches, expected {steps}")
+        if n_steps != epoch_steps:
+            raise RuntimeError(f"rank {rank}: shard gave {n_steps} batches, expected {epoch_steps}")
         metrics = task.end_epoch(epoch)
         epoch_time = time.perf_counter() - start
         train_time += epoch_time
@@ -341,10 +357,12 @@ def _report(
     metrics: dict,
     position: tuple[int, int],
     history: list,
+    resizes: Sequence[Resize] = (),
 ) -> None:
     """Every rank reports (Ray Train waits for all); rank 0 attaches the checkpoint: the
     exported model at epoch ends, plus what resuming at ``position`` (next epoch, next step)
-    needs, and the metrics logged so far (``history``)."""
+    needs: the metrics logged so far (``history``) and, mid-epoch, the earlier worlds of an
+    epoch resumed with another world size (``resizes``)."""
     next_epoch, next_step = position
     import ray.train
 
@@ -364,6 +382,7 @@ def _report(
             "resume_key": payload.config.resume_key(),
             "run_id": payload.run_id,
             "metrics_log": history,
+            "resizes": [[r.world, r.steps] for r in resizes] if next_step else [],
         }
         checkpoint.write(tmp, task.networks(), state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -394,9 +413,10 @@ def _report_finished(
 
 def _resume(
     payload: WorkerPayload, task, device, world: int, is_chief: bool
-) -> tuple[int, int, list, str | None]:
+) -> tuple[int, int, list, str | None, list[Resize]]:
     """(epoch, step) to start from, after the newest valid checkpoint of this run if any, the
-    metrics logged up to that checkpoint, and its path."""
+    metrics logged up to that checkpoint, its path, and the worlds that trained part of that
+    epoch before (the last one the checkpoint's, when it had another world size)."""
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
 
@@ -409,7 +429,7 @@ def _resume(
     run_dir = loc.join(payload.run_name)
     state = checkpoint.resume(loc.filesystem, run_dir, task.networks(), device, warn)
     if state is None:
-        return 0, 0, [], None
+        return 0, 0, [], None, []
     name = state["checkpoint"].rstrip("/").rsplit("/", 1)[-1]
     if state.get("resume_key") != cfg.resume_key():
         raise ConfigError(
@@ -417,11 +437,17 @@ def _resume(
             "buffer or seed; resume with the run's original settings or start a new run"
         )
     epoch, step = int(state["next_epoch"]), int(state["next_step"])
-    if step and int(state["world_size"]) != world:
-        warn(
-            f"checkpoint {name} is from step {step} of epoch {epoch + 1} with "
-            f"{state['world_size']} workers; with {world} the epoch restarts from its beginning"
-        )
+    resizes = [Resize(int(w), int(n)) for w, n in state.get("resizes", [])] if step else []
+    before = int(state["world_size"])
+    if step and before != world:
+        # Every row once: this world deals among its ranks what the other one left.
+        resizes.append(Resize(before, step))
+        if is_chief:
+            print(
+                f"checkpoint {name} is from step {step} of epoch {epoch + 1} with {before} "
+                f"workers; the rows they had not trained yet are dealt to {world}",
+                flush=True,
+            )
         step = 0
     if is_chief and epoch >= cfg.optim.epochs:
         print(
@@ -430,7 +456,7 @@ def _resume(
         )
     elif is_chief:
         print(f"resuming from checkpoint {name}: epoch {epoch + 1}, step {step}", flush=True)
-    return epoch, step, list(state.get("metrics_log", [])), state["checkpoint"]
+    return epoch, step, list(state.get("metrics_log", [])), state["checkpoint"], resizes
 
 
 def _peak_rss_mb() -> float:

@@ -4,6 +4,7 @@ and the job either resumes from its checkpoints or, past max_failures, fails cle
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from tests.jobs import BackgroundJob, checkpoints, wait_for
 pytestmark = pytest.mark.integration
 
 EPOCHS = 3
+TRAIN_ROWS = 1439  # digits' training split
 #: digits-cnn: 1,439 train rows, batch 32, 2 workers -> 23 steps per epoch.
 # A few epochs reach about 0.97, below the recipe's 0.98 gate: the alias checks need a lower bar.
 COMMON = (
@@ -266,6 +268,57 @@ def test_a_driver_killed_after_training_resumes_to_register_the_final_model(
     version = client.get_model_version_by_alias("digits-cnn", "candidate")
     assert version.run_id == run_id
     assert run.data.metrics["test_accuracy"] > 0.5
+
+
+def test_a_mid_epoch_checkpoint_resumed_with_one_worker_trains_each_row_once(
+    tmp_path, digits_uri, uninterrupted
+):
+    # The 2-worker job as if stopped after step 20 of its last epoch: a copy whose newest
+    # checkpoint is that one (its final one removed), its run KILLED.
+    storage = tmp_path / "runs"
+    shutil.copytree(uninterrupted.storage, storage)
+    *_, mid, final = checkpoints(storage)
+    shutil.rmtree(final.parent)
+    state = json.loads((mid.parent / "state.json").read_text())
+    epoch, step = state["next_epoch"], state["next_step"]
+    assert (state["world_size"], epoch, step) == (2, EPOCHS - 1, 20)
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(uninterrupted.dir / "store" / "mlflow.db", tmp_path / "store" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    run_id = uninterrupted.run()[1].info.run_id
+    MlflowClient(uri).update_run(run_id, status="KILLED")
+    (checkpoints(storage)[0].parent.parent / checkpoint.TRAIN_SNAPSHOT).write_text("")
+
+    resumed_trace = tmp_path / "trace"
+    resumed = subprocess.run(
+        [
+            sys.executable, "-m", "jobs.train", "--data", digits_uri, "--storage", str(storage),
+            *COMMON, "--set", "checkpoint.every_steps=10", "--set", "scaling.num_workers=1",
+            "--resume", run_id,
+        ],
+        cwd=REPO,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, trace.ENV: str(resumed_trace)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert f"is from step 20 of epoch {EPOCHS} with 2 workers" in resumed.stdout
+    # What the two ranks had trained of that epoch at the checkpoint, then the one worker.
+    before = [
+        r
+        for r in uninterrupted.records()
+        if r.get("checkpoint") and (r["epoch"], r["step"]) == (epoch, step)
+    ]
+    after = [
+        r
+        for r in trace.read_steps(resumed_trace)
+        if r.get("epoch") == epoch and "params_sha256" in r
+    ]
+    assert {r["rank"] for r in before} == {0, 1} and [r["rank"] for r in after] == [0]
+    trained = Counter(i for r in before + after for i in r["ids"])
+    assert len(trained) == TRAIN_ROWS and set(trained.values()) == {1}
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
 def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_uri):

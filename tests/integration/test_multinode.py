@@ -141,8 +141,8 @@ def test_losing_a_node_goes_on_with_the_survivor_from_the_newest_checkpoint(
 ):
     _resize(cluster, 2)
     _, _, reference = uninterrupted
-    # Checkpoints at epoch ends only: the survivor resumes at an exact data position (a
-    # mid-epoch checkpoint with another world size restarts its epoch: loop._resume).
+    # Checkpoints at epoch ends only: the survivor resumes at the next epoch (mid-epoch
+    # resizes are tested in test_fault_tolerance and tests/unit/test_epoch_plan.py).
     # The restarted group first asks for 2 workers again (the lost node's CPUs count until
     # Ray declares it dead) and waits Ray Train's worker start timeout (60 s by default)
     # before it starts with 1: 10 s here.
