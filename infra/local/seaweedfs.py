@@ -82,6 +82,9 @@ def start(
     import botocore.config
     import botocore.exceptions
 
+    # Absolute: weed runs in the folder (for ./security.toml), so a relative -dir (make
+    # object-store's .object-store) would name a folder inside itself.
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     s3_port = s3_port or free_port()
     # Every port explicitly: the gRPC defaults (port + 10000) can collide or overflow, and the

@@ -7,6 +7,9 @@ import hashlib
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -329,3 +332,40 @@ def test_seaweedfs_own_ports_refuse_requests_that_bypass_s3_auth(s3_env, seaweed
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 401, request.full_url
     assert (seaweedfs.directory / "security.toml").stat().st_mode & 0o077 == 0
+
+
+def test_make_object_store_starts_a_distant_s3_in_a_relative_folder_and_stops_it(tmp_path):
+    """`make object-store LATENCY_MS=30`'s command, as the Makefile runs it (a folder relative
+    to the working directory), answers through the proxy and stops whole."""
+    import boto3
+
+    from infra.local.seaweedfs import local_credentials
+    from infra.processes import free_port
+
+    port = free_port()
+    cli = [sys.executable, "-m", "infra.local.seaweedfs"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["--dir", "store", "--s3-port", str(port), "--bucket", "relative", "--latency-ms", "30"]
+    started = subprocess.run(
+        [*cli, "start", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "as a distant S3 (30 ms a request" in started.stdout
+        access, secret = local_credentials()
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+        )
+        s3.put_object(Bucket="relative", Key="k", Body=b"x")
+        assert s3.get_object(Bucket="relative", Key="k")["Body"].read() == b"x"
+    finally:
+        stopped = subprocess.run(
+            [*cli, "stop", "--dir", "store"], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+    assert stopped.returncode == 0 and "object store stopped" in stopped.stdout
+    assert not (tmp_path / "store" / "weed.pid").exists()
