@@ -21,6 +21,8 @@ PARTITIONS = 256
 #: What the ids held in memory may take by default (the ids and their files' indices).
 DEFAULT_MEMORY_MB = 256
 _ROW = np.dtype([("id", "<i8"), ("owner", "<i4")])
+#: Bytes an id held in memory costs at the check's peak: itself, its sorted copy, a flag.
+_HELD_BYTES_PER_ID = 20
 # A multiplicative hash (Knuth's): ids that step by a power of two still spread evenly.
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -37,7 +39,9 @@ def first_repeat(ids: list[np.ndarray]) -> tuple[int, int, int, int] | None:
 
 def _repeat_in(every: np.ndarray, owner: np.ndarray) -> tuple[int, int, int, int] | None:
     order = np.argsort(every, kind="stable")
-    repeated = np.flatnonzero(every[order][1:] == every[order][:-1])
+    ordered = every[order]
+    repeated = np.flatnonzero(ordered[1:] == ordered[:-1])
+    del ordered
     if not len(repeated):
         return None
     first, second = order[repeated[0]], order[repeated[0] + 1]
@@ -46,13 +50,15 @@ def _repeat_in(every: np.ndarray, owner: np.ndarray) -> tuple[int, int, int, int
 
 class UniqueIds:
     """Collects the ids of many files (:meth:`add`, safe from several threads) and finds an
-    id used twice (:meth:`first_repeat`) holding at most about ``memory_mb`` of them."""
+    id used twice (:meth:`first_repeat`) in about ``memory_mb``, the check's own work
+    included: ids held in memory take 8 bytes each and checking them 9 more (a sorted copy,
+    a comparison), so past ``memory_mb / 20`` bytes' worth of rows they are spilled."""
 
     def __init__(self, memory_mb: float = DEFAULT_MEMORY_MB, spill_dir: str | None = None):
-        self.limit = int(memory_mb * 2**20) // _ROW.itemsize
+        self.limit = int(memory_mb * 2**20) // _HELD_BYTES_PER_ID
         self.spill_dir = spill_dir
         self.total = 0
-        self._held: list[np.ndarray] = []
+        self._held: list[tuple[np.ndarray, int]] = []  # (ids, owner)
         self._held_rows = 0
         self._spill: tempfile.TemporaryDirectory | None = None
         self._lock = threading.Lock()
@@ -63,26 +69,44 @@ class UniqueIds:
 
     def add(self, ids: np.ndarray, owner: int) -> None:
         """The ids of the file numbered ``owner`` (how :meth:`first_repeat` names it)."""
-        rows = np.empty(len(ids), _ROW)
-        rows["id"] = ids
-        rows["owner"] = owner
+        ids = np.asarray(ids, np.int64)
         with self._lock:
-            self.total += len(rows)
-            self._held.append(rows)
-            self._held_rows += len(rows)
+            self.total += len(ids)
+            self._held.append((ids, owner))
+            self._held_rows += len(ids)
             if self._held_rows > self.limit:
                 self._write_out()
 
     def _write_out(self) -> None:
+        """The held ids to the partition files, a slice at a time: partitioning costs about
+        48 bytes a row (rows with owners, hashes, an order, the reordered copies), so a slice
+        of limit / 6 rows stays within what the held ids were allowed."""
         if self._spill is None:
             self._spill = tempfile.TemporaryDirectory(prefix="mxtrain-ids-", dir=self.spill_dir)
-        rows = np.concatenate(self._held)
-        self._held, self._held_rows = [], 0
+        held, self._held, self._held_rows = self._held, [], 0
+        slice_rows = max(1, self.limit // 6)
+        while held:
+            batch, rows_in = [], 0
+            while held and rows_in < slice_rows:
+                ids, owner = held.pop()
+                batch.append((ids, owner))
+                rows_in += len(ids)
+            self._spill_rows(batch, rows_in)
+
+    def _spill_rows(self, batch: list[tuple[np.ndarray, int]], count: int) -> None:
+        rows = np.empty(count, _ROW)
+        at = 0
+        for ids, owner in batch:
+            rows["id"][at : at + len(ids)] = ids
+            rows["owner"][at : at + len(ids)] = owner
+            at += len(ids)
+        batch.clear()
         part = _partition(rows["id"])
         order = np.argsort(part, kind="stable")
         rows, part = rows[order], part[order]
+        del order
         bounds = np.searchsorted(part, np.arange(PARTITIONS + 1))
-        folder = Path(self._spill.name)
+        folder = Path(self._spill.name)  # type: ignore[union-attr]
         for p in range(PARTITIONS):
             if bounds[p] < bounds[p + 1]:
                 with open(folder / f"{p:03d}", "ab") as f:
@@ -93,10 +117,7 @@ class UniqueIds:
         Which repeated id is named is not defined once the ids were spilled."""
         with self._lock:
             if self._spill is None:
-                if not self._held:
-                    return None
-                rows = np.concatenate(self._held)
-                return _repeat_in(rows["id"], rows["owner"])
+                return self._repeat_in_memory()
             if self._held:
                 self._write_out()
             found, total = None, 0
@@ -107,6 +128,20 @@ class UniqueIds:
                     found = found or repeat
                     total += repeat[3]
             return None if found is None else (*found[:3], total)
+
+    def _repeat_in_memory(self) -> tuple[int, int, int, int] | None:
+        if not self._held:
+            return None
+        every = np.concatenate([ids for ids, _ in self._held])
+        every.sort()
+        repeated = every[1:] == every[:-1]
+        total = int(np.count_nonzero(repeated))
+        if not total:
+            return None
+        value = int(every[1:][repeated][0])
+        del every, repeated
+        owners = [owner for ids, owner in self._held for _ in range(int((ids == value).sum()))]
+        return value, owners[0], owners[1], total
 
     def close(self) -> None:
         with self._lock:

@@ -47,3 +47,21 @@ def test_spill_files_are_removed_when_closed(tmp_path):
     assert seen.spilled and any(spill.iterdir())
     seen.close()
     assert not any(spill.iterdir())
+
+
+def test_memory_stays_within_the_setting_whatever_the_number_of_ids():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with UniqueIds(16) as seen:  # 5 million ids: 40 MB as int64 alone
+            for f in range(2000):
+                seen.add(np.arange(f * 2500, (f + 1) * 2500) * 7, f)
+            seen.add(np.array([7 * 1234567]), 2000)  # one repeat, in file 493
+            value, first, second, total = seen.first_repeat()
+            assert seen.spilled
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (value, {first, second}, total) == (7 * 1234567, {493, 2000}, 1)
+    assert peak < 16 * 2**20, f"{peak / 2**20:.1f} MB for a 16 MB setting"
