@@ -56,13 +56,12 @@ def _ensure_empty(loc: Location, overwrite: bool) -> None:
         if existing and not overwrite:
             raise DataError(f"{loc.uri} is not empty; pass --overwrite to replace its contents")
         # The manifest goes first: a write that crashes from here on leaves a set without
-        # one, which training refuses (data.require_manifest).
-        existing.sort(key=lambda item: item.base_name != MANIFEST)
+        # one, which training refuses (data.require_manifest). The rest in one call, which
+        # S3 serves with batched deletes (1,000 keys a request), not a request a file.
         for item in existing:
-            if item.type == pafs.FileType.Directory:
-                loc.filesystem.delete_dir(item.path)
-            else:
+            if item.base_name == MANIFEST:
                 loc.filesystem.delete_file(item.path)
+        loc.filesystem.delete_dir_contents(loc.path)
     except OSError as exc:
         raise StorageError(f"{loc.uri}: cannot prepare the output location ({exc})") from None
 
