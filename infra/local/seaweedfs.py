@@ -147,7 +147,12 @@ def start(
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("InvalidBucketName", "InvalidArgument", "BucketAlreadyExists"):
                 server.stop()  # a mistake in the request: retrying won't help
-                raise RuntimeError(f"SeaweedFS refused the request: {code}: {exc}") from None
+                hint = (
+                    "; a bucket name is 3-63 lowercase letters, digits, dots and hyphens"
+                    if code == "InvalidBucketName"
+                    else ""
+                )
+                raise RuntimeError(f"SeaweedFS refused the request: {code}: {exc}{hint}") from None
             if time.monotonic() > deadline:
                 server.stop()
                 raise RuntimeError(f"SeaweedFS did not answer on {server.endpoint}") from None
@@ -198,12 +203,22 @@ def main(argv: list[str] | None = None) -> int:
             pidfile.unlink()
     if args.latency_ms < 0 or args.mbps < 0:
         p.error("--latency-ms and --mbps must be >= 0")
-    server = start(args.dir, None if args.latency_ms else args.s3_port, args.bucket)
+    try:
+        server = start(args.dir, None if args.latency_ms else args.s3_port, args.bucket)
+    except RuntimeError as exc:  # a bad bucket name, a busy port: one line, nothing running
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     pidfile.write_text(str(server.pid))
     if args.latency_ms:
         from infra.local import latency_proxy
 
-        proxy = latency_proxy.start(server.s3_port, args.latency_ms, args.mbps, args.s3_port)
+        try:
+            proxy = latency_proxy.start(server.s3_port, args.latency_ms, args.mbps, args.s3_port)
+        except RuntimeError as exc:
+            server.stop()
+            pidfile.unlink()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         proxy_pidfile.write_text(str(proxy.pid))
         print(
             f"SeaweedFS S3 on {proxy.endpoint} as a distant S3 ({args.latency_ms:g} ms a request,"

@@ -346,6 +346,13 @@ def test_make_object_store_starts_a_distant_s3_in_a_relative_folder_and_stops_it
     cli = [sys.executable, "-m", "infra.local.seaweedfs"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = ["--dir", "store", "--s3-port", str(port), "--bucket", "relative", "--latency-ms", "30"]
+    bad = subprocess.run(
+        [*cli, "start", *args[:4], "--bucket", "b"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=180,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.strip().startswith("error: ") and "3-63 lowercase letters" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
     started = subprocess.run(
         [*cli, "start", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
     )
