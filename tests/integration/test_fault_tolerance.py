@@ -169,6 +169,41 @@ def test_failures_beyond_max_failures_fail_the_run_and_register_nothing(tmp_path
     assert client.search_registered_models() == []
 
 
+def _resume(
+    digits_uri: str, storage: Path, run_id: str, env: dict, *sets: str
+) -> subprocess.CompletedProcess:
+    """``jobs.train --resume run_id`` with the module's settings (and ``sets``), asserted to
+    succeed."""
+    extra = [arg for item in sets for arg in ("--set", item)]
+    resumed = subprocess.run(
+        [
+            sys.executable, "-m", "jobs.train", "--data", digits_uri, "--storage", str(storage),
+            *COMMON, "--set", "checkpoint.every_steps=10", *extra, "--resume", run_id,
+        ],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    return resumed
+
+
+def _stopped_copy(uninterrupted, tmp_path: Path) -> tuple[Path, str, MlflowClient]:
+    """A copy of the finished `uninterrupted` job (storage, MLflow store) as a stopped driver
+    can leave it: the run KILLED, Ray Train's snapshot torn. (storage, run id, client)"""
+    storage = tmp_path / "runs"
+    shutil.copytree(uninterrupted.storage, storage)
+    (checkpoints(storage)[0].parent.parent / checkpoint.TRAIN_SNAPSHOT).write_text("")
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(uninterrupted.dir / "store" / "mlflow.db", tmp_path / "store" / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    run_id = uninterrupted.run()[1].info.run_id
+    client.update_run(run_id, status="KILLED")
+    return storage, run_id, client
+
+
 def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path, digits_uri):
     job = Job(tmp_path, digits_uri, "driver", "checkpoint.every_steps=10", new_session=True)
     job.wait_for_checkpoint()
@@ -186,28 +221,12 @@ def test_killed_driver_leaves_the_run_resumable_and_resume_finishes_it(tmp_path,
     run_dir = checkpoints(job.storage)[0].parent.parent
     (run_dir / checkpoint.TRAIN_SNAPSHOT).write_text("")
 
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.train",
-            "--data",
-            digits_uri,
-            "--storage",
-            str(job.storage),
-            *COMMON,
-            "--set",
-            "checkpoint.every_steps=10",
-            "--resume",
-            run.info.run_id,
-        ],
-        cwd=REPO,
-        env={**os.environ, "MXTRAIN_TRACE_DIR": str(job.trace), "MLFLOW_TRACKING_URI": job.uri},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    resumed = _resume(
+        digits_uri,
+        job.storage,
+        run.info.run_id,
+        {"MXTRAIN_TRACE_DIR": str(job.trace), "MLFLOW_TRACKING_URI": job.uri},
     )
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from checkpoint" in resumed.stdout
     assert "snapshot of run" in resumed.stdout and "removed" in resumed.stdout
     _, run = job.run()
@@ -225,40 +244,11 @@ def test_a_driver_killed_after_training_resumes_to_register_the_final_model(
     # in CI): the run is not FINISHED, no version is registered, and Ray Train's snapshot is
     # torn, so Ray knows of no checkpoint. (A copy of the `uninterrupted` job, so as not to
     # train again.)
-    storage = tmp_path / "runs"
-    shutil.copytree(uninterrupted.storage, storage)
-    (checkpoints(storage)[0].parent.parent / checkpoint.TRAIN_SNAPSHOT).write_text("")
-    (tmp_path / "store").mkdir()
-    shutil.copyfile(uninterrupted.dir / "store" / "mlflow.db", tmp_path / "store" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    run_id = uninterrupted.run()[1].info.run_id
-    client.update_run(run_id, status="KILLED")
+    storage, run_id, client = _stopped_copy(uninterrupted, tmp_path)
     for version in client.search_model_versions(f"run_id='{run_id}'"):
         client.delete_model_version(version.name, version.version)
 
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.train",
-            "--data",
-            digits_uri,
-            "--storage",
-            str(storage),
-            *COMMON,
-            "--set",
-            "checkpoint.every_steps=10",
-            "--resume",
-            run_id,
-        ],
-        cwd=REPO,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    resumed = _resume(digits_uri, storage, run_id, {"MLFLOW_TRACKING_URI": client.tracking_uri})
     assert "training had finished" in resumed.stdout
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -275,34 +265,16 @@ def test_a_mid_epoch_checkpoint_resumed_with_one_worker_trains_each_row_once(
 ):
     # The 2-worker job as if stopped after step 20 of its last epoch: a copy whose newest
     # checkpoint is that one (its final one removed), its run KILLED.
-    storage = tmp_path / "runs"
-    shutil.copytree(uninterrupted.storage, storage)
+    storage, run_id, client = _stopped_copy(uninterrupted, tmp_path)
     *_, mid, final = checkpoints(storage)
     shutil.rmtree(final.parent)
     state = json.loads((mid.parent / "state.json").read_text())
     epoch, step = state["next_epoch"], state["next_step"]
     assert (state["world_size"], epoch, step) == (2, EPOCHS - 1, 20)
-    (tmp_path / "store").mkdir()
-    shutil.copyfile(uninterrupted.dir / "store" / "mlflow.db", tmp_path / "store" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    run_id = uninterrupted.run()[1].info.run_id
-    MlflowClient(uri).update_run(run_id, status="KILLED")
-    (checkpoints(storage)[0].parent.parent / checkpoint.TRAIN_SNAPSHOT).write_text("")
 
     resumed_trace = tmp_path / "trace"
-    resumed = subprocess.run(
-        [
-            sys.executable, "-m", "jobs.train", "--data", digits_uri, "--storage", str(storage),
-            *COMMON, "--set", "checkpoint.every_steps=10", "--set", "scaling.num_workers=1",
-            "--resume", run_id,
-        ],
-        cwd=REPO,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri, trace.ENV: str(resumed_trace)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    env = {"MLFLOW_TRACKING_URI": client.tracking_uri, trace.ENV: str(resumed_trace)}
+    resumed = _resume(digits_uri, storage, run_id, env, "scaling.num_workers=1")
     assert f"is from step 20 of epoch {EPOCHS} with 2 workers" in resumed.stdout
     # What the two ranks had trained of that epoch at the checkpoint, then the one worker.
     before = [
@@ -318,7 +290,7 @@ def test_a_mid_epoch_checkpoint_resumed_with_one_worker_trains_each_row_once(
     assert {r["rank"] for r in before} == {0, 1} and [r["rank"] for r in after] == [0]
     trained = Counter(i for r in before + after for i in r["ids"])
     assert len(trained) == TRAIN_ROWS and set(trained.values()) == {1}
-    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_uri):
