@@ -63,8 +63,10 @@ SIZES = {
         "rss_rows": 50_000,
         "job_epochs": 2,
         "stall_every": 20,
-        "tta": {"recipe": "fashion-cnn", "data": "data/fashion-mnist", "target": 0.93, "set": []},
-        "tta_reps": 3,
+        # val_accuracy after each epoch: fashion-cnn ends its 15 epochs at 0.927-0.931 (test),
+        # so 0.92 is a target both sides reach in most seeds, some epochs before the end.
+        "tta": {"recipe": "fashion-cnn", "data": "data/fashion-mnist", "target": 0.92, "set": []},
+        "tta_reps": 5,
         "predict": {"data": "data/fashion-mnist/test", "copies": 16},
         "driver_files": 2000,
         "scale": {"files": 10_000, "rows_per_file": 2_000, "stream_rows": 200_000},
@@ -242,7 +244,7 @@ def _driver(size: dict, _tmp: Path, _handicap: float) -> list[Figure]:
     return driver.preflight_figures(files, size["reps"])
 
 
-def _scale(size: dict, _tmp: Path, _handicap: float) -> list[Figure]:
+def _scale(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     from jobs.benchmarks import scale
 
     spec = size["scale"]
@@ -251,7 +253,7 @@ def _scale(size: dict, _tmp: Path, _handicap: float) -> list[Figure]:
         "30 ms away and on loopback"
     )
     return scale.figures(
-        spec["files"], spec["rows_per_file"], spec["stream_rows"], size["reps"], _progress
+        spec["files"], spec["rows_per_file"], spec["stream_rows"], size["reps"], _progress, tmp
     )
 
 

@@ -11,23 +11,38 @@ costs:
 * ``scale_stream_30ms_vs_loopback``: one worker's streaming reader (``data.cache=stream``,
   shuffled row groups, ``data.read_ahead_mb`` in flight) over its shard of a job of enough
   workers that a shard is ``stream_rows`` rows, in rows/s. Goal: >= 0.8.
+* ``scale_reader_rows_100x_vs_1x`` and ``scale_reader_memory_100x_vs_1x``: the same reader,
+  each pass in a fresh process on loopback, over a shard of 100x the rows of the 1x shard
+  (the whole training split against a hundredth of it; 10x in the note): rows/s (goal >= 0.9)
+  and the process's peak RSS (goal <= 1.2). Nothing a worker holds may grow with the data.
+* ``scale_first_step_30ms_vs_small``: seconds from ``python -m jobs.train`` (2 workers, local
+  Ray, ``data.cache=stream``) to its first training step on the whole set through the proxy,
+  against the same job on a set of 8 files on loopback; the job is stopped (SIGINT) once it
+  has stepped. Reported, not judged: what start-up costs at scale and at a distance.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import resource
+import sys
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from jobs.benchmarks.harness import Figure, paired_samples, throughput_figure
+from jobs.benchmarks.harness import Figure, alternate, paired_samples, spread, throughput_figure
+from jobs.benchmarks.procs import json_line, python
 
 PREFIX = "bench/scale"
+SMALL = "bench/scale-small"
 SHAPE = (16,)
 
 
-def prepare(files: int, rows_per_file: int, progress: Callable[[str], None]) -> float:
+def prepare(
+    files: int, rows_per_file: int, progress: Callable[[str], None], prefix: str = PREFIX
+) -> float:
     """Write the set (seconds it took)."""
     from pipeline.data.datasets import synthetic_files
     from pipeline.data.prepare import write_dataset
@@ -35,7 +50,7 @@ def prepare(files: int, rows_per_file: int, progress: Callable[[str], None]) -> 
     rows = files * rows_per_file * 10 // 8  # train gets 80%: `files` training files
     start = time.perf_counter()
     write_dataset(
-        f"s3://{PREFIX}",
+        f"s3://{prefix}",
         synthetic_files(rows, SHAPE, 10, seed=5, rows_per_file=rows_per_file),
         rows_per_file=rows_per_file,
         row_group_size=max(1, rows_per_file // 4),
@@ -58,8 +73,11 @@ def _stream(rows: int, ahead: list[int]) -> Callable[[], int]:
     from pipeline.data.contract import inspect_dataset
 
     info = inspect_dataset(f"s3://{PREFIX}", splits=("train",))
+    return _shard_pass(info, max(1, math.ceil(info.splits["train"].rows / rows)), ahead)
+
+
+def _shard_pass(info, world: int, ahead: list[int]) -> Callable[[], int]:
     split = info.splits["train"]
-    world = max(1, math.ceil(split.rows / rows))
 
     def run() -> int:
         import mxnet as mx
@@ -79,6 +97,145 @@ def _stream(rows: int, ahead: list[int]) -> Callable[[], int]:
     return run
 
 
+def _growth(reps: int) -> tuple[dict[int, list[dict]], int]:
+    """Passes over shards of 1x, 10x and 100x rows, each in a fresh process (its peak RSS is
+    the reader's and MXNet's, as a worker's is), 1x and 100x alternated."""
+    from pipeline.data.contract import inspect_dataset
+
+    rows = inspect_dataset(f"s3://{PREFIX}", splits=("train",)).splits["train"].rows
+    runs: dict[int, list[dict]] = {1: [], 10: [], 100: []}
+
+    def one(times: int) -> Callable[[], dict]:
+        def run() -> dict:
+            out = python("jobs.benchmarks.scale", "--world", str(100 // times))
+            runs[times].append(json_line(out, "SCALEREAD "))
+            return runs[times][-1]
+
+        return run
+
+    alternate(one(100), one(1), reps)
+    one(10)()
+    return runs, rows
+
+
+def _growth_figures(runs: dict[int, list[dict]], rows: int) -> list[Figure]:
+    def median(times: int, key: str) -> float:
+        values = sorted(r[key] for r in runs[times])
+        return values[len(values) // 2]
+
+    rates = [big["rows"] / big["seconds"] / (small["rows"] / small["seconds"])
+             for big, small in zip(runs[100], runs[1], strict=True)]  # fmt: skip
+    memory = [big["peak_rss_mb"] / small["peak_rss_mb"]
+              for big, small in zip(runs[100], runs[1], strict=True)]  # fmt: skip
+    sizes = ", ".join(f"{t}x {runs[t][0]['rows']:,}" for t in (1, 10, 100))
+    ten = (
+        f"10x: {median(10, 'rows') / median(10, 'seconds'):,.0f} rows/s, "
+        f"{median(10, 'peak_rss_mb'):,.0f} MB"
+    )
+    note = (
+        f"one streaming reader (data.cache=stream, shuffled row groups) in a fresh process on "
+        f"loopback SeaweedFS over a shard of the {rows:,}-row training split (rows: {sizes}); "
+        f"{ten}"
+    )
+    return [
+        Figure(
+            "scale_reader_rows_100x_vs_1x",
+            median(100, "rows") / median(100, "seconds"),
+            median(1, "rows") / median(1, "seconds"),
+            sorted(rates)[len(rates) // 2],
+            ">= 0.9",
+            "rows/s",
+            f"{note}; {spread(rates)}",
+        ),
+        Figure(
+            "scale_reader_memory_100x_vs_1x",
+            median(100, "peak_rss_mb"),
+            median(1, "peak_rss_mb"),
+            sorted(memory)[len(memory) // 2],
+            "<= 1.2",
+            "MB",
+            f"peak RSS of the same processes (MXNet and pyarrow included); {spread(memory)}",
+        ),
+    ]
+
+
+def _first_step(uri: str, tmp, env: dict[str, str]) -> float:
+    """Launch-to-first-step seconds of a streaming jobs.train, stopped once it has stepped."""
+    import signal
+    import subprocess
+
+    from jobs.benchmarks.procs import REPO, tracking_store
+    from pipeline.train import trace
+
+    trace_dir = tmp / f"first-step-{time.time_ns()}"
+    sets = ["data.cache=stream", "optim.epochs=1", "optim.warmup_epochs=0",
+            "tracking.register=false"]  # fmt: skip
+    command = [
+        sys.executable, "-m", "jobs.train", "--recipe", "digits-fcn", "--data", uri,
+        "--workers", "2", "--storage", str(tmp / "runs"), *(a for s in sets for a in ("--set", s)),
+    ]  # fmt: skip
+    log = tmp / "first-step.log"
+    start = time.time()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={
+                **env,
+                "MXTRAIN_TRACE_DIR": str(trace_dir),
+                "PYTHONWARNINGS": "ignore",
+                "MLFLOW_TRACKING_URI": tracking_store(tmp),
+            },
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"jobs.train exited before a step: {log.read_text()[-2000:]}"
+                    )
+                try:
+                    steps = [
+                        e["t"] for e in trace.read_events(trace_dir) if e["event"] == "first_step"
+                    ]
+                except ValueError:  # a line being written
+                    steps = []
+                if steps:
+                    return min(steps) - start
+                if time.time() - start > 900:
+                    raise RuntimeError(f"no first step in 900 s: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # the job's own graceful stop: Ray shut down
+                try:
+                    proc.wait(timeout=180)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _first_step_figure(files: int, rows_per_file: int, reps: int, tmp, proxy_env) -> Figure:
+    prepare(8, rows_per_file, lambda _m: None, SMALL)
+    at_scale = lambda: _first_step(f"s3://{PREFIX}", tmp, proxy_env())  # noqa: E731
+    small = lambda: _first_step(f"s3://{SMALL}", tmp, dict(os.environ))  # noqa: E731
+    ours, base = alternate(at_scale, small, reps)
+    ratios = [a / b for a, b in zip(ours, base, strict=True)]
+    return Figure(
+        "scale_first_step_30ms_vs_small",
+        sorted(ours)[len(ours) // 2],
+        sorted(base)[len(base) // 2],
+        sorted(ratios)[len(ratios) // 2],
+        "",
+        "s",
+        f"python -m jobs.train (digits-fcn, 2 workers, local Ray started by the job, "
+        f"data.cache=stream) to its first step: the whole set ({files * 10 // 8 + 2:,} files) "
+        f"through the 30 ms proxy vs 8 files of {rows_per_file:,} rows on loopback; "
+        f"reported, not judged; {spread(ratios)}",
+    )
+
+
 def _cpu_seconds(pid: int) -> float:
     import psutil
 
@@ -86,7 +243,9 @@ def _cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def figures(files: int, rows_per_file: int, stream_rows: int, reps: int, progress) -> list[Figure]:
+def figures(
+    files: int, rows_per_file: int, stream_rows: int, reps: int, progress, tmp
+) -> list[Figure]:
     from infra.local import latency_proxy
 
     written = prepare(files, rows_per_file, progress)
@@ -112,6 +271,14 @@ def figures(files: int, rows_per_file: int, stream_rows: int, reps: int, progres
         proxy_cpu = _cpu_seconds(proxy.pid)
         stream = paired_samples(through(read), read, reps)
         proxy_cpu = _cpu_seconds(proxy.pid) - proxy_cpu
+        first_step = _first_step_figure(
+            files,
+            rows_per_file,
+            reps,
+            tmp,
+            lambda: {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint},
+        )
+    growth, train_rows = _growth(reps)
     # The proxy runs on the reader's cores (a real distant S3 does not): say what it took.
     proxy_share = proxy_cpu / sum(stream[0])
     per_1000 = [f"{1000 * sorted(side)[len(side) // 2] / total_files:.2f}" for side in pre]
@@ -139,4 +306,30 @@ def figures(files: int, rows_per_file: int, stream_rows: int, reps: int, progres
             f"the 30 ms proxy vs on loopback; the proxy itself used {proxy_share:.2f} of a core "
             "while the reader read through it (cores the reader shares here)",
         ),
+        *_growth_figures(growth, train_rows),
+        first_step,
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One timed pass over rank 0's shard of ``--world`` workers; prints a SCALEREAD line."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m jobs.benchmarks.scale", description=main.__doc__)
+    p.add_argument("--world", type=int, required=True)
+    args = p.parse_args(argv)
+    from pipeline.data.contract import inspect_dataset
+
+    info = inspect_dataset(f"s3://{PREFIX}", splits=("train",))
+    ahead: list[int] = []
+    run = _shard_pass(info, args.world, ahead)
+    start = time.perf_counter()
+    rows = run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("SCALEREAD " + json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

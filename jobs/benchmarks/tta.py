@@ -1,5 +1,10 @@
 """time_to_accuracy, the headline (MLPerf-style): wall seconds from the command to a model that
-meets the recipe's test-accuracy target, 2 workers.
+meets a validation-accuracy target, 2 workers.
+
+Both sides evaluate the validation split after every epoch and stop at the first epoch that
+reaches the target: both get ``optim.stop_at=val_accuracy>=T`` (ours as the user feature,
+the script reads the same setting), so the clock stops where MLPerf's does. A side that ends
+its epochs below the target missed.
 
 * ours: ``python -m jobs.train --recipe R --workers 2`` from launch to exit: the data checked,
   a local Ray started, Ray Train's workers, our reader streaming the Parquet files, per-epoch
@@ -38,6 +43,8 @@ def _ours(uri: str, recipe: str, tmp: Path, overrides: list[str]) -> dict:
     m = run.data.metrics
     return {
         "seconds": end - start,
+        "val_accuracy": m["val_accuracy"],
+        "epochs": int(m["epochs_trained"]),
         "test_accuracy": m["test_accuracy"],
         "per_worker": m["samples_per_sec"] / 2,
     }
@@ -50,6 +57,8 @@ def _baseline(uri: str, recipe: str, overrides: list[str]) -> dict:
     line = json_line(stdout, "TTA ")
     return {
         "seconds": line["end_unix"] - start,
+        "val_accuracy": line["val_accuracy"],
+        "epochs": line["epochs"],
         "test_accuracy": line["test_accuracy"],
         "per_worker": line["samples_per_s_per_worker"],
     }
@@ -59,37 +68,47 @@ def tta_figure(
     uri: str, recipe: str, target: float, reps: int, tmp: Path, overrides: list[str]
 ) -> Figure:
     runs: dict[str, list[dict]] = {"ours": [], "base": []}
+    rule = f"val_accuracy>={target}"
     for rep in range(reps):
         sides = ["ours", "base"] if rep % 2 == 0 else ["base", "ours"]
-        seeded = [*overrides, f"seed={rep}"]
+        seeded = [*overrides, f"seed={rep}", f"optim.stop_at={rule}"]
         for side in sides:
             if side == "ours":
                 runs[side].append(_ours(uri, recipe, tmp, seeded))
             else:
                 runs[side].append(_baseline(uri, recipe, seeded))
 
+    def reached(run: dict) -> bool:
+        return run["val_accuracy"] >= target
+
     def describe(side: str) -> str:
         r = runs[side]
-        each = ", ".join(f"{x['test_accuracy']:.4f} in {x['seconds']:.0f} s" for x in r)
+        each = ", ".join(
+            f"seed {i}: {x['val_accuracy']:.4f} after {x['epochs']} epochs in {x['seconds']:.0f} s"
+            f" (test {x['test_accuracy']:.4f})"
+            for i, x in enumerate(r)
+        )
         rate = statistics.median(x["per_worker"] for x in r)
-        return f"test_accuracy {each}, {rate:,.0f} samples/s per worker"
+        hits = sum(reached(x) for x in r)
+        return f"reached in {hits} of {len(r)}: {each}; {rate:,.0f} samples/s per worker"
 
     ok = [
         (a["seconds"], b["seconds"])
         for a, b in zip(runs["ours"], runs["base"], strict=True)
-        if a["test_accuracy"] >= target and b["test_accuracy"] >= target
+        if reached(a) and reached(b)
     ]
     epochs = next((o.split("=", 1)[1] for o in overrides if o.startswith("optim.epochs=")), "")
     pairs = zip(runs["ours"], runs["base"], strict=True)
     walls = ", ".join(f"{a['seconds'] / b['seconds']:.2f}" for a, b in pairs)
     note = (
-        f"{recipe}{f' ({epochs} epochs)' if epochs else ''}, 2 workers, seed i in pair i, launch"
-        f" to a model with test_accuracy >= {target}; ours (jobs.train, local Ray, MLflow,"
-        f" checkpoints, to exit): {describe('ours')}; baseline (horovodrun -np 2, data in"
-        f" memory): {describe('base')}; wall-time ratio of each pair, target met or not: {walls}"
+        f"{recipe}{f' (at most {epochs} epochs)' if epochs else ''}, 2 workers, seed i in pair"
+        f" i, launch to the end of the first epoch with {rule} (both sides: optim.stop_at);"
+        f" ours (jobs.train, local Ray, MLflow, checkpoints, model registered, to exit):"
+        f" {describe('ours')}; baseline (horovodrun -np 2, data in memory):"
+        f" {describe('base')}; wall-time ratio of each pair, target met or not: {walls}"
     )
     if not ok:
-        return Figure("time_to_accuracy", None, None, None, "<= 1.10", "s", f"n/a: {note}")
+        return Figure("time_to_accuracy", None, None, None, "<= 1.0", "s", f"n/a: {note}")
     ratios = [a / b for a, b in ok]
     missed = reps - len(ok)
     return Figure(
@@ -97,7 +116,7 @@ def tta_figure(
         statistics.median(a for a, _ in ok),
         statistics.median(b for _, b in ok),
         statistics.median(ratios),
-        "<= 1.10",
+        "<= 1.0",
         "s",
         f"{note}; {spread(ratios)}" + (f"; {missed} pair(s) missed the target" if missed else ""),
     )

@@ -6,11 +6,15 @@ Same as the recipe: model (``models.build_model`` with the recipe's arch, Xavier
 optimizer and its settings, batch per rank, epochs, the learning-rate schedule (linear
 scaling, warm-up, cosine), and the augmentation (random crop after zero padding, horizontal
 flip), done here vectorised over the rank's shard once per epoch. Each epoch reshuffles the
-rows, and each rank takes its share. At the end every rank scores half of the test split.
+rows, and each rank takes its share. After every epoch the ranks score the validation split
+between them and stop at the first epoch that reaches ``optim.stop_at`` (the same rule our job
+gets, MLPerf's: evaluate each epoch, stop the clock at the first that reaches the target); at
+the end every rank scores its share of the test split.
 
     horovodrun -np 2 --gloo python -m jobs.benchmarks.tta_worker DATA RECIPE [key=value ...]
 
-Rank 0 prints ``TTA {"test_accuracy", "end_unix", "train_seconds", "samples_per_s_per_worker"}``.
+Rank 0 prints ``TTA {"val_accuracy", "epochs", "test_accuracy", "end_unix", "train_seconds",
+"samples_per_s_per_worker"}``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,19 @@ def _augment(x, rng, padding: int, flip: bool):
     return x
 
 
+def _accuracy(hvd, net, x, y, world: int, rank: int, name: str) -> float:
+    """Share of ``x`` the network labels as ``y``, each rank scoring a part, summed."""
+    import mxnet as mx
+    import numpy as np
+
+    share = np.array_split(np.arange(len(y)), world)[rank]
+    pred = net(mx.nd.array(x[share].reshape(len(share), -1))).argmax(axis=1).asnumpy()
+    correct = hvd.allreduce(
+        mx.nd.array([float((pred == y[share]).sum())]), average=False, name=name
+    )
+    return float(correct.asscalar()) / len(y)
+
+
 def main() -> None:
     import horovod.mxnet as hvd
     import mxnet as mx
@@ -63,6 +80,7 @@ def main() -> None:
 
     from jobs.benchmarks.bare_gluon import bare_network
     from pipeline.config import load_job_config
+    from pipeline.config.stop_rule import StopRule
     from pipeline.train.schedule import lr_at
 
     uri, recipe, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -74,7 +92,9 @@ def main() -> None:
     shape = tuple(json.loads(meta[b"mxtrain.feature_shape"]))
     classes = int(meta[b"mxtrain.num_classes"])
     x_train, y_train = _read(uri, "train", shape)
+    x_val, y_val = _read(uri, "val", shape)
     x_test, y_test = _read(uri, "test", shape)
+    stop = StopRule.parse(cfg.optim.stop_at)
 
     mx.random.seed(cfg.seed)
     net, trainer = bare_network(cfg, shape, classes)
@@ -86,7 +106,9 @@ def main() -> None:
     steps = per_rank // batch
     aug = cfg.augment
     start = time.perf_counter()
+    val_accuracy, epochs, training = 0.0, 0, 0.0
     for epoch in range(o.epochs):
+        epoch_start = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
         mine = rng.permutation(len(y_train))[rank::world][: steps * batch]
         x = x_train[mine]
@@ -104,18 +126,21 @@ def main() -> None:
             loss.backward()
             trainer.step(batch)
         mx.nd.waitall()
+        training += time.perf_counter() - epoch_start  # samples/s as ours counts it
+        epochs = epoch + 1
+        val_accuracy = _accuracy(hvd, net, x_val, y_val, world, rank, f"val{epoch}")
+        if stop and stop.met({"val_accuracy": val_accuracy}):
+            break
     train_seconds = time.perf_counter() - start
-
-    share = np.array_split(np.arange(len(y_test)), world)[rank]
-    pred = net(mx.nd.array(x_test[share].reshape(len(share), -1))).argmax(axis=1).asnumpy()
-    correct = hvd.allreduce(mx.nd.array([float((pred == y_test[share]).sum())]), average=False)
-    accuracy = float(correct.asscalar()) / len(y_test)
+    accuracy = _accuracy(hvd, net, x_test, y_test, world, rank, "test")
     if rank == 0:
         result = {
+            "val_accuracy": val_accuracy,
+            "epochs": epochs,
             "test_accuracy": accuracy,
             "end_unix": time.time(),
             "train_seconds": train_seconds,
-            "samples_per_s_per_worker": o.epochs * steps * batch / train_seconds,
+            "samples_per_s_per_worker": epochs * steps * batch / training,
         }
         print("TTA " + json.dumps(result), flush=True)
 

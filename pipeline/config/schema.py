@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from models.config import MODEL_CONFIGS
 from pipeline.config.fields import check_bounds, option, require
+from pipeline.config.stop_rule import StopRule
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "jobs" / "recipes"
@@ -311,6 +312,12 @@ class OptimConfig(Section):
     momentum: float = option(0.9, "momentum (sgd, nag) or beta1 (adam)", ge=0, lt=1)
     weight_decay: float = option(1e-4, "L2 weight decay", ge=0)
     epochs: int = option(15, "passes over the training split", ge=1)
+    stop_at: str = option(
+        "",
+        "end training at the first epoch whose metric reaches this, e.g. val_accuracy>=0.92"
+        " (that epoch is the last: the test split is evaluated and the model registered);"
+        " empty = train all epochs",
+    )
     grad_clip_norm: float = option(
         0.0,
         "clip the global gradient norm to this value (grad_clipped_fraction logs how often it"
@@ -331,6 +338,7 @@ class OptimConfig(Section):
     )
 
     def check(self) -> None:
+        StopRule.parse(self.stop_at)
         require(
             self.warmup_epochs < self.epochs,
             "optim.warmup_epochs",

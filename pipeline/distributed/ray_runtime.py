@@ -52,6 +52,7 @@ def ray_runtime(
     if ray.is_initialized():  # an embedding program (or a test) owns Ray
         yield
         return
+    forget_ray_token()
     if address:
         progress(f"connecting to the Ray cluster at {address}")
         # Inside a submitted job, the job's runtime env already set some of these; Ray
@@ -82,6 +83,20 @@ def ray_runtime(
         yield
     finally:
         ray.shutdown()
+
+
+def forget_ray_token() -> None:
+    """Make the next ``ray.init`` read the token of the environment as it is now. Ray's core
+    worker reads the token once a process and caches it (``AuthenticationTokenLoader``), so a
+    process that ran a job on one Ray and then joins another (make bench's groups, a
+    notebook, Ray Tune after a local job) presented the first Ray's token: InvalidAuthToken.
+    Ray's own tests reset it the same way (ray._private.authentication_test_utils)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+    except ImportError:  # a Ray without token auth: nothing is cached
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def private_ray_token() -> None:

@@ -81,7 +81,7 @@ def run_description(
         "",
         f"- Data: `{tags.get(TAG_DATA_URI, cfg.data.uri)}`, digest "
         f"`{tags.get(TAG_DATA_DIGEST, '?')[:12]}` (Datasets: train, val, test)",
-        f"- {workers}, {cfg.optim.epochs} epochs, {restarts} restarts of the worker group",
+        f"- {workers}, {_epochs(cfg, metrics)}, {restarts} restarts of the worker group",
         f"- {_code_line(tags)}",
     ]
     shown = headline_metrics(metrics, cfg.tracking.gate_metric)
@@ -126,4 +126,14 @@ def version_description(
         f"{cfg.recipe} ({cfg.model.name}) trained by run {run_id} on "
         f"{run_tags.get(TAG_DATA_URI, cfg.data.uri)} (digest "
         f"{run_tags.get(TAG_DATA_DIGEST, '?')[:12]}). {scores}. {_code_line(run_tags)}."
+    )
+
+
+def _epochs(cfg: JobConfig, metrics: Mapping[str, float]) -> str:
+    """The epochs trained, and why fewer than the recipe's when optim.stop_at ended it."""
+    trained = metrics.get("epochs_trained")
+    if trained is None or int(trained) >= cfg.optim.epochs:
+        return f"{cfg.optim.epochs} epochs"
+    return (
+        f"{int(trained)} of {cfg.optim.epochs} epochs (stopped: optim.stop_at {cfg.optim.stop_at})"
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import JobConfig
+from pipeline.config.stop_rule import StopRule
 from pipeline.data.augment import Augmenter
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.epoch_plan import Resize
@@ -105,7 +106,10 @@ def _not_a_user_error(record: logging.LogRecord) -> bool:
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) -> str:
-    hidden = ("learning_rate", "samples_per_sec", "epoch_time_s", "peak_rss_mb", "world_size")
+    hidden = (
+        "learning_rate", "samples_per_sec", "epoch_time_s", "peak_rss_mb", "world_size",
+        "epochs_trained",
+    )  # fmt: skip
     shown = [k for k in metrics if not k.startswith("_") and k not in hidden]
     parts = [f"{k} {metrics[k]:.4f}" for k in shown]
     rate = f"  {samples_per_s:,.0f} samples/s"
@@ -201,7 +205,17 @@ def _train(
             flush=True,
         )
     every = cfg.checkpoint.every_steps
-    for epoch in range(start_epoch, optim.epochs):
+    stop = StopRule.parse(optim.stop_at)
+    end = optim.epochs
+    if (
+        stop
+        and restored
+        and not skip
+        and start_epoch
+        and stop.met(_epoch_metrics(history, start_epoch - 1))
+    ):
+        end = start_epoch  # the run had stopped there (optim.stop_at) before it was resumed
+    for epoch in range(start_epoch, end):
         # Random draws (dropout, GAN noise) follow (seed, epoch, rank), so a run resumed at
         # an epoch start trains exactly as the uninterrupted run did.
         mx.random.seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
@@ -274,7 +288,16 @@ def _train(
         metrics["epoch_time_s"] = epoch_time
         metrics["world_size"] = world
         last = epoch == optim.epochs - 1
+        if stop and not last and stop.met(metrics):
+            last = True
+            if is_chief:
+                print(
+                    f"optim.stop_at {stop} reached at epoch {epoch + 1}/{optim.epochs} "
+                    f"({stop.metric} {metrics[stop.metric]:.4f}): this epoch is the last",
+                    flush=True,
+                )
         if last:
+            metrics["epochs_trained"] = epoch + 1
             metrics.update(task.evaluate(readers["test"], "test", "test"))
             metrics["samples_per_sec"] = train_samples / train_time
         if tracer:
@@ -296,8 +319,10 @@ def _train(
         _report(
             payload, task, world, is_chief, {**metrics, "epoch": epoch}, (epoch + 1, 0), history
         )
-    if restored and start_epoch >= optim.epochs:
-        _report_finished(payload, is_chief, restored, history, optim.epochs - 1)
+        if last:
+            break
+    if restored and start_epoch >= end:
+        _report_finished(payload, is_chief, restored, history, end - 1)
     for reader in readers.values():
         reader.source.close()
 
@@ -401,7 +426,7 @@ def _report_finished(
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
 
-    metrics = {key: value for key, value, _, step in history if int(step) == epoch}
+    metrics = _epoch_metrics(history, epoch)
     metrics["epoch"] = epoch
     if not is_chief:
         ray.train.report(metrics)
@@ -409,6 +434,11 @@ def _report_finished(
     loc = resolve(payload.config.storage.resolved_path(), payload.config.s3)
     with checkpoint.local_copy(loc.filesystem, path) as directory:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _epoch_metrics(history: list, epoch: int) -> dict[str, float]:
+    """The metrics logged at ``epoch``, from a checkpoint's history of (key, value, time, step)."""
+    return {key: value for key, value, _, step in history if int(step) == epoch}
 
 
 def _resume(

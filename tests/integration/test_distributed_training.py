@@ -227,11 +227,17 @@ def test_a_run_below_its_gate_finishes_without_the_alias(digits_uri, tmp_path):
 
 def test_tracking_off_trains_and_checkpoints_without_mlflow(digits_uri, tmp_path, monkeypatch):
     """tracking.enabled=false: the job trains, checkpoints and prints its summary, and MLflow
-    is never reached (the tracking URI points at a server that does not exist)."""
+    is never reached (the tracking URI points at a server that does not exist). The job also
+    carries optim.stop_at: it ends at the first epoch whose validation accuracy reaches 0.8,
+    long before its 30 epochs, and that epoch is evaluated on the test split as a last one."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
-    proc = _fcn(digits_uri, tmp_path, "tracking.enabled=false", "optim.epochs=2")
+    stop = "optim.stop_at=val_accuracy>=0.8"
+    proc = _fcn(digits_uri, tmp_path, "tracking.enabled=false", "optim.epochs=30", stop)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tracking off (tracking.enabled=false): nothing was recorded in MLflow" in proc.stdout
+    reached = re.search(r"optim.stop_at val_accuracy>=0.8 reached at epoch (\d+)/30", proc.stdout)
+    assert reached and int(reached.group(1)) <= 3, proc.stdout[-3000:]
+    assert len(re.findall(r"epoch +\d+/30  ", proc.stdout)) == int(reached.group(1))
     accuracy = float(re.search(r"test_accuracy (\d\.\d+)", proc.stdout).group(1))
     assert accuracy >= 0.8
     assert "registered" not in proc.stdout

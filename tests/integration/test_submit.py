@@ -18,10 +18,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head of its own with token authentication (infra/local/ray_head.py).
-    Yields (dashboard address, token)."""
+    """A Ray head of its own with token authentication (infra/local/ray_head.py)."""
     with start_head(tmp_path_factory.mktemp("ray-head") / "head.log") as head:
-        yield head.dashboard, head.token
+        yield head
 
 
 def _submit(
@@ -39,7 +38,7 @@ def _submit(
 
 
 def test_make_submit_runs_the_job_on_the_cluster(ray_head, digits_uri, tmp_path):
-    address, token = ray_head
+    address, token = ray_head.dashboard, ray_head.token
     uri = fresh_mlflow_store(tmp_path / "store")
     done = _submit(
         address, f"--data {digits_uri}", f"--storage {tmp_path / 'runs'}",
@@ -62,7 +61,7 @@ def test_make_submit_runs_the_job_on_the_cluster(ray_head, digits_uri, tmp_path)
 
 
 def test_a_failing_job_fails_make_submit_with_its_last_error(ray_head, tmp_path):
-    address, token = ray_head
+    address, token = ray_head.dashboard, ray_head.token
     uri = fresh_mlflow_store(tmp_path / "store")
     done = _submit(address, f"--data {tmp_path / 'nowhere'}", mlflow_uri=uri, token=token)
     assert done.returncode != 0
@@ -71,7 +70,7 @@ def test_a_failing_job_fails_make_submit_with_its_last_error(ray_head, tmp_path)
 
 
 def test_the_jobs_api_refuses_anyone_without_the_token(ray_head, digits_uri, tmp_path):
-    address, token = ray_head
+    address, token = ray_head.dashboard, ray_head.token
     assert _status(f"{address}/api/jobs/") == 401
     assert _status(f"{address}/api/jobs/", token="not-the-token") in (401, 403)
     assert _status(f"{address}/api/jobs/", token=token) == 200
@@ -92,7 +91,7 @@ def test_a_submission_waits_for_a_head_whose_job_agent_is_not_up(ray_head, digit
 
     from tests.faults import AgentNotReadyProxy
 
-    address, token = ray_head
+    address, token = ray_head.dashboard, ray_head.token
     env = {**os.environ, "RAY_AUTH_TOKEN": token, "RAY_AUTH_TOKEN_PATH": "/nonexistent"}
     args = ["--data", digits_uri, "--storage", str(tmp_path / "runs")]
     with AgentNotReadyProxy(address, refusals=2) as proxy:
@@ -109,3 +108,28 @@ def test_a_submission_waits_for_a_head_whose_job_agent_is_not_up(ray_head, digit
     assert lines[-1] == f"submitted job {job_id} to {proxy.address}"
     client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     client.stop_job(job_id)  # it was taken; its training is not this test's
+
+
+def test_a_process_that_ran_a_local_ray_joins_a_cluster_with_the_clusters_token(
+    ray_head, monkeypatch
+):
+    """Ray reads a process's token once and caches it: a job on a local Ray and then one on
+    a cluster, in one process (make bench's groups, a notebook), presented the local Ray's
+    token to the cluster and was refused (InvalidAuthToken)."""
+    import ray
+
+    from pipeline.distributed.ray_runtime import ray_runtime
+
+    def one_task() -> str:
+        """The GCS port of the Ray the task ran on (its host is the node's address)."""
+        assert ray.get(ray.remote(lambda: 1).remote()) == 1
+        return ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    with ray_runtime(1, 1, lambda _m: None):
+        local = one_task()
+    for name, value in ray_head.client_env().items():
+        monkeypatch.setenv(name, value)
+    with ray_runtime(1, 1, lambda _m: None):
+        assert one_task() == ray_head.gcs_address.rsplit(":", 1)[1] != local

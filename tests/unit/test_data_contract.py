@@ -281,10 +281,15 @@ def test_an_overwrite_killed_midway_leaves_a_set_training_refuses(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "jobs.prepare_data", *args], cwd=REPO)
     try:
         deadline = time.monotonic() + 60
+
         # Killed once its new train/ has files: a partial set that would otherwise look whole.
-        while time.monotonic() < deadline and (
-            (out / MANIFEST).exists() or len(list((out / "train").glob("*.parquet"))) < 3
-        ):
+        def written() -> int:  # train/ itself is gone for a moment while it is emptied
+            try:
+                return len(list((out / "train").glob("*.parquet")))
+            except FileNotFoundError:
+                return 0
+
+        while time.monotonic() < deadline and ((out / MANIFEST).exists() or written() < 3):
             time.sleep(0.005)
         assert proc.poll() is None, "prepare_data finished before it could be killed"
         proc.send_signal(signal.SIGKILL)

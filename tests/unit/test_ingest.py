@@ -185,3 +185,20 @@ def test_requests_in_flight_follow_the_memory_setting_within_bounds():
     assert requests_in_flight(split(100, 2**20), 16) == 16  # 16 MB of 1 MB row groups
     assert requests_in_flight(split(100, 32 * 2**10), 64) == MAX_AHEAD  # small: capped
     assert requests_in_flight(split(4, 512 * 2**20), 64) == MIN_AHEAD  # huge: 2 at least
+
+
+def test_row_groups_in_flight_get_as_many_of_pyarrows_io_threads(split, monkeypatch):
+    """pre_buffer's requests run on pyarrow's IO pool (8 threads by default): a reader with
+    more row groups in flight than that raises it, or its requests wait their turn."""
+    counts = [4]
+    monkeypatch.setattr(pa, "io_thread_count", lambda: counts[-1])
+    monkeypatch.setattr(pa, "set_io_thread_count", counts.append)
+    source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=6)
+    pieces = epoch_pieces(split, 0, 0, shuffle=False)
+    assert len(list(source.read_in_order(pieces))) == len(pieces)
+    source.close()
+    assert counts == [4, 6]
+    fewer = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=3)
+    assert len(list(fewer.read_in_order(pieces))) == len(pieces)
+    fewer.close()
+    assert counts == [4, 6]  # never lowered
