@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -326,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows = run()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from pipeline.peak_memory import peak_rss_mb
+
+    peak = peak_rss_mb()
     print("SCALEREAD " + json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak}))
     return 0
 

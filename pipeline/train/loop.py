@@ -29,6 +29,7 @@ from pipeline.errors import ConfigError, DivergedError
 from pipeline.model import diagnostics
 from pipeline.model.diagnostics import ErrorReport
 from pipeline.model.pictures import write_grid_png
+from pipeline.peak_memory import peak_rss_mb
 from pipeline.progress import ProgressBar
 from pipeline.tracking import system_metrics
 from pipeline.tracking.run_logger import RunLogger, Untracked
@@ -284,7 +285,7 @@ def _train(
         train_samples += int(samples)
         metrics.update(task.evaluate(readers["val"], "val", f"val{epoch}"))
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
-        metrics["peak_rss_mb"] = allreduce_max(hvd, _peak_rss_mb(), f"rss{epoch}")
+        metrics["peak_rss_mb"] = allreduce_max(hvd, peak_rss_mb(), f"rss{epoch}")
         metrics["epoch_time_s"] = epoch_time
         metrics["world_size"] = world
         last = epoch == optim.epochs - 1
@@ -487,11 +488,3 @@ def _resume(
     elif is_chief:
         print(f"resuming from checkpoint {name}: epoch {epoch + 1}, step {step}", flush=True)
     return epoch, step, list(state.get("metrics_log", [])), state["checkpoint"], resizes
-
-
-def _peak_rss_mb() -> float:
-    """This worker's peak resident memory so far (Linux reports KiB); the logged metric is the
-    largest over the workers."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

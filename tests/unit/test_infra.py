@@ -221,3 +221,20 @@ def test_postgres_password_is_never_on_a_command_line():
     finally:
         postgres.stop()
         shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def test_peak_memory_is_the_processs_own_not_its_parents():
+    """A child of a process that held 400 MB reports its own peak: ru_maxrss, kept by Linux
+    across fork and exec, said 400 MB and more (make bench's reader figure did)."""
+    import subprocess
+    import sys
+
+    from pipeline.peak_memory import peak_rss_mb
+
+    held = bytearray(400 * 2**20)
+    held[::4096] = b"x" * len(held[::4096])  # every page touched: resident
+    assert peak_rss_mb() >= 400
+    code = "from pipeline.peak_memory import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 1 < float(out.stdout) < 200
+    del held

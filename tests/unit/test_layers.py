@@ -14,7 +14,7 @@ from tests.conftest import REPO
 #: Floors, lowest first. A package imports from its own floor's earlier packages and from
 #: lower floors; the packages of the top floor are peers and import none of each other.
 FLOORS: list[list[str]] = [
-    ["redact", "errors", "config", "storage", "secret_files", "progress"],
+    ["redact", "errors", "config", "storage", "secret_files", "progress", "peak_memory"],
     ["data"],
     ["model"],
     ["distributed"],
