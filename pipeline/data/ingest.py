@@ -60,9 +60,9 @@ from pipeline.storage import resolve
 #: Label of padding rows: masked out of the loss and of every metric.
 PAD_LABEL = -1
 COLUMNS = [ID, FEATURES, LABEL]
-#: Footers a streaming reader keeps (least recently used dropped): a few KB each, so memory
-#: stays bounded whatever the number of files, and a set of up to this many files is opened
-#: with one request fewer per row group from its second epoch on.
+#: Files whose footer (about 12 KB in memory) and S3 handle a streaming reader keeps (least
+#: recently used dropped): memory stays bounded whatever the number of files, and a row group
+#: of a file kept costs one request (no HEAD, no footer).
 FOOTER_CACHE = 4096
 #: Stored bytes of row groups a streaming reader keeps in flight (``data.read_ahead_mb``),
 #: and the bounds of the number of requests that makes.
@@ -136,11 +136,11 @@ class FileSource:
     """Row groups read from storage when asked for (``data.cache=stream``).
 
     :meth:`read_in_order` keeps ``ahead`` row groups in flight on a thread pool, so object
-    storage latency overlaps the decoding and the training step. Each thread holds at most
-    one open file: keeping every file's reader open made a worker's memory grow with the
-    number of files (make bench, rss_growth); footers are kept instead, up to
-    :data:`FOOTER_CACHE` of them, so a file opened again costs its row group's request (and
-    S3's HEAD) only. Each row group's values are checked
+    storage latency overlaps the decoding and the training step. No Parquet reader is kept
+    open (keeping every file's reader made a worker's memory grow with the number of files:
+    make bench, rss_growth); up to :data:`FOOTER_CACHE` files' footers (about 12 KB each in
+    memory) and, on object storage, handles are kept instead, so a file opened again costs
+    its row group's request only. Each row group's values are checked
     (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it. The
     user's own Parquet is mapped onto the contract's columns (``mapping``) as it is read, on
     these threads (image decoding included).
@@ -168,22 +168,19 @@ class FileSource:
         #: (feature shape, classes, scale) every file must have: the driver read one footer
         #: and planned the rest from the manifest, so each file's is checked as it is opened.
         self.schema_facts = schema_facts
-        self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._checked: set[Piece] = set()
-        self._footers: OrderedDict[int, pq.FileMetaData] = OrderedDict()
+        #: file -> (handle or None, footer), least recently used first.
+        self._opened: OrderedDict[int, tuple[Any, pq.FileMetaData]] = OrderedDict()
+        #: Local files are opened anew (a handle is a file descriptor, and opening is cheap).
+        self._keep_handles = not isinstance(filesystem, pafs.LocalFileSystem)
+        #: file -> the lock of the thread opening it for the first time.
+        self._opening: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def read(self, piece: Piece) -> pa.Table:
         try:
-            current = getattr(self._local, "current", None)
-            if current is None or current[0] != piece.file:
-                if current is not None:
-                    current[1].close()
-                self._local.current = None
-                current = (piece.file, self._open(piece.file))
-                self._local.current = current
-            parquet = current[1]
+            parquet = self._parquet(piece.file)
             table = parquet.read_row_group(piece.group, columns=self.columns, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(exc, self.uri_of(self.files[piece.file])) from None
@@ -204,23 +201,45 @@ class FileSource:
             self._checked.add(piece)
         return table
 
-    def _open(self, file: int) -> pq.ParquetFile:
-        """The file, its footer from the cache when this worker read it before (an epoch's
-        shuffled order opens every file again: a footer costs one or two more round trips to
-        S3); the schema checked the first time."""
-        with self._lock:
-            footer = self._footers.get(file)
-            if footer is not None:
-                self._footers.move_to_end(file)
-        stream = self.filesystem.open_input_file(self.files[file])
-        # pre_buffer: one coalesced request per row group instead of one per column
-        parquet = pq.ParquetFile(stream, metadata=footer, pre_buffer=True)
-        if footer is None:
-            self._check_schema(parquet, file)
+    def _parquet(self, file: int) -> pq.ParquetFile:
+        """A reader of ``file``, from what this worker kept of it when it opened it before
+        (an epoch's shuffled order opens every file again, once per row group): its footer
+        (one or two requests to S3 saved) and, off local disk, its handle (pyarrow's S3 file
+        sends a HEAD when opened: a request saved per row group). The schema is checked the
+        first time. Threads that want a file no one has opened yet wait for the first to
+        open it (one HEAD and footer per file, not one per thread). A reader is made per
+        row group: threads share handles, whose reads at an offset are thread-safe."""
+        kept = self._kept(file)
+        if kept is None:
             with self._lock:
-                self._footers[file] = parquet.metadata
-                if len(self._footers) > FOOTER_CACHE:
-                    self._footers.popitem(last=False)
+                gate = self._opening.setdefault(file, threading.Lock())
+            with gate:
+                kept = self._kept(file)  # opened by the thread this one waited for
+                if kept is None:
+                    return self._first_open(file)
+        handle, footer = kept
+        if handle is None:
+            handle = self.filesystem.open_input_file(self.files[file])
+        # pre_buffer: one coalesced request per row group instead of one per column
+        return pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
+
+    def _kept(self, file: int) -> tuple[Any, pq.FileMetaData] | None:
+        with self._lock:
+            kept = self._opened.get(file)
+            if kept is not None:
+                self._opened.move_to_end(file)
+            return kept
+
+    def _first_open(self, file: int) -> pq.ParquetFile:
+        handle = self.filesystem.open_input_file(self.files[file])
+        parquet = pq.ParquetFile(handle, pre_buffer=True)
+        self._check_schema(parquet, file)
+        with self._lock:
+            self._opened[file] = (handle if self._keep_handles else None, parquet.metadata)
+            self._opening.pop(file, None)
+            if len(self._opened) > FOOTER_CACHE:
+                # Not closed here: a thread may be reading through it; dropped, it closes.
+                self._opened.popitem(last=False)
         return parquet
 
     def _check_schema(self, parquet: pq.ParquetFile, file: int) -> None:

@@ -168,11 +168,37 @@ def test_a_file_opened_again_reuses_its_footer_and_the_cache_is_bounded(split, m
     pieces = epoch_pieces(split, 0, 0, shuffle=False)
     one_per_file = [next(p for p in pieces if p.file == f) for f in range(3)]
     for piece in [*one_per_file, one_per_file[2], one_per_file[0]]:
-        source._local.current = None  # as another thread would: the file is opened anew
         source.read(piece)
     # Files 0, 1, 2 read their footers; 2 again from the cache; 0 was dropped (cache of 2).
     assert opened == [False, False, False, True, False]
-    assert len(source._footers) == 2
+    assert len(source._opened) == 2
+    assert all(handle is None for handle, _ in source._opened.values())  # local: not kept
+
+
+class _CountingFS:
+    """A filesystem that counts opens (each is a HEAD request on S3)."""
+
+    def __init__(self):
+        self.local = pafs.LocalFileSystem()
+        self.opens: list[str] = []
+
+    def open_input_file(self, path):
+        self.opens.append(path)
+        return self.local.open_input_file(path)
+
+
+def test_on_object_storage_a_file_is_opened_once_for_all_its_row_groups(split):
+    """pyarrow's S3 file sends a HEAD request when opened: a kept handle saves one request per
+    row group read (shuffled reading opens a file again for each of its row groups), and the
+    threads share it."""
+    fs = _CountingFS()
+    source = FileSource(split.files, fs, str, 3, ahead=4)
+    pieces = epoch_pieces(split, 0, 0, shuffle=True)
+    assert len(pieces) > len(split.files)  # several row groups a file
+    for epoch in range(2):
+        assert len(list(source.read_in_order(pieces))) == len(pieces), epoch
+    source.close()
+    assert sorted(fs.opens) == sorted(split.files)  # once each, over two epochs
 
 
 def test_requests_in_flight_follow_the_memory_setting_within_bounds():
