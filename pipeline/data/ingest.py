@@ -60,10 +60,11 @@ from pipeline.storage import resolve
 #: Label of padding rows: masked out of the loss and of every metric.
 PAD_LABEL = -1
 COLUMNS = [ID, FEATURES, LABEL]
-#: Files whose footer (about 12 KB in memory) and S3 handle a streaming reader keeps (least
-#: recently used dropped): memory stays bounded whatever the number of files, and a row group
-#: of a file kept costs one request (no HEAD, no footer).
-FOOTER_CACHE = 4096
+#: Files whose footer and S3 handle a streaming reader keeps (least recently used dropped;
+#: about 27 KB a file in a worker's memory, measured: 55 MB when full), so memory stays
+#: bounded whatever the number of files, and a row group of a file kept costs one request
+#: (no HEAD, no footer).
+FOOTER_CACHE = 2048
 #: Stored bytes of row groups a streaming reader keeps in flight (``data.read_ahead_mb``),
 #: and the bounds of the number of requests that makes.
 READ_AHEAD_MB = 64
@@ -138,9 +139,9 @@ class FileSource:
     :meth:`read_in_order` keeps ``ahead`` row groups in flight on a thread pool, so object
     storage latency overlaps the decoding and the training step. No Parquet reader is kept
     open (keeping every file's reader made a worker's memory grow with the number of files:
-    make bench, rss_growth); up to :data:`FOOTER_CACHE` files' footers (about 12 KB each in
-    memory) and, on object storage, handles are kept instead, so a file opened again costs
-    its row group's request only. Each row group's values are checked
+    make bench, rss_growth); up to :data:`FOOTER_CACHE` files' footers and, on object
+    storage, handles are kept instead, so a file opened again costs its row group's request
+    only. Each row group's values are checked
     (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it. The
     user's own Parquet is mapped onto the contract's columns (``mapping``) as it is read, on
     these threads (image decoding included).
@@ -169,7 +170,9 @@ class FileSource:
         #: and planned the rest from the manifest, so each file's is checked as it is opened.
         self.schema_facts = schema_facts
         self._pool: ThreadPoolExecutor | None = None
-        self._checked: set[Piece] = set()
+        #: file -> bit set of its row groups checked: a few bytes a file (a set of pieces
+        #: took ~150 bytes a row group, and grew with a shard's row groups).
+        self._checked: dict[int, int] = {}
         #: file -> (handle or None, footer), least recently used first.
         self._opened: OrderedDict[int, tuple[Any, pq.FileMetaData]] = OrderedDict()
         #: Local files are opened anew (a handle is a file descriptor, and opening is cheap).
@@ -196,9 +199,11 @@ class FileSource:
             first_row = sum(meta.row_group(g).num_rows for g in range(piece.group))
             path = self.files[piece.file]
             table = self.mapping.to_contract(table, path, first_row, self.split, where)
-        if piece not in self._checked:
+        bit = 1 << piece.group
+        if not self._checked.get(piece.file, 0) & bit:
             check_rows(table, self.num_classes, where)
-            self._checked.add(piece)
+            # Unlocked: two threads racing on one file may lose a bit, which costs a re-check.
+            self._checked[piece.file] = self._checked.get(piece.file, 0) | bit
         return table
 
     def _parquet(self, file: int) -> pq.ParquetFile:

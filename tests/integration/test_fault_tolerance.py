@@ -293,6 +293,37 @@ def test_a_mid_epoch_checkpoint_resumed_with_one_worker_trains_each_row_once(
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_mid_epoch_checkpoint_of_one_worker_resumed_with_two_trains_each_row_once(
+    tmp_path, digits_uri
+):
+    # One worker, one epoch (45 steps), a checkpoint every 10; the copy's newest is step 40.
+    sets = ("scaling.num_workers=1", "optim.epochs=1", "checkpoint.every_steps=10")
+    one = Job(tmp_path, digits_uri, "one", *sets)
+    done = one.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    (tmp_path / "copy").mkdir()
+    storage, run_id, client = _stopped_copy(one, tmp_path / "copy")
+    *_, mid, final = checkpoints(storage)
+    shutil.rmtree(final.parent)
+    state = json.loads((mid.parent / "state.json").read_text())
+    assert (state["world_size"], state["next_epoch"], state["next_step"]) == (1, 0, 40)
+
+    resumed_trace = tmp_path / "trace"
+    env = {"MLFLOW_TRACKING_URI": client.tracking_uri, trace.ENV: str(resumed_trace)}
+    resumed = _resume(digits_uri, storage, run_id, env, "optim.epochs=1", "scaling.num_workers=2")
+    assert "is from step 40 of epoch 1 with 1 workers" in resumed.stdout
+    before = [
+        r for r in one.records() if r.get("checkpoint") and (r["epoch"], r["step"]) == (0, 40)
+    ]
+    after = [
+        r for r in trace.read_steps(resumed_trace) if r.get("epoch") == 0 and "params_sha256" in r
+    ]
+    assert [r["rank"] for r in before] == [0] and sorted(r["rank"] for r in after) == [0, 1]
+    trained = Counter(i for r in before + after for i in r["ids"])
+    assert len(trained) == TRAIN_ROWS and set(trained.values()) == {1}
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_uri):
     client, run = uninterrupted.run()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uninterrupted.uri}
