@@ -112,6 +112,29 @@ def throughput_figure(
     )
 
 
+def paired_figure(
+    name: str,
+    samples: tuple[list[float], list[float]],
+    target: str,
+    unit: str,
+    note: str,
+) -> Figure:
+    """A figure of two sides' measured quantities in alternated pairs (ours, baseline), where
+    the ratio is ours / baseline: the sides' medians, the median of the per-pair ratios, and
+    their spread at the end of the note."""
+    ours, theirs = samples
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return Figure(
+        name,
+        statistics.median(ours),
+        statistics.median(theirs),
+        statistics.median(ratios),
+        target,
+        unit,
+        f"{note}; {spread(ratios)}",
+    )
+
+
 def ratio_figure(
     name: str, value: float, baseline: float, target: str, unit: str, note: str = ""
 ) -> Figure:

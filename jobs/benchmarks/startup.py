@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from infra.local.ray_head import start_head
-from jobs.benchmarks.harness import Figure, alternate, spread
+from jobs.benchmarks.harness import Figure, alternate, paired_figure
 from jobs.benchmarks.procs import REPO, horovodrun, jobs_train, json_line
 
 
@@ -41,20 +41,6 @@ def _horovodrun(uri: str, recipe: str) -> float:
     return json_line(stdout, "HVDTRAIN ")["first_step_unix"] - start
 
 
-def _figure(name: str, samples: tuple[list[float], list[float]], target: str, note: str) -> Figure:
-    ours, theirs = samples
-    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    return Figure(
-        name,
-        statistics.median(ours),
-        statistics.median(theirs),
-        statistics.median(ratios),
-        target,
-        "s",
-        f"{note}; {spread(ratios)}",
-    )
-
-
 def startup_figures(uri: str, recipe: str, reps: int, tmp: Path) -> list[Figure]:
     import os
 
@@ -65,17 +51,19 @@ def startup_figures(uri: str, recipe: str, reps: int, tmp: Path) -> list[Figure]
         warm_env = {**os.environ, **head.client_env()}
         warm = alternate(lambda: _ours(uri, recipe, tmp, warm_env), hvd, reps)
     return [
-        _figure(
+        paired_figure(
             "startup_warm_vs_horovodrun",
             warm,
             "<= 2.0",
+            "s",
             f"{recipe}, 2 workers, launch to first step; ours joins a running Ray head "
             "(RAY_ADDRESS, token auth) vs horovodrun -np 2",
         ),
-        _figure(
+        paired_figure(
             "startup_cold_vs_horovodrun",
             cold,
             "",
+            "s",
             f"{recipe}, 2 workers; ours starts its own local Ray (no RAY_ADDRESS) vs "
             f"horovodrun -np 2; a fresh process's ray.init + one task alone: {floor:.1f} s; "
             "reported, not judged",

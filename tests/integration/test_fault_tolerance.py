@@ -260,37 +260,46 @@ def test_a_driver_killed_after_training_resumes_to_register_the_final_model(
     assert run.data.metrics["test_accuracy"] > 0.5
 
 
-def test_a_mid_epoch_checkpoint_resumed_with_one_worker_trains_each_row_once(
-    tmp_path, digits_uri, uninterrupted
-):
-    # The 2-worker job as if stopped after step 20 of its last epoch: a copy whose newest
-    # checkpoint is that one (its final one removed), its run KILLED.
-    storage, run_id, client = _stopped_copy(uninterrupted, tmp_path)
+def _resumed_mid_epoch(
+    job: Job, tmp_path: Path, digits_uri: str, *sets: str
+) -> tuple[dict, str, list[dict], list[dict]]:
+    """A copy of the finished `job` as if stopped at its newest mid-epoch checkpoint (its
+    final one removed, the run KILLED), resumed with ``sets``. Asserts that every row of that
+    epoch was trained exactly once, by the first world before the checkpoint and the resumed
+    world after it, and that the run FINISHED. (the checkpoint's state, the resumed stdout,
+    the first world's records at the checkpoint, the resumed world's records of the epoch)"""
+    storage, run_id, client = _stopped_copy(job, tmp_path)
     *_, mid, final = checkpoints(storage)
     shutil.rmtree(final.parent)
     state = json.loads((mid.parent / "state.json").read_text())
     epoch, step = state["next_epoch"], state["next_step"]
-    assert (state["world_size"], epoch, step) == (2, EPOCHS - 1, 20)
-
     resumed_trace = tmp_path / "trace"
     env = {"MLFLOW_TRACKING_URI": client.tracking_uri, trace.ENV: str(resumed_trace)}
-    resumed = _resume(digits_uri, storage, run_id, env, "scaling.num_workers=1")
-    assert f"is from step 20 of epoch {EPOCHS} with 2 workers" in resumed.stdout
-    # What the two ranks had trained of that epoch at the checkpoint, then the one worker.
+    resumed = _resume(digits_uri, storage, run_id, env, *sets)
     before = [
-        r
-        for r in uninterrupted.records()
-        if r.get("checkpoint") and (r["epoch"], r["step"]) == (epoch, step)
+        r for r in job.records() if r.get("checkpoint") and (r["epoch"], r["step"]) == (epoch, step)
     ]
     after = [
         r
         for r in trace.read_steps(resumed_trace)
         if r.get("epoch") == epoch and "params_sha256" in r
     ]
-    assert {r["rank"] for r in before} == {0, 1} and [r["rank"] for r in after] == [0]
     trained = Counter(i for r in before + after for i in r["ids"])
     assert len(trained) == TRAIN_ROWS and set(trained.values()) == {1}
     assert client.get_run(run_id).info.status == "FINISHED"
+    return state, resumed.stdout, before, after
+
+
+def test_a_mid_epoch_checkpoint_resumed_with_one_worker_trains_each_row_once(
+    tmp_path, digits_uri, uninterrupted
+):
+    # The 2-worker job as if stopped after step 20 of its last epoch.
+    state, stdout, before, after = _resumed_mid_epoch(
+        uninterrupted, tmp_path, digits_uri, "scaling.num_workers=1"
+    )
+    assert (state["world_size"], state["next_epoch"], state["next_step"]) == (2, EPOCHS - 1, 20)
+    assert f"is from step 20 of epoch {EPOCHS} with 2 workers" in stdout
+    assert {r["rank"] for r in before} == {0, 1} and [r["rank"] for r in after] == [0]
 
 
 def test_a_mid_epoch_checkpoint_of_one_worker_resumed_with_two_trains_each_row_once(
@@ -302,26 +311,12 @@ def test_a_mid_epoch_checkpoint_of_one_worker_resumed_with_two_trains_each_row_o
     done = one.wait()
     assert done.returncode == 0, done.stderr[-3000:]
     (tmp_path / "copy").mkdir()
-    storage, run_id, client = _stopped_copy(one, tmp_path / "copy")
-    *_, mid, final = checkpoints(storage)
-    shutil.rmtree(final.parent)
-    state = json.loads((mid.parent / "state.json").read_text())
+    state, stdout, before, after = _resumed_mid_epoch(
+        one, tmp_path / "copy", digits_uri, "optim.epochs=1", "scaling.num_workers=2"
+    )
     assert (state["world_size"], state["next_epoch"], state["next_step"]) == (1, 0, 40)
-
-    resumed_trace = tmp_path / "trace"
-    env = {"MLFLOW_TRACKING_URI": client.tracking_uri, trace.ENV: str(resumed_trace)}
-    resumed = _resume(digits_uri, storage, run_id, env, "optim.epochs=1", "scaling.num_workers=2")
-    assert "is from step 40 of epoch 1 with 1 workers" in resumed.stdout
-    before = [
-        r for r in one.records() if r.get("checkpoint") and (r["epoch"], r["step"]) == (0, 40)
-    ]
-    after = [
-        r for r in trace.read_steps(resumed_trace) if r.get("epoch") == 0 and "params_sha256" in r
-    ]
+    assert "is from step 40 of epoch 1 with 1 workers" in stdout
     assert [r["rank"] for r in before] == [0] and sorted(r["rank"] for r in after) == [0, 1]
-    trained = Counter(i for r in before + after for i in r["ids"])
-    assert len(trained) == TRAIN_ROWS and set(trained.values()) == {1}
-    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_resume_refuses_a_finished_run_or_other_settings(uninterrupted, digits_uri):

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from jobs.benchmarks import harness, run
-from jobs.benchmarks.harness import Figure, alternate, paired_samples, throughput_figure
+from jobs.benchmarks.harness import (
+    Figure,
+    alternate,
+    paired_figure,
+    paired_samples,
+    throughput_figure,
+)
 
 
 def test_pairs_alternate_and_so_does_the_side_that_goes_first():
@@ -32,6 +38,13 @@ def test_the_ratio_is_the_median_of_the_pairs_ratios_with_their_spread():
     fig = throughput_figure("x", 100.0, ([1.0, 1.0, 2.0], [2.0, 2.0, 2.0]), ">= 1.5", "rows/s", "n")
     assert fig.value == 100.0 and fig.baseline == 50.0
     assert fig.ratio == 2.0 and fig.met is True
+    assert fig.note == "n; median of 3 alternated pairs, pair ratios 1.000..2.000"
+
+
+def test_a_paired_figure_of_quantities_is_ours_over_the_baseline_per_pair():
+    # seconds to a first step: ours twice the baseline in two pairs, equal in one
+    fig = paired_figure("s", ([4.0, 2.0, 6.0], [2.0, 2.0, 3.0]), "<= 2.0", "s", "n")
+    assert (fig.value, fig.baseline, fig.ratio) == (4.0, 2.0, 2.0) and fig.met is True
     assert fig.note == "n; median of 3 alternated pairs, pair ratios 1.000..2.000"
 
 
