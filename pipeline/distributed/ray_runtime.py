@@ -64,6 +64,11 @@ def ray_runtime(
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         private_ray_token()
+        # Ray Train watches for node drains (spot preemption) with an actor of its own; a
+        # local Ray has one node, whose end is the job's. Left on, it is one more process
+        # per job and an error-level line in every job's output (its constructor arguments
+        # live in the object store: github.com/ray-project/ray/issues/53727).
+        runtime_env["env_vars"].setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
         # logical CPUs are slots, not cores.
         num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))
