@@ -82,6 +82,13 @@ def ray_runtime(
             runtime_env=runtime_env,
             logging_level=logging.WARNING,
             configure_logging=True,
+            # Ray starts its workers at nice 15 so that its own processes stay responsive on
+            # a busy cluster node. On a machine where the workers are the job, that lets every
+            # wake-up of a Ray process (raylet, GCS, dashboard, Train's controller) preempt a
+            # worker, and the other worker then waits in the allreduce. At 0 they share the
+            # cores fairly: fashion-cnn, 2 workers on 2 cores, epoch 2 of 3 alternated pairs:
+            # +2.2%, +6.6%, +4.5% samples/s.
+            _system_config={"worker_niceness": 0},
         )
     stop_on_sigterm()
     try:

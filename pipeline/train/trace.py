@@ -91,6 +91,7 @@ class Tracer:
             gloo_iface=env.get("HOROVOD_GLOO_IFACE", ""),
             rendezvous=env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", ""),
             threads={k: env.get(k, "") for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")},
+            nice=os.nice(0),  # the worker's scheduling niceness (os.nice(0) changes nothing)
         )
 
     def rendezvous_listeners(self) -> None:

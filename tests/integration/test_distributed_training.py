@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -55,6 +56,9 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     # only while the workers trained, not on every interface.
     listeners = [e for e in trace.read_events(tmp_path / "trace") if e["event"] == "rendezvous"]
     assert listeners and all(e["listen"] == ["127.0.0.1"] for e in listeners), listeners
+    # A local Ray's workers run at the driver's niceness, not Ray's default of 15.
+    topology = [e for e in trace.read_events(tmp_path / "trace") if e["event"] == "topology"]
+    assert len(topology) == 2 and all(e["nice"] == os.nice(0) for e in topology), topology
 
     # Tracking: one FINISHED run with every config field, per-epoch metrics and the tags.
     client = MlflowClient()
