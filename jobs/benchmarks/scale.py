@@ -270,7 +270,7 @@ def figures(
     growth, train_rows = _growth(reps)
     # The proxy runs on the reader's cores (a real distant S3 does not): say what it took.
     proxy_share = proxy_cpu / sum(stream[0])
-    per_1000 = [f"{1000 * sorted(side)[len(side) // 2] / total_files:.2f}" for side in pre]
+    per_1000 = [f"{1000 * statistics.median(side) / total_files:.2f}" for side in pre]
     return [
         throughput_figure(
             "scale_preflight_30ms_vs_loopback",
