@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
+from pipeline.data.examples import input_example
 from pipeline.distributed.failures import user_error
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
@@ -304,7 +305,7 @@ def _register(cfg, info, run_id: str, uri: str, result, metrics: dict, progress:
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint; nothing to register")
     with verified_checkpoint(result.checkpoint) as ckpt:
-        example = _input_example(info, cfg)
+        example = input_example(info, cfg.s3)
         registration = outage.retry_while_unreachable(
             lambda: registry.log_and_register_model(cfg, run_id, ckpt, example, metrics),
             uri,
@@ -337,15 +338,3 @@ def verified_checkpoint(final) -> Iterator[str]:
         raise TrainingError(
             f"the final checkpoint {name} does not verify ({exc}); nothing was registered"
         ) from None
-
-
-def _input_example(info: DatasetInfo, cfg: JobConfig):
-    """The first rows of the test split, as the model's input example."""
-    from pipeline.data.ingest import arrow_to_batch, epoch_pieces, open_source
-
-    source = open_source(info, "test", memory=False, s3=cfg.s3)
-    try:
-        table = source.read(epoch_pieces(info.splits["test"], cfg.seed, 0, shuffle=False)[0])
-    finally:
-        source.close()
-    return arrow_to_batch(table.slice(0, 5), info.num_features, info.feature_scale).float_features()

@@ -105,9 +105,10 @@ class DataConfig(Section):
     )
     feature_columns: tuple[str, ...] = option(
         (),
-        "your own Parquet: numeric columns stacked into the feature vector, or one list"
-        ' column; names or patterns (TOML list, or a,b,c with --set); e.g. ["petal_*",'
-        ' "sepal_width"] or ["*"] for every column but the label, id and split columns',
+        "your own Parquet: number columns (float, int, bool) and string columns (categories,"
+        " one-hot encoded) making the feature vector, or one list column; names or patterns"
+        ' (TOML list, or a,b,c with --set); e.g. ["petal_*", "sepal_width"] or ["*"] for'
+        " every column but the label, id and split columns",
     )
     image_column: str = option(
         "",
@@ -135,6 +136,28 @@ class DataConfig(Section):
         " layer no worker can allocate. Raise it for a data set with more classes",
         ge=2,
         le=10_000_000,
+    )
+    missing: str = option(
+        "refuse",
+        "your own Parquet's feature columns: a missing value (null, NaN) is refused (one line"
+        " naming the column), or filled with the training split's mean (mean) or with 0"
+        " (zero); a missing category takes its column's <other> slot. Fitted on the training"
+        " split and applied the same way in training, evaluation, scoring and serving",
+        choices=("refuse", "mean", "zero"),
+    )
+    normalize: bool = option(
+        False,
+        "your own Parquet's number columns: standardize each with the training split's mean"
+        " and standard deviation (stored with the model, applied wherever it runs); the"
+        " recipes' batch norm absorbs scale, so off by default",
+    )
+    max_categories: int = option(
+        1000,
+        "your own Parquet: the most distinct values a string feature column may hold (a"
+        " one-hot slot each, plus one for values first seen later); an id or free-text column"
+        " past it is refused rather than made into thousands of inputs",
+        ge=1,
+        le=100_000,
     )
     id_column: str = option(
         "",

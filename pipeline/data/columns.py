@@ -7,8 +7,10 @@ after that point (value checks, sharding, batches, augmentation) sees ``id``, ``
 ``label`` exactly as in a prepared set:
 
 * ``id``: the user's id column, or derived as ``file number << 32 | row in file``;
-* ``features``: numeric columns stacked (float32), one list column flattened (float32), or an
-  image column decoded to uint8 pixels (channels first, scale 1/255);
+* ``features``: number and category columns encoded as the fitted
+  :class:`~pipeline.data.table_encoding.TableEncoding` says (float32: numbers cast, filled,
+  standardized; categories one-hot), one list column flattened (float32), or an image column
+  decoded to uint8 pixels (channels first, scale 1/255);
 * ``label``: integers as they are; strings as their index in the sorted training classes.
 
 Splits that are not folders are row selections (:class:`RowSelect`): by a split column's
@@ -25,6 +27,7 @@ import pyarrow.compute as pc
 
 from pipeline.data import images
 from pipeline.data.contract import FEATURES, ID, LABEL, single_chunk
+from pipeline.data.table_encoding import CATEGORY, NUMBER, EncodingError, TableEncoding
 from pipeline.errors import DataError
 
 #: Values of a split column, as written by common tools, -> our split names.
@@ -97,6 +100,37 @@ def is_numeric(tp: pa.DataType) -> bool:
     return pa.types.is_integer(tp) or pa.types.is_floating(tp)
 
 
+def feature_kind(tp: pa.DataType) -> str | None:
+    """How a stored column becomes features: a number (ints, floats, bools), a category
+    (strings, dictionary-encoded strings), or None (neither)."""
+    if is_numeric(tp) or pa.types.is_boolean(tp):
+        return NUMBER
+    return CATEGORY if is_string(tp) else None
+
+
+def dtype_name(tp: pa.DataType) -> str:
+    """A stored column's type as the model's signature names it: numpy's name for numbers
+    (``float64``, ``int32``, ``bool``), ``string`` for text however Arrow stores it."""
+    if feature_kind(tp) == CATEGORY:
+        return "string"
+    return np.dtype(tp.to_pandas_dtype()).name
+
+
+def arrow_columns(table: pa.Table, names) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``names``' columns of ``table`` as :meth:`TableEncoding.encode` takes them: name ->
+    (values, missing); numbers as float64 (a null as NaN), strings as objects."""
+    out = {}
+    for name in names:
+        column = table.column(name)
+        missing = column.is_null().to_numpy(zero_copy_only=False)
+        if is_string(column.type):
+            values = string_values(column)
+        else:
+            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        out[name] = (values, np.asarray(missing, dtype=bool))
+    return out
+
+
 def is_string(tp: pa.DataType) -> bool:
     if pa.types.is_dictionary(tp):
         tp = tp.value_type
@@ -120,6 +154,8 @@ class ColumnMapping:
         image_fit: ``resize`` or ``crop`` (see :func:`pipeline.data.images.decode`).
         id: the id column; empty = derived from (file number, row).
         classes: string labels' class names, index = class; empty for integer labels.
+        encoding: how the feature columns become the feature row, fitted on the training
+            split (None for a list or image column).
         file_numbers: each file's number in the derived ids (path -> number).
         selects: each split's row selection.
         num_features: the width of a feature row.
@@ -133,6 +169,7 @@ class ColumnMapping:
     image_fit: str = "resize"
     id: str = ""
     classes: tuple[str, ...] = ()
+    encoding: TableEncoding | None = None
     file_numbers: dict[str, int] = field(default_factory=dict)
     selects: dict[str, RowSelect] = field(default_factory=dict)
     num_features: int = 0
@@ -143,10 +180,10 @@ class ColumnMapping:
         if self.image:
             c, h, w = self.image_shape
             features = f"{self.image!r} decoded to {c}x{h}x{w} uint8 ({self.image_fit})"
-        elif len(self.features) == 1 and self.num_features != 1:
+        elif self.encoding is None:
             features = f"list column {self.features[0]!r} of {self.num_features} values"
         else:
-            features = f"{len(self.features)} columns stacked as float32"
+            features = encoding_facts(self.encoding)
         if self.classes:
             shown = ", ".join(self.classes[:20]) + (", ..." if len(self.classes) > 20 else "")
             labels = f"{self.label!r}: {len(self.classes)} classes by name ({shown})"
@@ -182,14 +219,21 @@ class ColumnMapping:
     ) -> pa.Table:
         """Rows of ``split`` in ``table`` (rows ``first_row``... of file ``path``) in the
         contract's columns. Raises DataError naming ``where`` for a value that cannot map."""
-        ids = self.ids(table, path, first_row, where)
-        mask = self.selects.get(split, RowSelect()).mask(table, ids)
-        if mask is not None:
-            table = table.filter(pa.array(mask))
-            ids = ids[mask]
+        table, ids = self.split_rows(table, path, first_row, split, where)
         labels = self.label_indices(table.column(self.label), where)
         features = self.feature_values(table, where)
         return pa.table({ID: ids, FEATURES: features, LABEL: labels})
+
+    def split_rows(
+        self, table: pa.Table, path: str, first_row: int, split: str, where: str
+    ) -> tuple[pa.Table, np.ndarray]:
+        """The rows of ``table`` (rows ``first_row``... of file ``path``) that belong to
+        ``split``, in the user's columns, and their ids."""
+        ids = self.ids(table, path, first_row, where)
+        mask = self.selects.get(split, RowSelect()).mask(table, ids)
+        if mask is None:
+            return table, ids
+        return table.filter(pa.array(mask)), ids[mask]
 
     def label_indices(self, column: pa.ChunkedArray, where: str) -> pa.Array:
         """Labels as int64 class indices (nulls stay null: the contract's check names them)."""
@@ -223,16 +267,12 @@ class ColumnMapping:
             table.schema.field(self.features[0]).type
         ):
             return self._list_values(single_chunk(table.column(self.features[0])), where)
-        stacked = np.empty((table.num_rows, len(self.features)), np.float32)
-        for i, name in enumerate(self.features):
-            column = table.column(name)
-            if column.null_count:
-                raise DataError(
-                    f"{where}: column {name!r} has {column.null_count} null values; fill or"
-                    " drop those rows"
-                )
-            stacked[:, i] = pc.cast(column, pa.float32()).to_numpy()
-        return pa.FixedSizeListArray.from_arrays(pa.array(stacked.ravel()), len(self.features))
+        assert self.encoding is not None, "number and category columns need their encoding"
+        try:
+            stacked = self.encoding.encode(arrow_columns(table, self.features), where)
+        except EncodingError as exc:
+            raise DataError(str(exc)) from None
+        return pa.FixedSizeListArray.from_arrays(pa.array(stacked.ravel()), stacked.shape[1])
 
     def _list_values(self, column: pa.Array, where: str) -> pa.Array:
         name = self.features[0]
@@ -248,3 +288,24 @@ class ColumnMapping:
             )
         flat = pc.cast(pc.list_flatten(column), pa.float32())
         return pa.FixedSizeListArray.from_arrays(flat, self.num_features)
+
+
+def encoding_facts(encoding: TableEncoding) -> str:
+    """The feature columns' encoding in words (the start-up line, the run's params)."""
+    numbers = sum(c.kind == NUMBER for c in encoding.columns)
+    categories = [c for c in encoding.columns if c.kind == CATEGORY]
+    parts = [f"{numbers} number columns"] if numbers else []
+    if categories:
+        parts.append(
+            f"{len(categories)} category columns one-hot ("
+            + ", ".join(f"{c.name!r}: {len(c.categories)}+1" for c in categories[:4])
+            + (", ..." if len(categories) > 4 else "")
+            + ")"
+        )
+    how = {
+        "refuse": "missing values refused",
+        "mean": "missing values filled with the training mean",
+        "zero": "missing values filled with 0",
+    }[encoding.missing]
+    scaled = ", standardized" if encoding.normalize else ""
+    return f"{' and '.join(parts)} -> {encoding.width} float32 ({how}{scaled})"

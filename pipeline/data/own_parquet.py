@@ -12,9 +12,13 @@ Switched on by ``data.label_column``. No conversion step and no file of ours is 
   row has, a repeated id, an empty split. Feature values are checked by whoever decodes them
   (:func:`~pipeline.data.contract.check_rows`), as for prepared sets.
 
-The driver reads the footers and the label, id and split columns of every file (never the
-features), and one feature row to learn the shape. A ``_manifest.json`` is not required here
-(the files are the user's, not ours); no SHA-256 is checked then, and the start-up line says so.
+The driver reads the footers and the label, id and split columns of every file, and one
+feature row to learn the shape; of the features, only the training rows of the columns whose
+encoding needs statistics (a category's vocabulary; a number's mean and deviation with
+``data.missing=mean`` or ``data.normalize``), in the same concurrent pass, tallied in memory
+bounded by the column count (:class:`~pipeline.data.table_encoding.Fitter`). A
+``_manifest.json`` is not required here (the files are the user's, not ours); no SHA-256 is
+checked then, and the start-up line says so.
 """
 
 from __future__ import annotations
@@ -36,13 +40,16 @@ from pipeline.data.columns import (
     SPLIT_NAMES,
     ColumnMapping,
     RowSelect,
+    arrow_columns,
+    dtype_name,
+    feature_kind,
     is_list_of_numbers,
-    is_numeric,
     is_string,
     string_values,
 )
 from pipeline.data.contract import SPLITS, DatasetInfo, SplitInfo, read_failure
 from pipeline.data.parallel import imap_ordered, map_ordered
+from pipeline.data.table_encoding import EncodingError, Fitter
 from pipeline.data.unique_ids import UniqueIds
 from pipeline.errors import DataError, StorageError
 from pipeline.storage import Location, check_access, resolve
@@ -85,10 +92,14 @@ def inspect_own_parquet(data: DataConfig, seed: int, s3: S3Config | None = None)
         selects={split: select for split, (_, select) in plan.items()},
         layout=layout,
     )
+    fitter = _fitter(data, first_train.schema)
     with UniqueIds(data.ids_check_mb) as seen_ids:
-        splits, labels = _scan(loc, files, plan, draft, data.max_classes, seen_ids)
+        splits, labels = _scan(loc, files, plan, draft, data.max_classes, seen_ids, fitter)
     first = _first_row(loc, first_train, draft)
     mapping = _finish(data, draft, first, labels, loc.uri_of(first_train.path))
+    if fitter is not None:
+        encoding = fitter.encoding()
+        mapping = dataclasses.replace(mapping, encoding=encoding, num_features=encoding.width)
     # An image's (C, H, W) lets the CNN and the augmentations see it as one.
     shape = mapping.image_shape if mapping.image else (mapping.num_features,)
     num_classes = len(mapping.classes) if mapping.classes else _integer_classes(labels, data)
@@ -213,8 +224,9 @@ def _shown(names: list[str]) -> str:
 
 def expand_feature_columns(schema: pa.Schema, data: DataConfig, where: str) -> tuple[str, ...]:
     """``data.feature_columns`` with each pattern (``px_*``, ``*``) replaced by the columns it
-    matches, in the file's order; the label, id and split columns never match a pattern."""
-    taken = {data.label_column, data.id_column, data.split_column}
+    matches, in the file's order; the label, id and split columns never match a pattern, nor
+    does the index pandas stores beside a DataFrame's columns (``__index_level_0__``)."""
+    taken = {data.label_column, data.id_column, data.split_column, *pandas_index(schema)}
     names: list[str] = []
     for item in data.feature_columns:
         if not any(ch in item for ch in "*?["):
@@ -228,6 +240,16 @@ def expand_feature_columns(schema: pa.Schema, data: DataConfig, where: str) -> t
             )
         names += [n for n in matched if n not in names]
     return tuple(names)
+
+
+def pandas_index(schema: pa.Schema) -> list[str]:
+    """The columns in which ``DataFrame.to_parquet`` stored the frame's index (a filtered
+    frame's row numbers): not data."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except ValueError:  # metadata that is not JSON: no pandas index to skip
+        return []
+    return [name for name in metadata.get("index_columns", []) if isinstance(name, str)]
 
 
 def check_columns(schema: pa.Schema, data: DataConfig, where: str, label: bool = True) -> None:
@@ -269,12 +291,31 @@ def check_columns(schema: pa.Schema, data: DataConfig, where: str, label: bool =
         schema.field(data.feature_columns[0]).type
     )
     for name in data.feature_columns:
-        if not single_list and not is_numeric(schema.field(name).type):
-            refuse(name, "data.feature_columns", "numbers (or one column holding lists of numbers)")
+        if not single_list and feature_kind(schema.field(name).type) is None:
+            refuse(
+                name,
+                "data.feature_columns",
+                "numbers, strings (categories) or one column holding lists of numbers",
+            )
     if data.id_column and not pa.types.is_integer(schema.field(data.id_column).type):
         refuse(data.id_column, "data.id_column", "integers")
     if data.split_column and not is_string(schema.field(data.split_column).type):
         refuse(data.split_column, "data.split_column", "strings (train, val, test)")
+
+
+def _fitter(data: DataConfig, schema: pa.Schema) -> Fitter | None:
+    """What fits the feature columns' encoding on the training rows; None for a list or an
+    image column."""
+    if data.image_column or (
+        len(data.feature_columns) == 1
+        and is_list_of_numbers(schema.field(data.feature_columns[0]).type)
+    ):
+        return None
+    kinds = []
+    for name in data.feature_columns:
+        tp = schema.field(name).type
+        kinds.append((name, feature_kind(tp) or "", dtype_name(tp)))
+    return Fitter(kinds, data.missing, data.normalize, data.max_categories)
 
 
 # -- the one pass over labels, ids and splits ---------------------------------------------------
@@ -298,13 +339,16 @@ def _scan(
     mapping: ColumnMapping,
     max_classes: int,
     seen_ids: UniqueIds,
+    fitter: Fitter | None = None,
 ) -> tuple[dict[str, SplitInfo], dict[str, _Labels]]:
     """Read the label/id/split columns of every file once: rows of each split per row group,
     each split's labels; refuse nulls, unknown split names, repeated ids (collected in
-    ``seen_ids``, bounded memory) and more classes than ``max_classes``."""
+    ``seen_ids``, bounded memory) and more classes than ``max_classes``. The feature columns
+    ``fitter`` needs are read in the same pass and their training rows tallied."""
     counts: dict[str, dict[str, tuple[int, ...]]] = {s: {} for s in plan}
     labels = {s: _Labels(set()) for s in plan}
-    columns = list(dict.fromkeys(c for c in (mapping.label, mapping.id) if c))
+    fitted = fitter.needs() if fitter is not None else []
+    columns = list(dict.fromkeys(c for c in (mapping.label, mapping.id, *fitted) if c))
     split_column = next((sel.column for _, sel in plan.values() if sel.column), "")
     if split_column and split_column not in columns:
         columns.append(split_column)
@@ -340,6 +384,12 @@ def _scan(
             running = np.concatenate([[0], np.cumsum(chosen)])
             counts[split][path] = tuple(int(n) for n in running[bounds[1:]] - running[bounds[:-1]])
             _note_labels(labels[split], label, chosen, where, mapping.label, max_classes)
+            if fitter is not None and fitted and split == "train":
+                rows = table.select(fitted).filter(pa.array(chosen))
+                try:
+                    fitter.add(arrow_columns(rows, fitted), where)
+                except EncodingError as exc:
+                    raise DataError(str(exc)) from None
     if mapping.id:
         repeat = seen_ids.first_repeat()
         if repeat is not None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.contract import DatasetInfo
+from pipeline.data.table_encoding import TableEncoding
 
 PREFIX = "model"
 #: ``HybridBlock.export(prefix, epoch=0)`` writes these two files.
@@ -78,6 +79,9 @@ class BundleMeta:
         latent_dim: length of the noise vector (generators only, else 0).
         class_names: the classes' names, index = class, when the data's labels were strings
             (the classifier's pyfunc then returns them with the probabilities); else empty.
+        table: how the user's table columns become the feature row (fitted on the training
+            split: vocabularies, fill values, standardization); the pyfunc then takes the
+            table's named columns. None: the model takes feature rows (N, num_features).
         int8_weights: weights stored as int8 with a float32 scale (``NAME`` and ``NAME`` +
             :data:`SCALE_SUFFIX` in the params file), to be
             dequantized before the graph is loaded: an INT8 model whose operators quantize
@@ -92,6 +96,7 @@ class BundleMeta:
     num_classes: int
     latent_dim: int = 0
     class_names: tuple[str, ...] = ()
+    table: TableEncoding | None = None
     int8_weights: tuple[str, ...] = ()
 
     @classmethod
@@ -105,6 +110,7 @@ class BundleMeta:
             num_classes=info.num_classes,
             latent_dim=latent_dim,
             class_names=info.class_names,
+            table=info.mapping.encoding if info.mapping is not None else None,
         )
 
     def to_json(self) -> str:
@@ -124,12 +130,18 @@ class BundleMeta:
                 num_classes=int(raw["num_classes"]),
                 latent_dim=int(raw.get("latent_dim", 0)),
                 class_names=tuple(str(n) for n in raw.get("class_names", ())),
+                table=TableEncoding.from_dict(raw["table"]) if raw.get("table") else None,
                 int8_weights=tuple(str(n) for n in raw.get("int8_weights", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{META_FILE} is not a bundle description: {exc!r}") from None
         if meta.kind not in PYFUNC_CODE:
             raise BundleError(f"{META_FILE}: unknown kind {meta.kind!r}")
+        if meta.table is not None and meta.table.width != meta.num_features:
+            raise BundleError(
+                f"{META_FILE}: its table encoding makes {meta.table.width} features, the"
+                f" network takes {meta.num_features}"
+            )
         if meta.class_names and len(meta.class_names) != meta.num_classes:
             raise BundleError(
                 f"{META_FILE}: {len(meta.class_names)} class names for {meta.num_classes} classes"

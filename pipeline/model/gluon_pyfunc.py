@@ -7,9 +7,13 @@ whose labels were strings, the class names (the bundle format of
 ``pipeline/model/bundle.py``; a pruned model's weights come gzip-compressed, an INT8
 model's convolution weights as int8 with their scale).
 
+A model trained on the user's own table columns (``model.json``'s ``table``) takes the table
+as pandas reads it: a DataFrame with those columns named (others are ignored), encoded here
+as training encoded them (``table_encoding.py``, logged beside this file).
+
 This file is logged as the model's code ("models from code"): MLflow stores the file itself,
 not a pickle of an object, and runs it on load. It must import nothing from this project,
-only mlflow, mxnet and numpy.
+only mlflow, mxnet, numpy, pandas and the encoding logged with it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ import warnings
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+
+try:  # logged beside this file (MLflow's code_paths): a model loaded by MLflow anywhere
+    import mxtrain_table_encoding as table_encoding
+except ImportError:  # this installation's own loader (pipeline.model.installed)
+    from pipeline.data import table_encoding
 
 
 def device(mx):
@@ -47,6 +56,8 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
             meta = json.load(f)
         self._num_features = int(meta["num_features"])
         self._class_names = [str(n) for n in meta.get("class_names", ())]
+        raw_table = meta.get("table")
+        self._table = table_encoding.TableEncoding.from_dict(raw_table) if raw_table else None
         self._ctx = device(mx)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             # "Cannot decide type for the following arguments": the input is float32.
@@ -76,9 +87,16 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     def predict(self, context, model_input: np.ndarray, params=None):
         import mxnet as mx
 
-        if hasattr(model_input, "to_numpy"):  # a pandas DataFrame
-            model_input = model_input.to_numpy()
-        x = np.asarray(model_input, dtype=np.float32).reshape(-1, self._num_features)
+        if isinstance(model_input, dict):
+            import pandas as pd
+
+            model_input = pd.DataFrame(model_input)
+        if self._table is not None and hasattr(model_input, "columns"):
+            x = self._table.encode(frame_columns(model_input, self._table), "model input")
+        else:
+            if hasattr(model_input, "to_numpy"):  # a pandas DataFrame of feature values
+                model_input = model_input.to_numpy()
+            x = np.asarray(model_input, dtype=np.float32).reshape(-1, self._num_features)
         out = []
         for start in range(0, len(x), 1024):
             logits = self._net(mx.nd.array(x[start : start + 1024], ctx=self._ctx))
@@ -95,6 +113,29 @@ class GluonClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         )
         frame.insert(0, "prediction", names[probs.argmax(axis=1)] if len(x) else names[:0])
         return frame
+
+
+def frame_columns(frame, encoding) -> dict:
+    """A DataFrame's feature columns as the encoding takes them: name -> (values, missing);
+    a column of the wrong kind (text where numbers were trained) is one clear error."""
+    out = {}
+    for column in encoding.columns:
+        if column.name not in frame.columns:
+            continue  # the encoding names every missing column at once
+        series = frame[column.name]
+        missing = series.isna().to_numpy()
+        if column.kind == table_encoding.NUMBER:
+            try:
+                values = series.to_numpy(dtype="float64", na_value=np.nan)
+            except (TypeError, ValueError):
+                raise table_encoding.EncodingError(
+                    f"model input: column {column.name!r} holds {series.dtype} values; the"
+                    f" model was trained on numbers ({column.dtype}) there"
+                ) from None
+        else:
+            values = series.astype(object).to_numpy()
+        out[column.name] = (values, missing)
+    return out
 
 
 mlflow.models.set_model(GluonClassifier())

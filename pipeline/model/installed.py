@@ -13,12 +13,21 @@ they take only the version's bundle (graph, weights, ``model.json``: data, read 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pipeline.data import table_encoding
 from pipeline.model.bundle import Bundle, BundleError
+
+#: The module name ``gluon_pyfunc.py`` imports the logged copy of ``table_encoding.py`` by
+#: (a name no other package takes).
+LOGGED_ENCODING = "mxtrain_table_encoding"
 
 #: A bundle's kind -> (module, class) of the installed loader (the same files the training
 #: job logs as the model's code: bundle.PYFUNC_CODE).
@@ -58,28 +67,77 @@ def save_for_serving(plain: Bundle, directory: str | Path, feature_example) -> P
     """An MLflow model folder in ``directory`` whose code is this installation's loader and
     whose artifacts are ``plain``'s files: what MLflow's scoring server may load."""
     import mlflow
-    import mxnet as mx
-    import numpy as np
 
-    signature, example = model_signature(plain, feature_example)
     target = Path(directory)
-    mlflow.pyfunc.save_model(
-        path=str(target),
-        python_model=str(plain.pyfunc_code),
-        artifacts=plain.artifacts(),
-        signature=signature,
-        input_example=example,
-        pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
-    )
+    with pyfunc_arguments(plain, feature_example) as arguments:
+        mlflow.pyfunc.save_model(path=str(target), **arguments)
     return target
 
 
-def model_signature(model: Bundle, feature_example):
-    """(signature, input example) of the logged model, computed by running the export."""
+@contextlib.contextmanager
+def pyfunc_arguments(model: Bundle, example) -> Iterator[dict[str, Any]]:
+    """What ``mlflow.pyfunc.save_model`` and ``log_model`` take to store ``model`` as this
+    installation's pyfunc: the loader file, the bundle's files, the encoding of table columns
+    beside the loader (under the name the loader imports), the signature and input example,
+    and the requirements."""
     import mxnet as mx
     import numpy as np
+
+    signature, example = model_signature(model, example)
+    with tempfile.TemporaryDirectory() as code:
+        helper = Path(code, f"{LOGGED_ENCODING}.py")
+        shutil.copyfile(Path(table_encoding.__file__), helper)
+        yield {
+            "python_model": str(model.pyfunc_code),
+            "artifacts": model.artifacts(),
+            "code_paths": [str(helper)] if model.meta.table is not None else None,
+            "signature": signature,
+            "input_example": example,
+            "pip_requirements": [f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
+        }
+
+
+#: MLflow's type of a number column the model takes, by the numpy name of its stored type.
+#: Each is the widest type MLflow converts to without loss: a float32 column takes float64
+#: values too (the table as pandas computed it; the network casts to float32 either way).
+COLUMN_TYPES = {
+    "float64": "double",
+    "float32": "double",
+    "float16": "double",
+    "int64": "long",
+    "int32": "long",
+    "int16": "long",
+    "int8": "long",
+    "uint32": "long",
+    "uint16": "long",
+    "uint8": "long",
+    "bool": "boolean",
+    "string": "string",
+}
+
+
+def _column_spec(column):
+    """A table column's MLflow spec. An integer or bool column whose missing values the
+    model fills comes as float64 (NaN) or objects where a file has gaps and as integers where
+    it has none: MLflow has no type for both, so it takes any values and the model's encoding
+    checks them."""
+    from mlflow.types import ColSpec
+    from mlflow.types.schema import AnyType
+
+    declared = COLUMN_TYPES.get(column.dtype, "double")
+    if column.fill is not None and declared in ("long", "boolean"):
+        return ColSpec(AnyType(), column.name)
+    return ColSpec(declared, column.name)
+
+
+def model_signature(model: Bundle, example):
+    """(signature, input example) of the logged model, from the bundle's description (the
+    network is not run): feature rows (N, D) float32, or a table model's named columns with
+    the types they were stored as; class probabilities out, or the class's name and each
+    class's probability for classes with names."""
+    import numpy as np
     import pandas as pd
-    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     meta = model.meta
@@ -91,11 +149,16 @@ def model_signature(model: Bundle, feature_example):
         )
         example = pd.DataFrame({"label": np.arange(meta.num_classes, dtype=np.int64)})
         return signature, example
-    example = np.asarray(feature_example, dtype=np.float32)
-    probs = mx.nd.softmax(model.load()(mx.nd.array(example))).asnumpy()
-    signature = infer_signature(example, probs)
+    if meta.table is not None:
+        inputs = Schema([_column_spec(c) for c in meta.table.columns])
+    else:
+        example = np.asarray(example, dtype=np.float32)
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_features))])
+    outputs: Schema
     if meta.class_names:  # the pyfunc's DataFrame: the class's name, then each probability
         columns: list[ColSpec | TensorSpec] = [ColSpec("string", "prediction")]
         columns += [ColSpec("float", f"probability_{name}") for name in meta.class_names]
-        signature = ModelSignature(inputs=signature.inputs, outputs=Schema(columns))
-    return signature, example
+        outputs = Schema(columns)
+    else:
+        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_classes))])
+    return ModelSignature(inputs=inputs, outputs=outputs), example

@@ -29,7 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import DataConfig, S3Config
-from pipeline.data.columns import PIXEL_SCALE, ColumnMapping, derived_ids, is_list_of_numbers
+from pipeline.data.columns import (
+    PIXEL_SCALE,
+    ColumnMapping,
+    derived_ids,
+    dtype_name,
+    is_list_of_numbers,
+)
 from pipeline.data.contract import (
     FEATURES,
     ID,
@@ -42,6 +48,7 @@ from pipeline.data.contract import (
     read_manifest,
 )
 from pipeline.data.own_parquet import check_columns, expand_feature_columns, list_parquet
+from pipeline.data.table_encoding import NUMBER, Column, TableEncoding
 from pipeline.errors import DataError, StorageError
 from pipeline.model.bundle import BundleMeta
 from pipeline.storage import Location, check_access, resolve
@@ -303,7 +310,11 @@ def _own_reader(
         trained,
         id_column=id_name,
         split_column="",
-        feature_columns=expand_feature_columns(schema, trained, where),
+        # The model's own columns when it records them: a pattern (``*``) would also match
+        # the scoring table's other columns.
+        feature_columns=meta.table.names
+        if meta.table is not None
+        else expand_feature_columns(schema, trained, where),
     )
     check_columns(schema, data, where, label=has_labels)
     if data.image_column:
@@ -321,23 +332,46 @@ def _own_reader(
         single_list = len(data.feature_columns) == 1 and is_list_of_numbers(
             schema.field(data.feature_columns[0]).type
         )
-        if not single_list and len(data.feature_columns) != meta.num_features:
-            raise DataError(
-                f"{where}: data.feature_columns {', '.join(trained.feature_columns)} match "
-                f"{len(data.feature_columns)} columns here, the model takes "
-                f"{meta.num_features} features"
-            )
+        encoding = None if single_list else _table_encoding(meta, data, schema, where)
         mapping = ColumnMapping(
             label=data.label_column if has_labels else "",
-            features=data.feature_columns,
+            features=encoding.names if encoding is not None else data.feature_columns,
             id=id_name,
             classes=meta.class_names,
+            encoding=encoding,
             num_features=meta.num_features,
         )
     columns = tuple(mapping.columns("test"))
     scale = PIXEL_SCALE if mapping.image else None
     return RowReader(
         uri, s3, meta.kind, columns, meta.num_features, meta.num_classes, scale, has_labels, mapping
+    )
+
+
+def _table_encoding(
+    meta: BundleMeta, data: DataConfig, schema: pa.Schema, where: str
+) -> TableEncoding:
+    """The model's encoding of its feature columns; a model trained before encodings were
+    stored took its number columns as they were (cast, nulls refused)."""
+    if meta.table is not None:
+        absent = [name for name in meta.table.names if name not in schema.names]
+        if absent:
+            raise DataError(
+                f"{where}: no column {', '.join(map(repr, absent[:5]))}; the model takes the"
+                f" columns {', '.join(meta.table.names[:12])}"
+            )
+        return meta.table
+    if len(data.feature_columns) != meta.num_features:
+        raise DataError(
+            f"{where}: data.feature_columns {', '.join(data.feature_columns)} match "
+            f"{len(data.feature_columns)} columns here, the model takes "
+            f"{meta.num_features} features"
+        )
+    return TableEncoding(
+        tuple(
+            Column(name, NUMBER, dtype_name(schema.field(name).type))
+            for name in data.feature_columns
+        )
     )
 
 

@@ -24,7 +24,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.model import bundle
 from pipeline.model.bundle import Bundle
-from pipeline.model.installed import model_signature
+from pipeline.model.installed import pyfunc_arguments
 from pipeline.tracking import summary
 from pipeline.tracking.client import client_for, request_user, tracking_problem
 from pipeline.tracking.names import TAG_GATE
@@ -76,21 +76,11 @@ def tracking_uri_scope(uri: str):
 
 
 def log_bundle_model(model: Bundle, input_example):
-    """Log ``model`` as the active run's pyfunc model ``model`` (its signature and input
-    example computed by running it); MLflow's ModelInfo."""
+    """Log ``model`` as the active run's pyfunc model ``model``; MLflow's ModelInfo."""
     import mlflow
-    import mxnet as mx
-    import numpy as np
 
-    signature, example = model_signature(model, input_example)
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(model.pyfunc_code),
-        artifacts=model.artifacts(),
-        signature=signature,
-        input_example=example,
-        pip_requirements=[f"mxnet=={mx.__version__}", f"numpy=={np.__version__}"],
-    )
+    with pyfunc_arguments(model, input_example) as arguments:
+        return mlflow.pyfunc.log_model(name="model", **arguments)
 
 
 def log_and_register_model(

@@ -1,6 +1,8 @@
 """The user's own Parquet trained as it comes, by real Ray + 2 Horovod workers: pandas part
 files with string labels (digits-fcn) and a Hugging Face image set of PNG bytes (digits-cnn),
-each from a local folder (cached) and from the local S3 server (data.cache=stream).
+each from a local folder (cached) and from the local S3 server (data.cache=stream); and a
+clinic's mixed table (float32, float64, int and string columns, gaps) trained by a plain MLP
+recipe with no preprocessing by the user, its registered model fed the raw test file.
 
 One Ray serves the module (started once the AWS variables reach the S3 server, so its workers
 inherit them); each job runs a few epochs."""
@@ -8,7 +10,6 @@ inherit them); each job runs a few epochs."""
 from __future__ import annotations
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -16,7 +17,7 @@ from mlflow import MlflowClient
 from pipeline.config import load_job_config
 from pipeline.distributed.threads import thread_env
 from pipeline.launch import run_job
-from tests.datasets import DIGIT_NAMES, digits_as_hf_images, digits_as_pandas
+from tests.datasets import DIGIT_NAMES, clinic_as_pandas, digits_as_hf_images, digits_as_pandas
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,7 @@ def own_sets(tmp_path_factory, seaweedfs):
     local = {
         "pandas": digits_as_pandas(root / "pandas"),
         "hf-images": digits_as_hf_images(root / "hf-images"),
+        "clinic": clinic_as_pandas(root / "clinic"),
     }
     access, secret = local_credentials()
     with pytest.MonkeyPatch.context() as env:
@@ -117,7 +119,53 @@ def _registered_model_answers_in_names(result, uri: str, bar: float) -> None:
     reg = result.registration
     model = mlflow.pyfunc.load_model(f"models:/{reg.name}/{reg.version}")
     frame = pd.read_parquet(uri)
-    pixels = frame[[f"pixel_{i:02d}" for i in range(64)]].to_numpy(np.float32)
-    predicted = model.predict(pixels)
+    predicted = model.predict(frame)  # the table as pandas reads it, label column and all
     assert list(predicted.columns[:2]) == ["prediction", "probability_eight"]
     assert (predicted["prediction"].to_numpy() == frame["digit"].to_numpy()).mean() >= bar
+
+
+def test_a_mixed_table_trains_with_no_preprocessing_and_its_model_takes_the_raw_file(
+    own_sets, tmp_path
+):
+    """float32/float64/int columns, a string column and gaps (data.missing=mean): the workers
+    encode with the training split's statistics, the run records them, and the registered
+    model answers pd.read_parquet of the raw test file with class names, as `make predict`
+    does."""
+    import pyarrow.parquet as pq
+
+    from pipeline.predict.batch import PredictRequest
+    from pipeline.predict.batch import predict as score
+
+    uri = own_sets["local"]["clinic"]
+    cfg = load_job_config(
+        "digits-fcn",
+        [
+            f"data.uri={uri}",
+            f"storage.path={tmp_path / 'runs'}",
+            "data.label_column=diagnosis",
+            "data.feature_columns=*",
+            "data.missing=mean",
+            "optim.epochs=12",
+            "tracking.gate_min=0.85",
+        ],
+    )
+    result = run_job(cfg)
+    params = MlflowClient().get_run(result.run_id).data.params
+    assert "1 category columns one-hot ('site': 3+1)" in params["data.derived.features"]
+    assert "missing values filled with the training mean" in params["data.derived.features"]
+    print(f"clinic: test_accuracy {result.metrics['test_accuracy']:.4f}")
+    assert result.metrics["test_accuracy"] >= 0.85, result.metrics
+
+    reg = result.registration
+    model = mlflow.pyfunc.load_model(f"models:/{reg.name}/{reg.version}")
+    raw = pd.read_parquet(f"{uri}/test")
+    assert raw["mean_texture"].isna().any() and raw["site"].isna().any()
+    predicted = model.predict(raw)
+    assert (predicted["prediction"] == raw["diagnosis"]).mean() >= 0.85
+
+    # Batch scoring (`make predict`) of the same file gives each row the same answer.
+    out = tmp_path / "scored"
+    score(PredictRequest(f"models:/{reg.name}/{reg.version}", f"{uri}/test", str(out)), print)
+    scored = pq.read_table(out).to_pandas().sort_values("id")
+    assert len(scored) == len(raw)
+    assert list(scored["prediction_name"]) == list(predicted["prediction"])

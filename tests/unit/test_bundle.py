@@ -33,16 +33,10 @@ def _as_pyfunc(model: bundle.Bundle, path, example=None):
     """Saved and loaded by MLflow with the signature the job logs."""
     import mlflow.pyfunc
 
-    from pipeline.model.installed import model_signature
+    from pipeline.model.installed import pyfunc_arguments
 
-    signature, example = model_signature(model, example)
-    mlflow.pyfunc.save_model(
-        str(path),
-        python_model=str(model.pyfunc_code),
-        artifacts=model.artifacts(),
-        signature=signature,
-        input_example=example,
-    )
+    with pyfunc_arguments(model, example) as arguments:
+        mlflow.pyfunc.save_model(str(path), **arguments)
     return mlflow.pyfunc.load_model(str(path))
 
 
