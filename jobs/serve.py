@@ -27,6 +27,7 @@ import numpy as np
 
 from jobs._cli import run_main
 from pipeline.config import TrackingConfig
+from pipeline.data.table_encoding import TableEncoding
 from pipeline.errors import ConfigError
 from pipeline.model.bundle import BundleMeta
 from pipeline.predict.serving import MAX_BYTES_ENV, MODEL_ENV
@@ -105,10 +106,13 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {value}: must be between {low} and {high}")
 
 
-def example_rows(version_dir: Path, meta: BundleMeta) -> np.ndarray:
-    """Two feature rows for the printed curl call and the served model's signature: the
-    version's logged serving example when it holds finite rows of the model's width (it is
-    the registry's data, checked as such), else zeros."""
+def example_rows(version_dir: Path, meta: BundleMeta):
+    """Two rows for the printed curl call and the served model's signature: the version's
+    logged serving example when it holds finite rows of the model's width, or for a model of
+    table columns rows its encoding takes (it is the registry's data, checked as such); else
+    zeros, or a table's fill values and first categories."""
+    if meta.table is not None:
+        return _table_rows(version_dir, meta.table)
     fallback = np.zeros((2, meta.num_features), np.float32)
     try:
         body = json.loads((version_dir / "serving_input_example.json").read_text())
@@ -118,6 +122,23 @@ def example_rows(version_dir: Path, meta: BundleMeta) -> np.ndarray:
     if rows.ndim != 2 or rows.shape[1] != meta.num_features or not np.isfinite(rows).all():
         return fallback
     return rows
+
+
+def _table_rows(version_dir: Path, table: TableEncoding):
+    import pandas as pd
+
+    from pipeline.model.gluon_pyfunc import frame_columns
+
+    fallback = pd.DataFrame(table.example_columns())
+    try:
+        body = json.loads((version_dir / "serving_input_example.json").read_text())
+        split = body["dataframe_split"]
+        frame = pd.DataFrame(split["data"][:2], columns=split["columns"])[list(table.names)]
+        frame = frame.astype({c: fallback[c].dtype for c in fallback.columns})
+        table.encode(frame_columns(frame, table), "the logged example")
+    except (OSError, ValueError, TypeError, KeyError, IndexError):  # EncodingError included
+        return fallback
+    return frame if len(frame) else fallback
 
 
 def curl_example(model_dir: Path, host: str, port: int) -> str:

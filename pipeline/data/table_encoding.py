@@ -157,6 +157,19 @@ class TableEncoding:
         index = np.minimum(np.searchsorted(known, text), other - 1)
         return np.where((known[index] == text) & ~missing, index, other)
 
+    def example_columns(self, rows: int = 2) -> dict[str, np.ndarray]:
+        """``rows`` rows every column of which the encoding takes, in the stored types: a
+        number's fill (or 0), a category's first value (a serving example that needs no data)."""
+        out: dict[str, np.ndarray] = {}
+        for c in self.columns:
+            if c.kind == CATEGORY:
+                out[c.name] = np.array([c.categories[0] if c.categories else ""] * rows, object)
+            else:
+                value = c.fill if c.fill is not None else 0.0
+                dtype = np.dtype(c.dtype) if c.dtype != "string" else np.dtype(np.float64)
+                out[c.name] = np.full(rows, value).astype(dtype)
+        return out
+
     # -- as stored in model.json -----------------------------------------------------------------
 
     def to_dict(self) -> dict:

@@ -4,6 +4,8 @@ takes the DataFrame pandas reads."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -202,3 +204,42 @@ def test_a_scoring_table_without_a_trained_column_is_one_line(clinic, tmp_path):
     with pytest.raises(DataError) as err:
         inspect_scoring_input(str(tmp_path / "score"), meta, cfg.data, cfg.s3)
     assert "no column 'site'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_table_model_is_served_with_an_example_of_its_columns(clinic, tmp_path):
+    """`make serve`: the served folder (installed loader, encoding beside it) takes the
+    version's logged example, or, when that is unusable, rows made from the encoding."""
+    import json
+
+    import mlflow.pyfunc
+    import mxnet as mx
+
+    from jobs.serve import curl_example, example_rows
+    from models import build_model
+    from models.config import MLPConfig
+    from pipeline.model import bundle
+    from pipeline.model.installed import pyfunc_arguments, save_for_serving
+
+    info = inspect(clinic, "data.missing=zero")
+    net = build_model("mlp", MLPConfig(width=8, depth=1), info.feature_shape, info.num_classes)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.zeros((1, info.num_features)))
+    model = bundle.write(tmp_path / "b", net, bundle.BundleMeta.for_data("classifier", 0, info))
+    version = tmp_path / "version"
+    with pyfunc_arguments(model, pd.read_parquet(clinic / "test").head(3)) as arguments:
+        mlflow.pyfunc.save_model(str(version), **arguments)
+
+    logged = example_rows(version, model.meta)
+    assert list(logged.columns) == list(info.mapping.encoding.names) and len(logged) == 2
+    (version / "serving_input_example.json").write_text('{"dataframe_split": {"nope": 1}}')
+    made = example_rows(version, model.meta)
+    assert made["site"].tolist() == ["gp", "gp"] and made["visits"].dtype == np.int64
+    for rows in (logged, made):
+        served = save_for_serving(model.plain_copy(tmp_path / "plain"), tmp_path / "s", rows)
+        answer = mlflow.pyfunc.load_model(str(served)).predict(rows)
+        assert answer["prediction"].isin(["benign", "malignant"]).all()
+        body = json.loads(curl_example(served, "127.0.0.1", 5001).split(" -d ")[1].strip("'"))
+        assert body["dataframe_split"]["columns"][:2] == ["mean_radius", "mean_texture"]
+        shutil.rmtree(tmp_path / "s")
+        shutil.rmtree(tmp_path / "plain")
