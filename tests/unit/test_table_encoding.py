@@ -59,6 +59,21 @@ def _columns(frame: pd.DataFrame, names) -> dict:
     }
 
 
+def _table_model(info, tmp_path):
+    """(network, its bundle) of a small MLP for ``info``'s encoded rows, untrained."""
+    import mxnet as mx
+
+    from models import build_model
+    from models.config import MLPConfig
+    from pipeline.model import bundle
+
+    net = build_model("mlp", MLPConfig(width=16, depth=1), info.feature_shape, info.num_classes)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.zeros((1, info.num_features)))
+    return net, bundle.write(tmp_path / "b", net, bundle.BundleMeta.for_data("classifier", 0, info))
+
+
 def test_statistics_come_from_the_training_rows_only(clinic):
     info = inspect(clinic, "data.missing=mean", "data.normalize=true")
     encoding = info.mapping.encoding
@@ -154,17 +169,11 @@ def test_the_logged_model_takes_the_raw_table_as_pandas_reads_it(clinic, tmp_pat
     import mlflow.pyfunc
     import mxnet as mx
 
-    from models import build_model
-    from models.config import MLPConfig
     from pipeline.model import bundle
     from pipeline.model.installed import pyfunc_arguments
 
     info = inspect(clinic, "data.missing=mean")
-    net = build_model("mlp", MLPConfig(width=16, depth=1), info.feature_shape, info.num_classes)
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    net(mx.nd.zeros((1, info.num_features)))
-    model = bundle.write(tmp_path / "b", net, bundle.BundleMeta.for_data("classifier", 0, info))
+    net, model = _table_model(info, tmp_path)
     assert bundle.read(tmp_path / "b").meta.table == info.mapping.encoding
     raw = pd.read_parquet(clinic / "test")
     with pyfunc_arguments(model, raw.head(3)) as arguments:
@@ -212,20 +221,12 @@ def test_a_table_model_is_served_with_an_example_of_its_columns(clinic, tmp_path
     import json
 
     import mlflow.pyfunc
-    import mxnet as mx
 
     from jobs.serve import curl_example, example_rows
-    from models import build_model
-    from models.config import MLPConfig
-    from pipeline.model import bundle
     from pipeline.model.installed import pyfunc_arguments, save_for_serving
 
     info = inspect(clinic, "data.missing=zero")
-    net = build_model("mlp", MLPConfig(width=8, depth=1), info.feature_shape, info.num_classes)
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    net(mx.nd.zeros((1, info.num_features)))
-    model = bundle.write(tmp_path / "b", net, bundle.BundleMeta.for_data("classifier", 0, info))
+    _, model = _table_model(info, tmp_path)
     version = tmp_path / "version"
     with pyfunc_arguments(model, pd.read_parquet(clinic / "test").head(3)) as arguments:
         mlflow.pyfunc.save_model(str(version), **arguments)
