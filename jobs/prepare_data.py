@@ -6,6 +6,7 @@
     python -m jobs.prepare_data --dataset synthetic --rows 20000000 --shape 16 \
         --rows-per-file 2000 --out s3://bucket/scale        # a scale set, written in parallel
     python -m jobs.prepare_data --dataset fashion-mnist --copies 100 --out s3://bucket/fm100
+    python -m jobs.prepare_data --dataset clinic --out data/clinic   # a user's table, not ours
 
 The contract (columns, types, schema metadata, layout) is described in docs/data.md and in
 pipeline/data/contract.py; a user's own data must meet it too.
@@ -20,12 +21,13 @@ from pathlib import Path
 from jobs._cli import run_main
 from pipeline.data.datasets import (
     FASHION_MNIST_DIR,
+    clinic_table,
     fashion_copies,
     load_digits_splits,
     load_fashion_mnist,
     synthetic_files,
 )
-from pipeline.data.prepare import Dataset, StreamedDataset, write_dataset
+from pipeline.data.prepare import Dataset, StreamedDataset, write_dataset, write_table_splits
 
 DATASETS = {
     "digits": "scikit-learn's 1,797 8x8 handwritten digits (shipped offline), 10 classes",
@@ -35,10 +37,19 @@ DATASETS = {
     "pixels stored as uint8",
     "synthetic": "seeded synthetic classes of any size (--rows, --shape, --classes), made file"
     " by file: memory holds only the files being written, whatever --rows",
+    "clinic": "not the contract: a user's own mixed table as pandas writes it (569 rows of"
+    " scikit-learn's breast cancer measurements as float32/float64 columns, an int and a"
+    " string column, gaps, labels benign/malignant) in train/ val/ test/, to try training on"
+    " your own tables (docs/data.md, 'A mixed table')",
 }
 #: (rows per file, rows per row group) by data set: several files per split, and row groups
 #: small enough for the shuffled order to mix them.
-LAYOUT = {"digits": (128, 64), "fashion-mnist": (5000, 500), "synthetic": (128, 64)}
+LAYOUT = {
+    "digits": (128, 64),
+    "fashion-mnist": (5000, 500),
+    "synthetic": (128, 64),
+    "clinic": (569, 128),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     print(f"writing {args.dataset} to {args.out}", flush=True)
+    if args.dataset == "clinic":
+        rows = write_table_splits(args.out, clinic_table(args.seed), overwrite=args.overwrite)
+        print(
+            f"done: a user's table, {', '.join(f'{s} {n}' for s, n in rows.items())} rows"
+            f" -> {args.out}; train it with --set data.label_column=diagnosis --set"
+            " 'data.feature_columns=*' --set data.missing=mean"
+        )
+        return 0
     dataset: Dataset | StreamedDataset
     if args.dataset == "synthetic":
         dataset = synthetic_files(

@@ -96,38 +96,11 @@ def digits_as_pandas(root: Path, split_column: bool = False, files: int = 3) -> 
     return root
 
 
-def clinic_table(seed: int = 0):
-    """A mixed table as a clinic's export gives it (scikit-learn's breast cancer set, 569
-    rows): 10 float32 and 20 float64 measurements, an int column (``visits``), a string
-    column (``site``: 3 values, related to the diagnosis but not deciding it), about 5%
-    nulls in ``mean_texture`` and in ``site``, and string labels ``benign`` / ``malignant``.
-    A pandas DataFrame with its split (``train``/``val``/``test``, 70/15/15)."""
-    import pandas as pd
-    from sklearn.datasets import load_breast_cancer
-
-    data = load_breast_cancer()
-    rng = np.random.default_rng(seed)
-    names = [str(n).replace(" ", "_") for n in data.feature_names]
-    frame = pd.DataFrame(
-        {
-            n: data.data[:, i].astype(np.float32 if i < 10 else np.float64)
-            for i, n in enumerate(names)
-        }
-    )
-    frame["visits"] = rng.integers(1, 9, len(frame)).astype(np.int64)
-    # The site that referred the patient: oncology for most malignant cases, not all.
-    oncology = rng.random(len(frame)) < np.where(data.target == 0, 0.6, 0.15)
-    site = np.where(oncology, "oncology", rng.choice(["gp", "screening"], len(frame)))
-    frame["site"] = pd.Series(site, dtype=object)
-    frame.loc[rng.random(len(frame)) < 0.05, "mean_texture"] = np.nan
-    frame.loc[rng.random(len(frame)) < 0.05, "site"] = None
-    frame["diagnosis"] = np.where(data.target == 1, "benign", "malignant")
-    frame["split"] = rng.choice(["train", "val", "test"], len(frame), p=[0.7, 0.15, 0.15])
-    return frame
-
-
 def clinic_as_pandas(root: Path, seed: int = 0) -> Path:
-    """:func:`clinic_table` written by ``DataFrame.to_parquet`` into train/, val/, test/."""
+    """The clinic's table (``pipeline.data.datasets.clinic_table``) written by
+    ``DataFrame.to_parquet`` into train/, val/, test/."""
+    from pipeline.data.datasets import clinic_table
+
     frame = clinic_table(seed)
     for split in ("train", "val", "test"):
         (root / split).mkdir(parents=True)

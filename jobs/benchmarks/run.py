@@ -49,6 +49,8 @@ SIZES = {
         "tta_reps": 1,
         "predict": {"data": "", "copies": 1},
         "driver_files": 40,
+        "table_seeds": 1,
+        "table_epochs": 1,
         "scale": {"files": 40, "rows_per_file": 250, "stream_rows": 5_000},
     },
     "default": {
@@ -69,6 +71,8 @@ SIZES = {
         "tta_reps": 5,
         "predict": {"data": "data/fashion-mnist/test", "copies": 16},
         "driver_files": 2000,
+        "table_seeds": 5,
+        "table_epochs": None,  # the recipe's
         "scale": {"files": 10_000, "rows_per_file": 2_000, "stream_rows": 200_000},
     },
 }
@@ -76,7 +80,7 @@ SIZES = {
 #: Figure groups, in the order they run; ``--only`` picks some and merges them into the file.
 GROUPS = (
     "ingest", "driver", "scale", "step", "comm", "startup", "whole_jobs", "nodes", "memory",
-    "predict", "tta", "ui",
+    "predict", "tables", "tta", "ui",
 )  # fmt: skip
 
 
@@ -345,6 +349,13 @@ def _ui(_size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     return [ui.ui_memory_figure(tmp)]
 
 
+def _tables(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
+    from jobs.benchmarks import tables
+
+    _progress("tables: a mixed table trained as it comes vs scikit-learn on the same split")
+    return tables.table_figures(size["table_seeds"], size["table_epochs"], tmp)
+
+
 RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "ingest": _ingest,
     "driver": _driver,
@@ -356,6 +367,7 @@ RUNNERS: dict[str, Callable[[dict, Path, float], list[Figure]]] = {
     "nodes": _nodes,
     "memory": _memory,
     "predict": _predict,
+    "tables": _tables,
     "tta": _tta,
     "ui": _ui,
 }

@@ -6,6 +6,8 @@ split. Each loader returns a :class:`Dataset` in memory; :mod:`pipeline.data.pre
   ``dataset-fashion-mnist`` package or a folder holding them. The official 10,000-image test
   set stays the test split, so the published results table applies to it.
 * ``synthetic``: seeded classes of any size, for benchmarks.
+* ``clinic``: not the contract but a user's own mixed table, as pandas writes it
+  (:func:`clinic_table`): to try, test and measure tables with categories and gaps.
 """
 
 from __future__ import annotations
@@ -302,3 +304,34 @@ def _vary(images: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarra
     mirror = rng.random(n) < 0.5
     moved[mirror] = moved[mirror][..., ::-1]
     return moved
+
+
+def clinic_table(seed: int = 0):
+    """A mixed table as a clinic's export gives it: scikit-learn's breast cancer measurements
+    (569 rows, shipped with the package) as 10 float32 and 20 float64 columns, an int column
+    (``visits``), a string column (``site``: 3 values, related to the diagnosis but not
+    deciding it), about 5% gaps in ``mean_texture`` and in ``site``, string labels ``benign``
+    / ``malignant``, and each row's split in ``split`` (train/val/test, 70/15/15, drawn from
+    ``seed``). A pandas DataFrame."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    rng = np.random.default_rng(seed)
+    names = [str(n).replace(" ", "_") for n in data.feature_names]
+    frame = pd.DataFrame(
+        {
+            name: data.data[:, i].astype(np.float32 if i < 10 else np.float64)
+            for i, name in enumerate(names)
+        }
+    )
+    frame["visits"] = rng.integers(1, 9, len(frame)).astype(np.int64)
+    # The site that referred the patient: oncology for most malignant cases, not all.
+    oncology = rng.random(len(frame)) < np.where(data.target == 0, 0.6, 0.15)
+    site = np.where(oncology, "oncology", rng.choice(["gp", "screening"], len(frame)))
+    frame["site"] = pd.Series(site, dtype=object)
+    frame.loc[rng.random(len(frame)) < 0.05, "mean_texture"] = np.nan
+    frame.loc[rng.random(len(frame)) < 0.05, "site"] = None
+    frame["diagnosis"] = np.where(data.target == 1, "benign", "malignant")
+    frame["split"] = rng.choice(["train", "val", "test"], len(frame), p=[0.7, 0.15, 0.15])
+    return frame

@@ -25,6 +25,7 @@ from pipeline.data.contract import (
     IDS_UNIQUE,
     LABEL,
     MANIFEST,
+    SPLITS,
     ids_proof,
     make_schema,
 )
@@ -163,3 +164,23 @@ class _Progress:
 
 
 __all__ = ["FEATURES", "ID", "LABEL", "Dataset", "Split", "StreamedDataset", "write_dataset"]
+
+
+def write_table_splits(uri: str, frame, overwrite: bool = False) -> dict[str, int]:
+    """A pandas DataFrame with a ``split`` column written as a user would: ``train/``,
+    ``val/``, ``test/`` folders of one Parquet file each, by ``Table.from_pandas`` (pandas'
+    own metadata, index and all), no manifest. Rows per split."""
+    loc = resolve(uri)
+    _ensure_empty(loc, overwrite)
+    rows = {}
+    for split in SPLITS:
+        part = frame[frame["split"] == split].drop(columns="split")
+        table = pa.Table.from_pandas(part)
+        try:
+            loc.filesystem.create_dir(loc.join(split), recursive=True)
+            path = loc.join(f"{split}/part-0.parquet")
+            pq.write_table(table, path, filesystem=loc.filesystem, row_group_size=128)
+        except OSError as exc:
+            raise StorageError(f"{loc.uri}: cannot write the {split} split ({exc})") from None
+        rows[split] = len(part)
+    return rows

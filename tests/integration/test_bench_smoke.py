@@ -49,6 +49,8 @@ EXPECTED = {
     "rss_growth",
     "ingest_augmented_vs_plain",
     "checkpoint_stall",
+    "table_accuracy_vs_sklearn",
+    "table_normalize_on_vs_off",
 }
 
 
@@ -77,7 +79,7 @@ def test_every_benchmark_figure_is_produced(tiny_results):
             assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (name, f)
     assert set(results["group_seconds"]) == {
         "ingest", "driver", "scale", "step", "comm", "startup", "whole_jobs", "nodes", "memory",
-        "predict", "tta", "ui",
+        "predict", "tables", "tta", "ui",
     }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.config import load_job_config
 from pipeline.data.contract import FEATURES
+from pipeline.data.datasets import clinic_table
 from pipeline.data.ingest import epoch_pieces, open_source
 from pipeline.data.own_parquet import inspect_own_parquet
 from pipeline.data.table_encoding import (
@@ -23,7 +24,7 @@ from pipeline.data.table_encoding import (
     Fitter,
 )
 from pipeline.errors import DataError
-from tests.datasets import clinic_as_pandas, clinic_table
+from tests.datasets import clinic_as_pandas
 
 CLINIC = ["data.label_column=diagnosis", "data.feature_columns=*"]
 NUMBERS = [c for c in clinic_table().columns if c not in ("site", "diagnosis", "split")]
