@@ -40,6 +40,7 @@ def main() -> int:
     scale = None
     rows = 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    step = args.batch_size
     for i, path in enumerate(files):
         table = pq.read_table(path, use_threads=True)
         meta = table.schema.metadata or {}
@@ -47,8 +48,13 @@ def main() -> int:
         features = table.column("features").combine_chunks()
         x = features.flatten().to_numpy(zero_copy_only=False).reshape(len(features), -1)
         x = x.astype(np.float32) * np.float32(scale) if scale else x.astype(np.float32)
+        answers = [model.predict(x[s : s + step]) for s in range(0, len(x), step)]
+        # A model of named classes answers with a DataFrame: its probability_<name> columns.
         probs = np.concatenate(
-            [model.predict(x[s : s + args.batch_size]) for s in range(0, len(x), args.batch_size)]
+            [
+                a.filter(like="probability_").to_numpy() if hasattr(a, "filter") else a
+                for a in answers
+            ]
         )
         out = pa.table(
             {

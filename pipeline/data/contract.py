@@ -15,11 +15,12 @@ label      int64                                  class index in [0, num_classes
 ========== ====================================== ==========================================
 
 Schema metadata (the same in every file): ``mxtrain.feature_shape`` = JSON list whose product is
-D (``[1, 8, 8]`` for an 8x8 grey image, ``[64]`` for flat features) and
-``mxtrain.num_classes`` = decimal integer. ``_manifest.json`` is written last by
-``jobs.prepare_data`` (or ``jobs.write_manifest`` for Parquet written elsewhere); it is required
-unless ``data.require_manifest=false``, and its file list, row counts and sizes must match what
-is stored.
+D (``[1, 8, 8]`` for an 8x8 grey image, ``[64]`` for flat features),
+``mxtrain.num_classes`` = decimal integer and, optionally, ``mxtrain.class_names`` = JSON list
+of the classes' names (index = class; Fashion-MNIST's "T-shirt/top" ... "Ankle boot").
+``_manifest.json`` is written last by ``jobs.prepare_data`` (or ``jobs.write_manifest`` for
+Parquet written elsewhere); it is required unless ``data.require_manifest=false``, and its file
+list, row counts and sizes must match what is stored.
 
 Row values: every id present and unique across all splits, every label present and in
 ``[0, num_classes)``, every feature value present and finite.
@@ -64,13 +65,21 @@ META_SHAPE = b"mxtrain.feature_shape"
 META_CLASSES = b"mxtrain.num_classes"
 #: For uint8 features: the float one unit stands for (1/255 for 8-bit pixels).
 META_SCALE = b"mxtrain.feature_scale"
+#: Optional: the classes' names, a JSON list (index = class).
+META_NAMES = b"mxtrain.class_names"
+#: The longest class name kept (a name is shown in plots and returned by the model).
+MAX_NAME = 200
 CONTRACT_VERSION = 1
 
 
 def make_schema(
-    feature_shape: tuple[int, ...], num_classes: int, feature_scale: float | None = None
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    feature_scale: float | None = None,
+    class_names: tuple[str, ...] = (),
 ) -> pa.Schema:
-    """The contract's schema; with ``feature_scale``, features are uint8 (value x scale)."""
+    """The contract's schema; with ``feature_scale``, features are uint8 (value x scale);
+    with ``class_names``, the classes have names."""
     size = math.prod(feature_shape)
     value_type = pa.float32() if feature_scale is None else pa.uint8()
     metadata = {
@@ -79,6 +88,8 @@ def make_schema(
     }
     if feature_scale is not None:
         metadata[META_SCALE] = repr(float(feature_scale)).encode()
+    if class_names:
+        metadata[META_NAMES] = json.dumps(list(class_names)).encode()
     return pa.schema(
         [
             pa.field(ID, pa.int64(), nullable=False),
@@ -116,11 +127,14 @@ class DatasetInfo:
     #: The manifest, which matched the files, records that every id was checked unique when
     #: it was written (``prepare_data``, ``write_manifest``): nobody needs to read them again.
     ids_unique: bool = False
+    #: A prepared set's class names (schema metadata ``mxtrain.class_names``), index = class.
+    names: tuple[str, ...] = ()
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """String labels' names, index = class; empty when labels are integers."""
-        return self.mapping.classes if self.mapping is not None else ()
+        """The classes' names, index = class: string labels' (the user's own Parquet) or the
+        schema's; empty when the classes are only numbers."""
+        return self.mapping.classes if self.mapping is not None else self.names
 
     @property
     def num_features(self) -> int:
@@ -301,6 +315,30 @@ def check_schema(schema: pa.Schema, where: str) -> tuple[tuple[int, ...], int, f
     return shape, num_classes, scale
 
 
+def schema_class_names(schema: pa.Schema, num_classes: int, where: str) -> tuple[str, ...]:
+    """The classes' names in a file's schema metadata (empty without them); DataError for
+    names that are not one distinct string per class."""
+    raw = (schema.metadata or {}).get(META_NAMES)
+    if raw is None:
+        return ()
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    ok = (
+        isinstance(names, list)
+        and len(names) == num_classes
+        and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in names)
+        and len(set(names)) == len(names)
+    )
+    if not ok:
+        raise DataError(
+            f"{where}: schema metadata {META_NAMES.decode()} must be a JSON list of"
+            f" {num_classes} distinct names (1-{MAX_NAME} characters), one per class"
+        )
+    return tuple(names)
+
+
 def _list_parquet(loc: Location, split: str) -> list[tuple[str, int]]:
     import pyarrow.fs as pafs
 
@@ -358,7 +396,7 @@ def inspect_dataset(
     if manifest is None and require_manifest:  # before any footer: a partial set's last file
         raise _no_manifest(loc)  # may be an empty one
     planned = _manifest_row_groups(manifest, splits) if trust_manifest else None
-    shapes: set[tuple[tuple[int, ...], int, float | None]] = set()
+    shapes: set[tuple[tuple[int, ...], int, float | None, tuple[str, ...]]] = set()
     found: dict[str, SplitInfo] = {}
     sizes: dict[str, int] = {}
     for split, files in listed.items():
@@ -379,13 +417,17 @@ def inspect_dataset(
         shapes.add(_footer_facts(loc, listed[splits[0]][0][0])[0])
     if len(shapes) != 1:
         seen = sorted(shapes, key=str)
-        raise DataError(f"{uri}: files disagree on feature_shape/num_classes/scale: {seen}")
-    (shape, num_classes, scale) = shapes.pop()
+        raise DataError(
+            f"{uri}: files disagree on feature_shape/num_classes/scale/class names: {seen}"
+        )
+    (shape, num_classes, scale, names) = shapes.pop()
     found, ids_unique = _check_manifest(loc, manifest, found, sizes, require_manifest)
     for split, split_info in found.items():
         if split_info.rows == 0:
             raise DataError(f"{uri}: split {split}/ has no rows")
-    return DatasetInfo(uri, shape, num_classes, found, feature_scale=scale, ids_unique=ids_unique)
+    return DatasetInfo(
+        uri, shape, num_classes, found, feature_scale=scale, ids_unique=ids_unique, names=names
+    )
 
 
 def _manifest_row_groups(
@@ -411,14 +453,17 @@ def _manifest_row_groups(
 
 
 def _footer_facts(loc: Location, path: str) -> tuple[tuple, tuple[int, ...]]:
-    """A file's (feature shape, classes, scale) and rows per row group, from its footer."""
+    """A file's (feature shape, classes, scale, class names) and rows per row group, from its
+    footer."""
     where = loc.uri_of(path)
     try:
         meta = pq.read_metadata(path, filesystem=loc.filesystem)
     except (pa.ArrowException, OSError) as exc:
         raise read_failure(exc, where) from None
-    shape = check_schema(meta.schema.to_arrow_schema(), where)
-    return shape, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    schema = meta.schema.to_arrow_schema()
+    shape, classes, scale = check_schema(schema, where)
+    facts = (shape, classes, scale, schema_class_names(schema, classes, where))
+    return facts, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
 
 
 def _manifest_how(loc: Location) -> str:

@@ -26,6 +26,19 @@ from pipeline.errors import DataError
 
 #: Where Debian's dataset-fashion-mnist package puts the idx files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Zalando's names of Fashion-MNIST's classes, index = label (github.com/zalandoresearch).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -50,6 +63,8 @@ class Dataset:
     #: For integer features: what one unit is worth (1/255 for 8-bit pixels); None for floats.
     feature_scale: float | None = None
     source: str = ""
+    #: The classes' names, index = class (written to the schema metadata); empty: numbers only.
+    class_names: tuple[str, ...] = ()
 
 
 def _stratified(y: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
@@ -143,7 +158,12 @@ def load_fashion_mnist(source: Path | None = None, seed: int = 0, val_rows: int 
         "test": Split(tx, ty, test_ids),
     }
     return Dataset(
-        splits, (1, 28, 28), 10, 1 / 255, f"Fashion-MNIST idx files in {source} (seed {seed})"
+        splits,
+        (1, 28, 28),
+        10,
+        1 / 255,
+        f"Fashion-MNIST idx files in {source} (seed {seed})",
+        FASHION_MNIST_CLASSES,
     )
 
 
@@ -157,6 +177,7 @@ class StreamedDataset:
     num_classes: int
     feature_scale: float | None = None
     source: str = ""
+    class_names: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, dataset: Dataset, rows_per_file: int) -> StreamedDataset:
@@ -173,7 +194,12 @@ class StreamedDataset:
             for name, split in dataset.splits.items()
         }
         return cls(
-            files, dataset.feature_shape, dataset.num_classes, dataset.feature_scale, dataset.source
+            files,
+            dataset.feature_shape,
+            dataset.num_classes,
+            dataset.feature_scale,
+            dataset.source,
+            dataset.class_names,
         )
 
     def materialize(self) -> Dataset:
@@ -188,7 +214,12 @@ class StreamedDataset:
                 )
             )
         return Dataset(
-            splits, self.feature_shape, self.num_classes, self.feature_scale, self.source
+            splits,
+            self.feature_shape,
+            self.num_classes,
+            self.feature_scale,
+            self.source,
+            self.class_names,
         )
 
 

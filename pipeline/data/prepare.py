@@ -94,7 +94,9 @@ def write_dataset(
     check_access(uri, s3)
     loc = resolve(uri, s3)
     _ensure_empty(loc, overwrite)
-    schema = make_schema(dataset.feature_shape, dataset.num_classes, dataset.feature_scale)
+    schema = make_schema(
+        dataset.feature_shape, dataset.num_classes, dataset.feature_scale, dataset.class_names
+    )
     manifest = manifests.new_manifest(
         dataset.feature_shape, dataset.num_classes, schema, dataset.source
     )

@@ -33,3 +33,27 @@ def test_one_epoch_of_fashion_cnn_learns_the_real_data(fashion_uri, tmp_path):
     # Chance is 0.1; the recipe's first epoch (with warm-up) measured 0.79 validation accuracy.
     assert result.metrics["test_accuracy"] >= 0.75
     assert result.registration is not None and result.registration.promoted
+    _answers_in_names(result, fashion_uri)
+
+
+def _answers_in_names(result, fashion_uri: str) -> None:
+    """Names, not numbers: the classes' names travel from the prepared set's schema to the
+    per-class report and to the registered model's answers."""
+    from pathlib import Path
+
+    import mlflow
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipeline.data.datasets import FASHION_MNIST_CLASSES
+
+    report = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="errors"))
+    assert "Ankle boot" in (report / "per_class.json").read_text()
+    reg = result.registration
+    model = mlflow.pyfunc.load_model(f"models:/{reg.name}/{reg.version}")
+    test = pq.read_table(sorted(Path(fashion_uri, "test").glob("*.parquet"))[0]).slice(0, 200)
+    pixels = np.stack(test.column("features").to_numpy(zero_copy_only=False)) / np.float32(255)
+    answer = model.predict(pixels.astype(np.float32))
+    assert list(answer.columns[:2]) == ["prediction", "probability_T-shirt/top"]
+    truth = np.asarray(FASHION_MNIST_CLASSES)[test.column("label").to_numpy()]
+    assert (answer["prediction"].to_numpy() == truth).mean() >= 0.75

@@ -178,6 +178,22 @@ def test_missing_metadata_is_named(tmp_path):
         inspect_dataset(str(ds))
 
 
+@pytest.mark.parametrize(
+    "names",
+    [b"not json", b'["one", "two"]', b'["a", "a", "b"]'],
+    ids=["not-json", "too-few", "repeated"],
+)
+def test_class_names_that_do_not_name_each_class_once_are_one_line(tmp_path, names):
+    ds = _small(tmp_path)
+    for victim in sorted((ds / "train").iterdir()):
+        table = pq.read_table(victim)
+        meta = {**table.schema.metadata, b"mxtrain.class_names": names}
+        pq.write_table(table.replace_schema_metadata(meta), victim)
+    with pytest.raises(DataError) as err:
+        inspect_dataset(str(ds), require_manifest=False)
+    assert "mxtrain.class_names must be a JSON list of 3 distinct names" in str(err.value)
+
+
 def test_manifest_mismatch_is_detected(tmp_path):
     ds = _small(tmp_path)
     sorted((ds / "train").iterdir())[-1].unlink()

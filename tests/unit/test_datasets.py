@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.data.contract import FEATURES, inspect_dataset
 from pipeline.data.datasets import (
+    FASHION_MNIST_CLASSES,
     FASHION_MNIST_FILES,
     load_fashion_mnist,
     read_idx,
@@ -90,6 +91,7 @@ def test_uint8_features_are_a_quarter_of_the_bytes_and_the_same_floats(small_fas
     write_dataset(str(tmp_path / "u8"), dataset, rows_per_file=200, row_group_size=100)
     info = inspect_dataset(str(tmp_path / "u8"))
     assert info.feature_scale == 1 / 255
+    assert info.class_names == FASHION_MNIST_CLASSES and info.class_names[7] == "Sneaker"
     first = info.splits["train"].files[0]
     assert str(pq.read_schema(first).field(FEATURES).type) == "fixed_size_list<element: uint8>[784]"
 
