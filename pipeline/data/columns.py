@@ -109,10 +109,11 @@ def feature_kind(tp: pa.DataType) -> str | None:
 
 
 def dtype_name(tp: pa.DataType) -> str:
-    """A stored column's type as the model's signature names it: numpy's name for numbers
-    (``float64``, ``int32``, ``bool``), ``string`` for text however Arrow stores it."""
+    """A stored column's type by the name pandas gives it when it reads the column: numpy's
+    for numbers (``float64``, ``int32``, ``bool``), ``string`` for text, ``category`` for
+    dictionary-encoded text (a pandas Categorical, as written)."""
     if feature_kind(tp) == CATEGORY:
-        return "string"
+        return "category" if pa.types.is_dictionary(tp) else "string"
     return np.dtype(tp.to_pandas_dtype()).name
 
 

@@ -166,8 +166,7 @@ class TableEncoding:
                 out[c.name] = np.array([c.categories[0] if c.categories else ""] * rows, object)
             else:
                 value = c.fill if c.fill is not None else 0.0
-                dtype = np.dtype(c.dtype) if c.dtype != "string" else np.dtype(np.float64)
-                out[c.name] = np.full(rows, value).astype(dtype)
+                out[c.name] = np.full(rows, value).astype(np.dtype(c.dtype))
         return out
 
     # -- as stored in model.json -----------------------------------------------------------------

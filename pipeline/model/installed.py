@@ -117,15 +117,15 @@ COLUMN_TYPES = {
 
 
 def _column_spec(column):
-    """A table column's MLflow spec. An integer or bool column whose missing values the
-    model fills comes as float64 (NaN) or objects where a file has gaps and as integers where
-    it has none: MLflow has no type for both, so it takes any values and the model's encoding
-    checks them."""
+    """A table column's MLflow spec. Two kinds of column take any values, which the model's
+    encoding then checks, because MLflow has no type for what pandas reads: an integer or
+    bool column whose gaps the model fills (float64 with NaN where a file has gaps, integers
+    where it has none), and a Categorical (which MLflow will not take as a string)."""
     from mlflow.types import ColSpec
     from mlflow.types.schema import AnyType
 
     declared = COLUMN_TYPES.get(column.dtype, "double")
-    if column.fill is not None and declared in ("long", "boolean"):
+    if column.dtype == "category" or (column.fill is not None and declared in ("long", "boolean")):
         return ColSpec(AnyType(), column.name)
     return ColSpec(declared, column.name)
 

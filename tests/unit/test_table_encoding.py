@@ -245,3 +245,34 @@ def test_a_table_model_is_served_with_an_example_of_its_columns(clinic, tmp_path
         assert body["dataframe_split"]["columns"][:2] == ["mean_radius", "mean_texture"]
         shutil.rmtree(tmp_path / "s")
         shutil.rmtree(tmp_path / "plain")
+
+
+def test_a_pandas_category_column_is_a_category_too(tmp_path):
+    """pandas writes a Categorical as a dictionary column; the model's pyfunc gets it back
+    as a Categorical: both encode as the string column would."""
+    import mlflow.pyfunc
+
+    from pipeline.model.installed import pyfunc_arguments
+
+    frame = clinic_table(0)
+    frame["site"] = frame["site"].astype("category")
+    root = tmp_path / "set"
+    for split in ("train", "val", "test"):
+        (root / split).mkdir(parents=True)
+        frame[frame["split"] == split].drop(columns="split").to_parquet(root / split / "p.parquet")
+    assert pa.types.is_dictionary(pq.read_schema(root / "train" / "p.parquet").field("site").type)
+    info = inspect(root, "data.missing=zero")
+    site = next(c for c in info.mapping.encoding.columns if c.name == "site")
+    assert site.kind == CATEGORY and site.dtype == "category"
+    assert site.categories == ("gp", "oncology", "screening")
+    rows = features_of(info, "test")
+    test = frame[frame["split"] == "test"]
+    np.testing.assert_array_equal(rows[:, -3], (test["site"] == "oncology").to_numpy())
+
+    _, model = _table_model(info, tmp_path)
+    with pyfunc_arguments(model, pd.read_parquet(root / "test").head(2)) as arguments:
+        mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), **arguments)
+    answer = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(
+        pd.read_parquet(root / "test")
+    )
+    assert len(answer) == len(test)
