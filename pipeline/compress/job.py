@@ -37,8 +37,16 @@ from pipeline.model.prune import (
     sparsity_by_layer,
 )
 from pipeline.storage import resolve
+from pipeline.tracking.client import client_for
 from pipeline.tracking.model_source import SourceModel, fetch_source_model
-from pipeline.tracking.names import TAG_ACCURACY_DELTA, TAG_DTYPE, TAG_SOURCE_RUN, TAG_SPARSITY
+from pipeline.tracking.names import (
+    TAG_ACCURACY_DELTA,
+    TAG_DTYPE,
+    TAG_FINETUNE_OF,
+    TAG_PARENT_RUN,
+    TAG_SOURCE_RUN,
+    TAG_SPARSITY,
+)
 from pipeline.tracking.variants import Variant, record_variant
 
 Progress = Callable[[str], None]
@@ -300,7 +308,12 @@ class _Work:
             f"{cfg.scaling.num_workers} workers with the zeros held"
         )
         try:
-            result = run_job(cfg, progress=self.progress)
+            # A run nested under the source model's run: the fine-tuning's curve in the UI.
+            tags = {
+                TAG_PARENT_RUN: source.run_id,
+                TAG_FINETUNE_OF: f"models:/{source.name}/{source.version} pruned {sparsity:g}",
+            }
+            result = run_job(cfg, progress=self.progress, run_tags=tags)
             with verified_checkpoint(result.checkpoint) as ckpt:
                 model = bundle.read(ckpt).copy_to(self.tmp / "pruned")
         finally:
@@ -339,6 +352,7 @@ class _Work:
                 "finetune_epochs": str(cfg.optim.epochs),
                 "finetune_learning_rate": f"{cfg.optim.learning_rate:g}",
                 "finetune_workers": str(cfg.scaling.num_workers),
+                "finetune_run_id": result.run_id,
             },
             {TAG_DTYPE: "float32", TAG_SPARSITY: f"{layers['all']:.4f}"},
             description,
@@ -361,12 +375,22 @@ class _Work:
             init=InitConfig(weights=start_uri, hold_zeros=True),
             optim=optim,
             scaling=scaling,
-            # The variant's run records the fine-tuning; the job itself tracks nothing and
-            # makes no variants of its own.
-            tracking=dataclasses.replace(cfg.tracking, enabled=False),
+            # Tracked as a run of its own (nested under the source's, in its experiment and
+            # store) that registers nothing and makes no variants of its own.
+            tracking=dataclasses.replace(
+                cfg.tracking,
+                enabled=True,
+                register=False,
+                uri=self.uri,
+                experiment=self._experiment_name(),
+                artifact_uri="",
+            ),
             compress=CompressConfig(),
             storage=dataclasses.replace(cfg.storage, path=self._storage()),
         )
+
+    def _experiment_name(self) -> str:
+        return client_for(self.uri).get_experiment(self.source.experiment_id).name
 
     def _storage(self) -> str:
         return self.request.storage or self.source.cfg.storage.resolved_path()

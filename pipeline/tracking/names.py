@@ -30,6 +30,8 @@ TAG_RESUME_KEY = "mxtrain.resume_key"
 #: pipeline/data/digest.py's fingerprint of the splits read (runs and model versions).
 TAG_DATA_DIGEST = "mxtrain.data_digest"
 TAG_RESUMES = "mxtrain.resumes"
+#: A fine-tuning run (``jobs.compress --prune``): the model version it fine-tunes.
+TAG_FINETUNE_OF = "mxtrain.finetune_of"
 #: The live driver (host, pid, start time) and its last heartbeat.
 TAG_DRIVER = "mxtrain.driver"
 TAG_HEARTBEAT = "mxtrain.heartbeat"

@@ -55,6 +55,13 @@ def test_compress_registers_a_pruned_and_an_int8_variant(digits_uri, tmp_path):
     pruned_run = client.get_run(variants["pruned"].run_id)
     assert pruned_run.data.metrics["sparsity"] >= 0.8 - 1e-3  # both ranks held the zeros
     assert pruned_run.data.metrics["finetune_samples_per_sec"] > 0
+    # The fine-tuning is a run of its own, nested under the source's, with its curve.
+    tuning = client.get_run(pruned_run.data.params["finetune_run_id"])
+    assert tuning.info.status == "FINISHED"
+    assert tuning.data.tags["mlflow.parentRunId"] == source.run_id
+    assert tuning.data.tags["mxtrain.finetune_of"].startswith("models:/digits-cnn/")
+    curve = client.get_metric_history(tuning.info.run_id, "val_accuracy")
+    assert [m.step for m in curve] == [0, 1]  # --finetune-epochs 2
 
     # Served as registered, through MLflow's pyfunc loader.
     info = inspect_dataset(digits_uri)
