@@ -479,10 +479,16 @@ class TrackingConfig(Section):
     )
     system_metrics: bool = option(
         True,
-        "log CPU, memory, disk and network use (and GPU when present) of rank 0's node to the"
-        " run's System metrics tab (MLflow's own sampler)",
+        "log CPU, memory, disk and network use (and GPU when present) of every node of the job"
+        " to the run's System metrics tab (MLflow's probes, sampled by each node's first local"
+        " rank; several nodes are named node0, node1, ...)",
     )
-    system_metrics_every_s: float = option(10.0, "seconds between system metrics samples", ge=1)
+    system_metrics_every_s: float = option(
+        10.0,
+        "seconds between system metrics samples (also one a second after the start and one at"
+        " the end)",
+        ge=1,
+    )
     progress_every_s: float = option(
         10.0,
         "seconds between rank 0's progress lines within an epoch (step, samples/s, ETA);"

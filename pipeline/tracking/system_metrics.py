@@ -1,10 +1,17 @@
-"""The System metrics tab of a run: MLflow's own sampler (CPU, memory, disk, network, and GPU
-through NVIDIA's NVML when the node has one) started by rank 0 for the life of its worker.
+"""The System metrics tab of a run: MLflow's own probes (CPU, memory, disk, network, and GPU
+through NVIDIA's NVML when the node has one) sampled on every node of the job, by the first
+local rank of each, for the life of its worker.
 
-It samples rank 0's node, where the training happens; on a cluster the other nodes are not
-sampled. Its steps continue across restarts of the worker group (``resume_logging``), so a
-restarted job's tab shows one time line. A tracking server that cannot be reached stops the
-sampler (MLflow's choice); training goes on.
+On a job of several nodes each node's charts carry its name (``system/node0/...``,
+``system/node1/...``: Horovod's node index), side by side in the tab; a one-node job keeps
+MLflow's plain names (``system/cpu_utilization_percentage``).
+
+The schedule is ours, not MLflow's monitor loop, whose first CPU reading is psutil's
+meaningless 0.0 and whose last interval is dropped when the run ends: a sample shortly after
+the start (CPU measured over that first second), one every ``every_s``, and one at the end,
+so even a run shorter than the interval charts lines with real values. Steps continue across
+restarts of the worker group (``resume_logging``), so a restarted job's tab shows one time
+line. A tracking server that cannot be reached stops the sampler; training goes on.
 """
 
 from __future__ import annotations
@@ -12,13 +19,55 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 
 from pipeline.redact import redact
 
+#: Seconds from the start to the first sample (CPU is measured over this interval).
+FIRST_SAMPLE_S = 1.0
 
-def start(tracking_uri: str, run_id: str, every_s: float):
-    """A running sampler (``finish()`` it), or None when MLflow could not start one."""
-    # "Started monitoring system metrics", "Skip logging GPU metrics": MLflow's INFO lines.
+
+class Sampler:
+    """MLflow's probes sampled by a thread of ours: after :data:`FIRST_SAMPLE_S`, then every
+    ``every_s``, and once more at :meth:`finish`."""
+
+    def __init__(self, monitor, every_s: float) -> None:
+        import psutil
+
+        self._monitor = monitor
+        self._every_s = every_s
+        self._stop = threading.Event()
+        psutil.cpu_percent()  # the baseline of the first CPU reading
+        self._thread = threading.Thread(target=self._run, daemon=True, name="system-metrics")
+        self._thread.start()
+
+    def _run(self) -> None:
+        wait = min(FIRST_SAMPLE_S, self._every_s)
+        while not self._stop.wait(wait):
+            if not self._sample():
+                return
+            wait = self._every_s
+        self._sample()  # the end of the run
+
+    def _sample(self) -> bool:
+        """One sample logged; False when the tracking store refused it."""
+        try:
+            self._monitor.collect_metrics()
+            self._monitor.publish_metrics(self._monitor.aggregate_metrics())
+        except Exception:  # the store went away: no more samples, training goes on
+            return False
+        return True
+
+    def finish(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._monitor.mlflow_logger.flush()
+
+
+def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = None):
+    """A running :class:`Sampler` (``finish()`` it), or None when MLflow could not start one.
+    ``node_id`` names the node in the metrics' names (several nodes); None: MLflow's names."""
+    # "Skip logging GPU metrics": MLflow's INFO line.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -29,17 +78,17 @@ def start(tracking_uri: str, run_id: str, every_s: float):
             samples_before_logging=1,
             resume_logging=True,
             tracking_uri=tracking_uri,
+            node_id=node_id,
         )
-        monitor.start()
+        return Sampler(monitor, every_s)
     except Exception as exc:  # no sampler is no reason to stop training
         message = redact(f"warning: no system metrics for this run: {exc}")
         print(message, file=sys.stderr, flush=True)
         return None
-    return monitor
 
 
-def finish(monitor) -> None:
-    """Stop the sampler and send what it holds; never raises."""
-    if monitor is not None:
+def finish(sampler: Sampler | None) -> None:
+    """Stop the sampler after a last sample and send what it holds; never raises."""
+    if sampler is not None:
         with contextlib.suppress(Exception):
-            monitor.finish()
+            sampler.finish()

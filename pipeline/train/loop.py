@@ -137,9 +137,15 @@ def train_worker(payload: WorkerPayload) -> None:
         logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
         logger.count_attempt(cfg.scaling.max_failures, world)
     sampler = None
-    if isinstance(logger, RunLogger) and cfg.tracking.system_metrics:
+    if cfg.tracking.enabled and cfg.tracking.system_metrics and hvd.local_rank() == 0:
+        # One sampler per node (its first local rank), each named by its node's index when
+        # the job spans several.
+        nodes = hvd.cross_size()
         sampler = system_metrics.start(
-            payload.tracking_uri, payload.run_id, cfg.tracking.system_metrics_every_s
+            payload.tracking_uri,
+            payload.run_id,
+            cfg.tracking.system_metrics_every_s,
+            node_id=f"node{hvd.cross_rank()}" if nodes > 1 else None,
         )
 
     try:

@@ -129,6 +129,11 @@ def test_two_nodes_plan_ranks_as_two_hosts_and_print_each_line_once(cluster, uni
     rendezvous = {topology[0]["rendezvous"]}
     assert listeners and all(set(e["listen"]) == rendezvous for e in listeners), listeners
 
+    # Every node sampled its own system metrics (the first local rank of each), by name.
+    for node in ("node0", "node1"):
+        key = f"system/{node}/cpu_utilization_percentage"
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 2, key
+
     # Every worker line reaches the driver once, not once per node's log monitor.
     lines = Counter(line for line in job.stdout().splitlines() if "epoch " in line)
     epoch_lines = {line: n for line, n in lines.items() if "train_loss" in line}

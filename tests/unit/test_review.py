@@ -207,6 +207,23 @@ def test_system_metrics_reach_the_run(tmp_path):
     assert len(history) >= 2 and sorted(m.step for m in history) == list(range(len(history)))
 
 
+def test_a_run_shorter_than_the_interval_gets_a_first_and_a_last_sample_of_its_node(tmp_path):
+    """A sample a second after the start and one at the end, named by the node: a short job
+    on two nodes charts a line per node, not one point of psutil's meaningless first 0.0."""
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    sampler = system_metrics.start(uri, run.info.run_id, every_s=600, node_id="node1")
+    assert sampler is not None
+    time.sleep(system_metrics.FIRST_SAMPLE_S + 1.5)
+    system_metrics.finish(sampler)
+    history = client.get_metric_history(run.info.run_id, "system/node1/cpu_utilization_percentage")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert "system/cpu_utilization_percentage" not in client.get_run(run.info.run_id).data.metrics
+
+
 def test_a_broken_tracking_uri_leaves_training_without_system_metrics(capsys):
     assert system_metrics.start("nosuchscheme://x", "run", every_s=1) is None
     assert "no system metrics" in capsys.readouterr().err
