@@ -24,6 +24,7 @@ from pipeline.tracking.names import (
     TAG_VERSION,
     TAG_VERSION_COMMIT,
 )
+from pipeline.train.rank_timing import slowest_line
 
 
 def headline_metrics(metrics: Mapping[str, float], gate_metric: str = "") -> dict[str, float]:
@@ -93,6 +94,9 @@ def run_description(
                 met = math.isfinite(value) and value >= cfg.tracking.gate_min
                 target = f">= {cfg.tracking.gate_min:g} ({'met' if met else 'missed'})"
             lines.append(f"| {key} | {_number(value)} | {target} |")
+    slowest = slowest_line(metrics)
+    if slowest:
+        lines.append(f"- {slowest}")
     if verdict:
         lines += ["", f"Quality gate: {verdict}."]
     if registered:

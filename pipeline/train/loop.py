@@ -33,7 +33,7 @@ from pipeline.peak_memory import peak_rss_mb
 from pipeline.progress import ProgressBar
 from pipeline.tracking import system_metrics
 from pipeline.tracking.run_logger import RunLogger, Untracked
-from pipeline.train import trace
+from pipeline.train import rank_timing, trace
 from pipeline.train.schedule import lr_at
 
 
@@ -55,6 +55,8 @@ class EngineThrottle:
         self.hint = hint
         self.ahead = ahead
         self._pending: deque = deque()
+        #: Seconds spent waiting for the engine (rank_timing's engine wait).
+        self.waited = 0.0
 
     def add(self, step_output, epoch: int, step: int) -> None:
         """``step_output``: the step's loss(es) as an NDArray, ready once that step has run."""
@@ -68,7 +70,9 @@ class EngineThrottle:
             self._check(*self._pending.popleft())
 
     def _check(self, step_output, epoch: int, step: int) -> None:
+        start = time.perf_counter()
         values = step_output.asnumpy()
+        self.waited += time.perf_counter() - start
         if not np.isfinite(values).all():
             bad = values[~np.isfinite(values)].flat[0]
             raise DivergedError(
@@ -111,7 +115,13 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) ->
         "learning_rate", "samples_per_sec", "epoch_time_s", "peak_rss_mb", "world_size",
         "epochs_trained",
     )  # fmt: skip
-    shown = [k for k in metrics if not k.startswith("_") and k not in hidden]
+    shown = [
+        k
+        for k in metrics
+        if not k.startswith(("_", rank_timing.PREFIX))
+        and k not in hidden
+        and k != rank_timing.SLOWEST
+    ]
     parts = [f"{k} {metrics[k]:.4f}" for k in shown]
     rate = f"  {samples_per_s:,.0f} samples/s"
     return f"epoch {epoch + 1:>3}/{epochs}  " + "  ".join(parts) + rate
@@ -250,7 +260,8 @@ def _train(
         )
         throttle = EngineThrottle(_divergence_hint(cfg))
         bar = _epoch_bar(cfg, epoch, epoch_steps, first, world) if is_chief else None
-        for batch in batches:
+        clock = rank_timing.DataClock()
+        for batch in clock.timed(batches):
             throttle.add(
                 task.train_step(
                     batch,
@@ -289,6 +300,18 @@ def _train(
         train_time += epoch_time
         samples = metrics.pop("_samples")
         train_samples += int(samples)
+        metrics.update(
+            rank_timing.gather(
+                hvd,
+                (n_steps - first) * cfg.data.batch_size,
+                epoch_time,
+                clock.waited,
+                throttle.waited,
+                n_steps - first,
+                hvd.cross_rank(),
+                f"rank_timing{epoch}",
+            )
+        )
         metrics.update(task.evaluate(readers["val"], "val", f"val{epoch}"))
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
         metrics["peak_rss_mb"] = allreduce_max(hvd, peak_rss_mb(), f"rss{epoch}")

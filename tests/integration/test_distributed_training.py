@@ -73,6 +73,22 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     for key in ("train_loss", "val_accuracy", "grad_norm"):
         history = client.get_metric_history(result.run_id, key)
         assert sorted(m.step for m in history) == list(range(cfg.optim.epochs))
+    # Every rank's epoch: samples/s, the shares waiting for data and for the engine, step
+    # time, its node; the run's description names the slowest rank and why.
+    for rank in (0, 1):
+        for field in ("samples_per_sec", "data_wait_share", "engine_wait_share", "step_ms"):
+            history = client.get_metric_history(result.run_id, f"rank/{rank}/{field}")
+            assert sorted(m.step for m in history) == list(range(cfg.optim.epochs)), field
+            assert all(m.value >= 0 for m in history)
+        shares = [
+            run.data.metrics[f"rank/{rank}/{f}"] for f in ("data_wait_share", "engine_wait_share")
+        ]
+        assert 0 < sum(shares) < 1, shares
+    slowest = int(run.data.metrics["slowest_rank"])
+    assert (
+        f"Slowest rank (last epoch): rank {slowest} on node 0"
+        in run.data.tags["mlflow.note.content"]
+    )
     test_accuracy = run.data.metrics["test_accuracy"]
     assert test_accuracy >= RECIPE_TARGETS["digits-cnn"][1]  # the full recipe: its target
     assert run.data.metrics["samples_per_sec"] > 0

@@ -146,3 +146,46 @@ def test_failure_policy_ends_the_job_on_user_errors_only(failure, decision):
     assert data_parallel_trainer.create_failure_policy is original
     error = WorkerGroupError("worker 1 failed", {1: failure})
     assert policy.make_decision(error).name == decision
+
+
+def test_the_slowest_rank_is_named_with_where_its_epoch_went():
+    import numpy as np
+
+    from pipeline.train import rank_timing
+
+    table = np.array(
+        [
+            # samples/s, data wait, engine wait, step ms, node
+            [900.0, 0.02, 0.60, 70.0, 0],
+            [620.0, 0.31, 0.20, 103.0, 1],
+        ]
+    )
+    metrics = rank_timing.rank_metrics(table)
+    assert metrics["rank/1/data_wait_share"] == 0.31 and metrics["rank/0/node"] == 0
+    assert metrics["slowest_rank"] == 1
+    line = rank_timing.slowest_line(metrics)
+    assert line == (
+        "Slowest rank (last epoch): rank 1 on node 1, 620 samples/s (900 the fastest):"
+        " 31% of its epoch waiting for data"
+    )
+    table[1, 1:3] = [0.05, 0.70]  # the same rank, now waiting for its engine
+    assert rank_timing.slowest_line(rank_timing.rank_metrics(table)).endswith(
+        "70% waiting for compute and the allreduce"
+    )
+    assert rank_timing.slowest_line(rank_timing.rank_metrics(table[:1])) == ""  # one rank
+
+
+def test_the_data_clock_counts_only_the_wait_for_the_next_item():
+    import time
+
+    from pipeline.train.rank_timing import DataClock
+
+    def slow():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+
+    clock = DataClock()
+    for _ in clock.timed(slow()):
+        time.sleep(0.1)  # the loop's own work is not waiting for data
+    assert 0.15 <= clock.waited < 0.3
