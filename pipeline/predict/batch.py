@@ -222,19 +222,22 @@ def predict(
 
 
 def _check_resources(request: PredictRequest) -> None:
-    """The actors fit the cluster (else Ray Data would wait for them forever)."""
+    """The actors and a read task fit the cluster (else Ray Data would wait for them
+    forever: actors holding every CPU leave none for the reads that feed them)."""
     import ray
 
     have = ray.cluster_resources()
-    for kind, per_actor, flag in (
-        ("CPU", request.cpus_per_actor, "--cpus-per-actor"),
-        ("GPU", request.gpus_per_actor, "--gpus-per-actor"),
+    for kind, per_actor, flag, reads in (
+        ("CPU", request.cpus_per_actor, "--cpus-per-actor", READ_CPUS),
+        ("GPU", request.gpus_per_actor, "--gpus-per-actor", 0.0),
     ):
-        need = request.actors * per_actor
+        need = request.actors * per_actor + reads
         if need > have.get(kind, 0.0) + 1e-9:
+            also = f" (and {reads:g} for a read task)" if reads else ""
             raise ConfigError(
-                f"{request.actors} actors x {flag} {per_actor:g} need {need:g} {kind}s; the "
-                f"Ray cluster has {have.get(kind, 0.0):g}: use fewer actors or less per actor"
+                f"{request.actors} actors x {flag} {per_actor:g}{also} need {need:g} {kind}s;"
+                f" the Ray cluster has {have.get(kind, 0.0):g}: use fewer actors or less per"
+                " actor"
             )
 
 

@@ -269,8 +269,11 @@ def test_more_gpus_than_the_cluster_has_are_refused(monkeypatch):
     request = PredictRequest("models:/m/1", "/d", "/o", gpus_per_actor=1)
     with pytest.raises(ConfigError, match="2 actors x --gpus-per-actor 1 need 2 GPUs; the Ray"):
         _check_resources(request)
-    _check_resources(PredictRequest("models:/m/1", "/d", "/o", actors=4))
-    with pytest.raises(ConfigError, match=r"need 4\.5 CPUs; the Ray cluster has 4"):
+    _check_resources(PredictRequest("models:/m/1", "/d", "/o", actors=3))
+    # Actors holding every CPU would leave none for the reads that feed them: a hang.
+    with pytest.raises(ConfigError, match=r"and 0\.5 for a read task\) need 4\.5 CPUs; the Ray"):
+        _check_resources(PredictRequest("models:/m/1", "/d", "/o", actors=4))
+    with pytest.raises(ConfigError, match=r"need 5 CPUs; the Ray cluster has 4"):
         _check_resources(PredictRequest("models:/m/1", "/d", "/o", actors=3, cpus_per_actor=1.5))
 
 
