@@ -30,6 +30,10 @@ TAG_RESUME_KEY = "mxtrain.resume_key"
 #: pipeline/data/digest.py's fingerprint of the splits read (runs and model versions).
 TAG_DATA_DIGEST = "mxtrain.data_digest"
 TAG_RESUMES = "mxtrain.resumes"
+#: Per-rank metrics of each epoch (``rank/<r>/samples_per_sec`` ...: pipeline/train/rank_timing.py)
+#: and the epoch's slowest rank.
+RANK_PREFIX = "rank/"
+SLOWEST_RANK = "slowest_rank"
 #: A fine-tuning run (``jobs.compress --prune``): the model version it fine-tunes.
 TAG_FINETUNE_OF = "mxtrain.finetune_of"
 #: The live driver (host, pid, start time) and its last heartbeat.

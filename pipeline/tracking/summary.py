@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pipeline.config import JobConfig
 from pipeline.tracking.names import (
     METRIC_TAG_PREFIX,
+    RANK_PREFIX,
+    SLOWEST_RANK,
     TAG_COMMIT,
     TAG_DATA_DIGEST,
     TAG_DATA_URI,
@@ -24,7 +26,6 @@ from pipeline.tracking.names import (
     TAG_VERSION,
     TAG_VERSION_COMMIT,
 )
-from pipeline.train.rank_timing import slowest_line
 
 
 def headline_metrics(metrics: Mapping[str, float], gate_metric: str = "") -> dict[str, float]:
@@ -104,6 +105,29 @@ def run_description(
     if error:
         lines += ["", f"Error: {error}"]
     return "\n".join(lines)
+
+
+def slowest_line(metrics: Mapping[str, float]) -> str:
+    """The slowest rank of the last epoch and where its time went, in words ("" without
+    per-rank figures or with one rank)."""
+    if SLOWEST_RANK not in metrics or f"{RANK_PREFIX}1/samples_per_sec" not in metrics:
+        return ""
+    rank = int(metrics[SLOWEST_RANK])
+
+    def get(field: str) -> float:
+        return metrics.get(f"{RANK_PREFIX}{rank}/{field}", float("nan"))
+
+    fastest = max(v for k, v in metrics.items() if k.endswith("/samples_per_sec"))
+    data, engine = get("data_wait_share"), get("engine_wait_share")
+    why = (
+        f"{data:.0%} of its epoch waiting for data"
+        if data >= engine
+        else f"{engine:.0%} waiting for compute and the allreduce"
+    )
+    return (
+        f"Slowest rank (last epoch): rank {rank} on node {get('node'):.0f},"
+        f" {get('samples_per_sec'):,.0f} samples/s ({fastest:,.0f} the fastest): {why}"
+    )
 
 
 def version_tags(run_id: str, run_tags: Mapping[str, str], metrics: Mapping[str, float]):

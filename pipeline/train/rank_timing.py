@@ -6,24 +6,24 @@ allreduce, which waits for the slowest rank), and the mean step time.
 Measured with the clock only (no host sync of its own: the engine wait is the throttle's,
 which the loop has anyway) and gathered once per epoch (one allgather of a few numbers per
 rank). Rank 0 logs them as ``rank/<r>/<name>`` and names the slowest rank and why in the
-run's description (:func:`slowest_line`).
+run's description (:func:`pipeline.tracking.summary.slowest_line`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import numpy as np
+
+from pipeline.tracking.names import RANK_PREFIX as PREFIX
+from pipeline.tracking.names import SLOWEST_RANK as SLOWEST
 
 T = TypeVar("T")
 
 #: What is logged per rank, in the gathered row's order (then the node's index).
 FIELDS = ("samples_per_sec", "data_wait_share", "engine_wait_share", "step_ms")
-PREFIX = "rank/"
-#: The slowest rank of the epoch (by samples/s), logged beside the per-rank figures.
-SLOWEST = "slowest_rank"
 
 
 class DataClock:
@@ -80,26 +80,3 @@ def rank_metrics(table: np.ndarray) -> dict[str, float]:
         metrics[f"{PREFIX}{rank}/node"] = float(row[len(FIELDS)])
     metrics[SLOWEST] = float(int(np.argmin(table[:, 0])))
     return metrics
-
-
-def slowest_line(metrics: Mapping[str, float]) -> str:
-    """The slowest rank and where its time went, in words ("" without per-rank figures or
-    with one rank)."""
-    if SLOWEST not in metrics or f"{PREFIX}1/samples_per_sec" not in metrics:
-        return ""
-    rank = int(metrics[SLOWEST])
-
-    def get(field: str) -> float:
-        return metrics.get(f"{PREFIX}{rank}/{field}", float("nan"))
-
-    fastest = max(v for k, v in metrics.items() if k.endswith("/samples_per_sec"))
-    data, engine = get("data_wait_share"), get("engine_wait_share")
-    why = (
-        f"{data:.0%} of its epoch waiting for data"
-        if data >= engine
-        else f"{engine:.0%} waiting for compute and the allreduce"
-    )
-    return (
-        f"Slowest rank (last epoch): rank {rank} on node {get('node'):.0f},"
-        f" {get('samples_per_sec'):,.0f} samples/s ({fastest:,.0f} the fastest): {why}"
-    )

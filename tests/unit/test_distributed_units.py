@@ -151,6 +151,7 @@ def test_failure_policy_ends_the_job_on_user_errors_only(failure, decision):
 def test_the_slowest_rank_is_named_with_where_its_epoch_went():
     import numpy as np
 
+    from pipeline.tracking.summary import slowest_line
     from pipeline.train import rank_timing
 
     table = np.array(
@@ -163,16 +164,16 @@ def test_the_slowest_rank_is_named_with_where_its_epoch_went():
     metrics = rank_timing.rank_metrics(table)
     assert metrics["rank/1/data_wait_share"] == 0.31 and metrics["rank/0/node"] == 0
     assert metrics["slowest_rank"] == 1
-    line = rank_timing.slowest_line(metrics)
+    line = slowest_line(metrics)
     assert line == (
         "Slowest rank (last epoch): rank 1 on node 1, 620 samples/s (900 the fastest):"
         " 31% of its epoch waiting for data"
     )
     table[1, 1:3] = [0.05, 0.70]  # the same rank, now waiting for its engine
-    assert rank_timing.slowest_line(rank_timing.rank_metrics(table)).endswith(
+    assert slowest_line(rank_timing.rank_metrics(table)).endswith(
         "70% waiting for compute and the allreduce"
     )
-    assert rank_timing.slowest_line(rank_timing.rank_metrics(table[:1])) == ""  # one rank
+    assert slowest_line(rank_timing.rank_metrics(table[:1])) == ""  # one rank
 
 
 def test_the_data_clock_counts_only_the_wait_for_the_next_item():
