@@ -39,9 +39,9 @@ class DataClock:
             try:
                 item = next(it)
             except StopIteration:
-                self.waited += time.perf_counter() - start
                 return
-            self.waited += time.perf_counter() - start
+            finally:
+                self.waited += time.perf_counter() - start
             yield item
 
 
