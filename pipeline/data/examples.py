@@ -44,7 +44,8 @@ def _table_rows(info: DatasetInfo, s3: S3Config, rows: int):
                 stored = parquet.metadata.row_group(group).num_rows
                 if count:
                     table = parquet.read_row_group(group, columns=mapping.columns("test"))
-                    chosen, _ = mapping.split_rows(table, path, first_row, "test", path)
+                    where = loc.uri_of(path)
+                    chosen, _ = mapping.split_rows(table, path, first_row, "test", where)
                     found.append(chosen.select(list(mapping.encoding.names)))
                     if sum(t.num_rows for t in found) >= rows:
                         return pa.concat_tables(found).slice(0, rows).to_pandas()
