@@ -175,7 +175,7 @@ $(PETASTORM_VENV)/.installed: jobs/benchmarks/petastorm-requirements.txt
 	$(PETASTORM_VENV)/bin/pip install --quiet -r jobs/benchmarks/petastorm-requirements.txt
 	touch $@
 
-bench-report: $(STAMP) ## Copy .bench/results.json into docs/performance.md's table
+bench-report: $(STAMP) ## Copy .bench/results.json into docs/performance.md's table and the figures README.md quotes
 	$(BIN)/python -m jobs.benchmarks.report --results .bench/results.json --page docs/performance.md
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy on pipeline/ and models/

@@ -207,9 +207,11 @@ def write(
     size: str,
     seconds: float,
     group_seconds: dict[str, float] | None = None,
+    measured_on: dict | None = None,
 ) -> None:
     """``{"machine", "size", "seconds", "group_seconds", "figures"}`` as JSON (non-finite
-    numbers as null); ``group_seconds``: what each group of figures took when last run."""
+    numbers as null); ``group_seconds``: what each group of figures took when last run;
+    ``measured_on``: the machine, when not this one (a file rebuilt from the page)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [
         {
@@ -219,7 +221,7 @@ def write(
         for f in figures
     ]
     data = {
-        "machine": machine(),
+        "machine": measured_on or machine(),
         "size": size,
         "seconds": round(seconds),
         "group_seconds": group_seconds or {},

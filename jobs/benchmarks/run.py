@@ -160,7 +160,12 @@ def _previous(out: Path, size: str, groups: list[str]) -> tuple[dict, list[Figur
     if set(groups) == set(GROUPS) or not out.is_file():
         return None
     header, figures = read(out)
-    if header.get("size") != size or header.get("machine") != machine():
+    # The same kind of machine: cores, CPU model and Python. Not the kernel's build string,
+    # which differs between two VMs of one type (a fresh checkout seeds the file from
+    # docs/performance.md, measured on another instance: report --seed).
+    kind = ("cores", "cpu", "python")
+    before, now = header.get("machine", {}), machine()
+    if header.get("size") != size or any(before.get(k) != now[k] for k in kind):
         raise SystemExit(
             f"error: {out} holds size {header.get('size')} figures from another run or machine; "
             "run every group (no --only) or write to another --out"
@@ -176,10 +181,14 @@ def _merge(
     if previous is None:
         return {"seconds": sum(group_seconds.values()), "group_seconds": group_seconds}, new
     header, old = previous
-    group_seconds = {**header.get("group_seconds", {}), **group_seconds}
+    before = header.get("group_seconds", {})
+    # The earlier total, less what the rerun groups took then (unknown for a file seeded
+    # from the page: its total stands), plus what they took now.
+    total = header.get("seconds", 0) - sum(before.get(g, 0) for g in group_seconds)
+    total += sum(group_seconds.values())
     fresh = {f.name: f for f in new}
     merged = [fresh.pop(f.name, f) for f in old] + list(fresh.values())
-    return {"seconds": sum(group_seconds.values()), "group_seconds": group_seconds}, merged
+    return {"seconds": total, "group_seconds": {**before, **group_seconds}}, merged
 
 
 @contextlib.contextmanager

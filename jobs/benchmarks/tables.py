@@ -6,8 +6,9 @@
   against scikit-learn given every advantage a competent user would give it: mean imputation,
   standardization and one-hot encoding fitted on the training rows, then logistic regression
   and an MLP, the one with the better validation accuracy scored on the test rows.
-* table_normalize_on_vs_off: test accuracy with ``data.normalize=true`` against the default
-  (off): whether standardizing the columns helps the recipe's batch norm.
+* table_normalize_on_vs_off: test accuracy with ``data.normalize`` on (the default, chosen by
+  this figure: 1.044 when it was off by default) against ``data.normalize=false``: whether
+  standardizing the columns helps beyond the recipe's batch norm.
 
 Each is the median over seeds of the table's split (every seed a new draw of train/val/test),
 with every seed's pair in the note.
@@ -73,7 +74,7 @@ def sklearn_accuracy(frame) -> tuple[float, str]:
 
 def table_figures(seeds: int, epochs: int | None, tmp: Path) -> list[Figure]:
     ours: list[float] = []
-    normalized: list[float] = []
+    unscaled: list[float] = []
     theirs: list[float] = []
     chosen: list[str] = []
     for seed in range(seeds):
@@ -81,15 +82,15 @@ def table_figures(seeds: int, epochs: int | None, tmp: Path) -> list[Figure]:
         uri = str(tmp / f"clinic-{seed}")
         write_table_splits(uri, frame, overwrite=True)
         common = [*KEYS, *([f"optim.epochs={epochs}"] if epochs else [])]
-        _, plain = run_job_for_bench(uri, RECIPE, tmp, common)
-        _, scaled = run_job_for_bench(uri, RECIPE, tmp, [*common, "data.normalize=true"])
-        ours.append(plain["test_accuracy"])
-        normalized.append(scaled["test_accuracy"])
+        _, default = run_job_for_bench(uri, RECIPE, tmp, common)
+        _, raw = run_job_for_bench(uri, RECIPE, tmp, [*common, "data.normalize=false"])
+        ours.append(default["test_accuracy"])
+        unscaled.append(raw["test_accuracy"])
         accuracy, name = sklearn_accuracy(frame)
         theirs.append(accuracy)
         chosen.append(name)
     pairs = ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(ours, theirs, strict=True))
-    on_off = ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(normalized, ours, strict=True))
+    on_off = ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(ours, unscaled, strict=True))
     rows = len(clinic_table(0))
     return [
         ratio_figure(
@@ -99,16 +100,16 @@ def table_figures(seeds: int, epochs: int | None, tmp: Path) -> list[Figure]:
             ">= 0.98",
             "test accuracy",
             f"clinic table ({rows} rows: float32/float64/int/string columns, gaps), {RECIPE}"
-            f" with data.missing=mean as it comes vs scikit-learn (imputed, standardized,"
-            f" one-hot; {', '.join(sorted(set(chosen)))} chosen on val); median of {seeds}"
-            f" split seeds, ours/sklearn per seed: {pairs}",
+            f" with data.missing=mean (and the default data.normalize) vs scikit-learn"
+            f" (imputed, standardized, one-hot; {', '.join(sorted(set(chosen)))} chosen on"
+            f" val); median of {seeds} split seeds, ours/sklearn per seed: {pairs}",
         ),
         ratio_figure(
             "table_normalize_on_vs_off",
-            statistics.median(normalized),
             statistics.median(ours),
+            statistics.median(unscaled),
             "",
             "test accuracy",
-            f"the same jobs with data.normalize=true vs off (the default); per seed: {on_off}",
+            f"the same jobs with data.normalize on (the default) vs false; per seed: {on_off}",
         ),
     ]

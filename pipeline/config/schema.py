@@ -146,10 +146,11 @@ class DataConfig(Section):
         choices=("refuse", "mean", "zero"),
     )
     normalize: bool = option(
-        False,
+        True,
         "your own Parquet's number columns: standardize each with the training split's mean"
-        " and standard deviation (stored with the model, applied wherever it runs); the"
-        " recipes' batch norm absorbs scale, so off by default",
+        " and standard deviation (stored with the model, applied wherever it runs); on by"
+        " default: it raised test accuracy on a mixed table (make bench, tables group);"
+        " false feeds the stored values as they are",
     )
     max_categories: int = option(
         1000,

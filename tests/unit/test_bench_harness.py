@@ -59,7 +59,10 @@ def _fig(name: str, value: float) -> Figure:
 
 
 def test_a_partial_run_replaces_its_figures_in_place_and_keeps_the_rest():
-    previous = ({"group_seconds": {"ingest": 10, "tta": 100}}, [_fig("a", 1), _fig("b", 2)])
+    previous = (
+        {"seconds": 110, "group_seconds": {"ingest": 10, "tta": 100}},
+        [_fig("a", 1), _fig("b", 2)],
+    )
     header, merged = run._merge(previous, [_fig("b", 3), _fig("c", 4)], {"ingest": 12.4})
     assert [(f.name, f.value) for f in merged] == [("a", 1), ("b", 3), ("c", 4)]
     assert header == {"seconds": 112, "group_seconds": {"ingest": 12, "tta": 100}}
@@ -72,3 +75,15 @@ def test_a_partial_run_into_another_sizes_results_is_refused(tmp_path):
         run._previous(out, "default", ["tta"])
     assert run._previous(out, "tiny", ["tta"])[1][0].name == "a"
     assert run._previous(out, "tiny", list(run.GROUPS)) is None  # a full run starts afresh
+
+
+def test_a_file_seeded_from_the_page_takes_a_partial_run_on_another_vm_of_its_kind(tmp_path):
+    out = tmp_path / "results.json"
+    elsewhere = {**harness.machine(), "system": "Linux another-build"}
+    harness.write([_fig("a", 1)], out, "tiny", 500, {}, elsewhere)
+    header, figures = run._previous(out, "tiny", ["tta"])
+    merged_header, _ = run._merge((header, figures), [_fig("b", 2)], {"tta": 20})
+    assert merged_header["seconds"] == 520  # the seeded total stands, the new group adds
+    harness.write([_fig("a", 1)], out, "tiny", 500, {}, {**elsewhere, "cores": 96})
+    with pytest.raises(SystemExit, match="another run or machine"):
+        run._previous(out, "tiny", ["tta"])
