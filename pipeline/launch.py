@@ -1,10 +1,10 @@
 """The driver: from a JobConfig to a finished, tracked and registered run.
 
 preflight (pipeline/preflight.py: data contract, model/data fit, storage)
-  -> MLflow run opened
-  -> Ray (local, or the cluster at RAY_ADDRESS)
+  -> MLflow run opened (in a thread) while Ray starts (local, or the cluster at RAY_ADDRESS)
   -> Ray Train v2 DataParallelTrainer + our Horovod backend, each worker reads its planned shard
-  -> model logged from the final checkpoint, registered, alias moved
+  -> model logged from the final checkpoint, registered, alias moved (in a thread) while a
+     local Ray shuts down
   -> run FINISHED (FAILED on any error, nothing registered)
 """
 
@@ -34,6 +34,7 @@ from pipeline.tracking.client import client_for
 from pipeline.tracking.names import TAG_GATE, TAG_NOTE
 from pipeline.tracking.registry import Registration
 from pipeline.train import checkpoint
+from pipeline.train.best_epoch import SCORE
 from pipeline.train.loop import WorkerPayload
 
 Progress = Callable[[str], None]
@@ -107,7 +108,7 @@ def fit(
             name=payload.run_name,
             storage_path=storage.path,
             storage_filesystem=storage.filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            checkpoint_config=_checkpoint_config(cfg),
             # A failed worker group restarts from the newest valid checkpoint (loop._resume).
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             # Train logs a failed worker's traceback at INFO; run_job turns it into one line
@@ -118,6 +119,19 @@ def fit(
     )
     with stop_on_user_errors():
         return trainer.fit()
+
+
+def _checkpoint_config(cfg: JobConfig):
+    """The keep_last newest checkpoints; with checkpoint.keep_best, the best N by the score
+    each epoch reports (pipeline/train/best_epoch.py), Ray Train keeping the newest besides."""
+    import ray.train
+
+    keep = cfg.checkpoint
+    if not keep.keep_best:
+        return ray.train.CheckpointConfig(num_to_keep=keep.keep_last)
+    return ray.train.CheckpointConfig(
+        num_to_keep=keep.keep_best, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
+    )
 
 
 def _worker_error(exc: BaseException) -> str:
@@ -166,26 +180,44 @@ def run_job(
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     with outage.fast_failing():  # our retries, not MLflow's minutes-long ones
-        run_id = (
-            _open_run(cfg, info, uri, resume, progress, run_tags or {})
+        # The MLflow run is opened (its parameters, data sets, tags: seconds) while the local
+        # Ray starts; the workers, which need its id, start after both.
+        opening = (
+            _in_background(lambda: _open_run(cfg, info, uri, resume, progress, run_tags or {}))
             if tracked
-            else uuid.uuid4().hex
+            else None
         )
-        heartbeat = mlflow_run.Heartbeat(uri, run_id) if tracked else None
-        if not tracked:
-            progress(f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to MLflow")
+        run_id: str | None = None
+        heartbeat = None
         status = "FAILED"
         registration = None
+        registering: Callable[[], Any] | None = None
         metrics: dict = {}
         error = ""
         try:
             with ray_session(cfg, progress):
-                result = _train(cfg, info, run_id, uri, callbacks)
-            metrics = {
-                k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
-            }
-            if tracked:
-                registration = _register(cfg, info, run_id, uri, result, metrics, progress)
+                run_id = opened = opening() if opening else uuid.uuid4().hex
+                if tracked:
+                    heartbeat = mlflow_run.Heartbeat(uri, opened)
+                else:
+                    progress(
+                        f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to"
+                        " MLflow"
+                    )
+                result = _train(cfg, info, opened, uri, callbacks)
+                metrics = {
+                    k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
+                }
+                # The model is logged and registered while the local Ray shuts down: neither
+                # needs the other (the checkpoint is in storage), and each takes seconds.
+                registering = (
+                    _in_background(
+                        lambda: _register(cfg, info, opened, uri, result, metrics, progress)
+                    )
+                    if tracked
+                    else None
+                )
+            registration = registering() if registering else None
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit) as exc:
             # SIGTERM (`ray job stop`, an eviction) or Ctrl-C.
@@ -207,15 +239,23 @@ def run_job(
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
+            if run_id is None and opening is not None:
+                # Stopped while Ray started: the run being opened is ended below as well.
+                with contextlib.suppress(Exception):
+                    run_id = opening()
             if heartbeat is not None:
                 heartbeat.stop()
-            if status != "FINISHED" and registration is not None:
+            if status != "FINISHED" and registering is not None and run_id is not None:
+                # Stopped while the model was being registered: let that finish (it is bounded
+                # by tracking.outage_wait_s), so that nothing lands after the withdrawal.
+                with contextlib.suppress(Exception):
+                    registering()
                 registry.withdraw_versions(uri, run_id)
-            if tracked:
+            if tracked and run_id is not None:
                 _describe_run(cfg, uri, run_id, status, metrics, registration, error)
                 mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
     return JobResult(
-        run_id=run_id,
+        run_id=opened,
         experiment=cfg.tracking.experiment,
         tracking_uri=uri if tracked else "",
         metrics=metrics,
@@ -224,6 +264,29 @@ def run_job(
         seconds=time.perf_counter() - start,
         checkpoint=result.checkpoint,
     )
+
+
+def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``work`` in a thread; the function returned waits for it and returns its result
+    or raises its exception. The thread is a daemon: a stopped job does not wait for it."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # handed to the caller, who decides
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="register-model", daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return wait
 
 
 def _open_run(

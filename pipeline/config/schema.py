@@ -507,18 +507,44 @@ class TrackingConfig(Section):
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 
 
+def validation_counterpart(gate_metric: str) -> str:
+    """The per-epoch metric that stands for the gate's test metric while training:
+    test_accuracy -> val_accuracy (val_accuracy without a gate)."""
+    return "val_" + gate_metric.removeprefix("test_") if gate_metric else "val_accuracy"
+
+
 @dataclass(frozen=True)
 class CheckpointConfig(Section):
     """When checkpoints are written and how many Ray Train keeps."""
 
     KEY = "checkpoint"
 
-    keep_last: int = option(2, "checkpoints kept in storage (older ones are deleted)", ge=1)
+    keep_last: int = option(
+        2, "checkpoints kept in storage (older ones are deleted; unused with keep_best)", ge=1
+    )
     every_steps: int = option(
         0,
         "also checkpoint every N steps within an epoch (0 = at the end of each epoch only)",
         ge=0,
     )
+    keep_best: int = option(
+        0,
+        "keep the N checkpoints of the epochs that scored best on best_metric, plus the"
+        " newest (to resume from); the model tested, logged and registered is then the best"
+        " epoch's, not the last one's. 0 = the last epoch's model, the keep_last newest",
+        ge=0,
+    )
+    best_metric: str = option(
+        "",
+        "the per-epoch metric keep_best ranks epochs by; empty = the validation counterpart"
+        " of tracking.gate_metric (test_accuracy -> val_accuracy)",
+    )
+    best_mode: str = option(
+        "max", "whether a higher or a lower best_metric is better", ("max", "min")
+    )
+
+    def best_metric_name(self, gate_metric: str) -> str:
+        return self.best_metric or validation_counterpart(gate_metric)
 
 
 @dataclass(frozen=True)
@@ -591,9 +617,7 @@ class TuneConfig(Section):
     alias: str = option("tuned", "alias the best trial's registered model gets")
 
     def metric_name(self, gate_metric: str) -> str:
-        if self.metric:
-            return self.metric
-        return "val_" + gate_metric.removeprefix("test_") if gate_metric else "val_accuracy"
+        return self.metric or validation_counterpart(gate_metric)
 
 
 @dataclass(frozen=True)

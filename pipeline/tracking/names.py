@@ -34,6 +34,10 @@ TAG_RESUMES = "mxtrain.resumes"
 #: and the epoch's slowest rank.
 RANK_PREFIX = "rank/"
 SLOWEST_RANK = "slowest_rank"
+#: checkpoint.keep_best: the epoch (1-based) whose model was registered, and its metric
+#: (``best_val_accuracy``).
+BEST_EPOCH = "best_epoch"
+BEST_PREFIX = "best_"
 #: A fine-tuning run (``jobs.compress --prune``): the model version it fine-tunes.
 TAG_FINETUNE_OF = "mxtrain.finetune_of"
 #: The live driver (host, pid, start time) and its last heartbeat.

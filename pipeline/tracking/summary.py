@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from pipeline.config import JobConfig
 from pipeline.tracking.names import (
+    BEST_EPOCH,
+    BEST_PREFIX,
     METRIC_TAG_PREFIX,
     RANK_PREFIX,
     SLOWEST_RANK,
@@ -95,6 +97,9 @@ def run_description(
                 met = math.isfinite(value) and value >= cfg.tracking.gate_min
                 target = f">= {cfg.tracking.gate_min:g} ({'met' if met else 'missed'})"
             lines.append(f"| {key} | {_number(value)} | {target} |")
+    best = best_epoch_line(cfg, metrics)
+    if best:
+        lines.append(f"- {best}")
     slowest = slowest_line(metrics)
     if slowest:
         lines.append(f"- {slowest}")
@@ -105,6 +110,20 @@ def run_description(
     if error:
         lines += ["", f"Error: {error}"]
     return "\n".join(lines)
+
+
+def best_epoch_line(cfg: JobConfig, metrics: Mapping[str, float]) -> str:
+    """Which epoch's model the run tested and registered under checkpoint.keep_best ("" when
+    it is off: the last epoch's)."""
+    if BEST_EPOCH not in metrics:
+        return ""
+    name = cfg.checkpoint.best_metric_name(cfg.tracking.gate_metric)
+    value = metrics.get(BEST_PREFIX + name)
+    scored = f", {name} {_number(value)}" if value is not None else ""
+    return (
+        f"Model: epoch {int(metrics[BEST_EPOCH])}'s, the best{scored} (checkpoint.keep_best);"
+        " the test metrics are that model's"
+    )
 
 
 def slowest_line(metrics: Mapping[str, float]) -> str:
@@ -150,10 +169,12 @@ def version_description(
     """The model version's description: what it is, how good, from what."""
     shown = headline_metrics(metrics, cfg.tracking.gate_metric)
     scores = ", ".join(f"{k} {_number(v)}" for k, v in list(shown.items())[:4])
+    best = best_epoch_line(cfg, metrics)
     return (
         f"{cfg.recipe} ({cfg.model.name}) trained by run {run_id} on "
         f"{run_tags.get(TAG_DATA_URI, cfg.data.uri)} (digest "
         f"{run_tags.get(TAG_DATA_DIGEST, '?')[:12]}). {scores}. {_code_line(run_tags)}."
+        + (f" {best}." if best else "")
     )
 
 

@@ -3,6 +3,8 @@
 One checkpoint is a directory::
 
     params.nd       every network's parameters        MXNet NDArray-list format (mx.nd.save)
+    best.nd         with checkpoint.keep_best, when an earlier epoch scored best: that
+                    epoch's parameters (the model registered at the end)
     optimizer.nd    every optimizer state array       MXNet NDArray-list format
     state.json      epoch, step, world size, seed, config hash, optimizer counters, RNG state
     model-*         the exported model bundle the registry logs (pipeline/model/bundle.py)
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 STATE = "state.json"
 PARAMS = "params.nd"
+BEST = "best.nd"
 OPTIMIZER = "optimizer.nd"
 #: First 8 bytes of an MXNet NDArray-list file (kMXAPINDArrayListMagic, little endian).
 NDARRAY_MAGIC = struct.pack("<Q", 0x112)
@@ -60,17 +63,50 @@ def _flatten_state(state, key: str, out: dict) -> Any:
     return key
 
 
-def write(directory: str, networks: dict, state: dict[str, Any]) -> None:
-    """Write a checkpoint of ``networks`` ({prefix: DistributedNetwork}) plus ``state`` into
-    ``directory`` (which may already hold the exported model); the manifest last."""
+def snapshot(networks: dict) -> dict:
+    """Every parameter of ``networks`` ({prefix: DistributedNetwork}) copied to host memory,
+    keyed ``prefix/structural name`` as in params.nd."""
     import mxnet as mx
 
-    params: dict = {}
+    return {
+        f"{prefix}/{name}": p.data().copyto(mx.cpu())
+        for prefix, opt in networks.items()
+        for name, p in _structural(opt.net).items()
+    }
+
+
+def load_snapshot(networks: dict, arrays: dict) -> None:
+    """Put a :func:`snapshot` (or a checkpoint's best.nd) back into ``networks``; CheckpointError
+    for one of another model, before any parameter is touched."""
+    for p, value in _fitting(networks, arrays, "the snapshot"):
+        p.set_data(value.as_in_context(p.data().context))
+
+
+def _fitting(networks: dict, arrays: dict, source: str) -> list:
+    """(parameter, its array) for every parameter of ``networks``; CheckpointError when
+    ``arrays`` lacks one or holds it in another shape (another model's)."""
+    pairs = []
+    for prefix, opt in networks.items():
+        for name, p in _structural(opt.net).items():
+            key = f"{prefix}/{name}"
+            if key not in arrays:
+                raise CheckpointError(f"{source} has no {key}: a checkpoint of another model")
+            if tuple(arrays[key].shape) != tuple(p.shape):
+                raise CheckpointError(f"{source}: {key} has shape {arrays[key].shape}")
+            pairs.append((p, arrays[key]))
+    return pairs
+
+
+def write(directory: str, networks: dict, state: dict[str, Any], best: dict | None = None) -> None:
+    """Write a checkpoint of ``networks`` ({prefix: DistributedNetwork}) plus ``state`` into
+    ``directory`` (which may already hold the exported model); the manifest last. ``best``:
+    an earlier epoch's :func:`snapshot` to keep beside them (checkpoint.keep_best)."""
+    import mxnet as mx
+
+    params = snapshot(networks)
     optim_arrays: dict = {}
     optim_meta: dict[str, Any] = {}
     for prefix, opt in networks.items():
-        for name, p in _structural(opt.net).items():
-            params[f"{prefix}/{name}"] = p.data().copyto(mx.cpu())
         names = _trainer_names(opt)
         updater = opt.trainer._updaters[0]
         optimizer = opt.trainer._optimizer
@@ -85,6 +121,8 @@ def write(directory: str, networks: dict, state: dict[str, Any]) -> None:
             },
         }
     mx.nd.save(os.path.join(directory, PARAMS), params)
+    if best is not None:
+        mx.nd.save(os.path.join(directory, BEST), best)
     mx.nd.save(
         os.path.join(directory, OPTIMIZER), {k: v.copyto(mx.cpu()) for k, v in optim_arrays.items()}
     )
@@ -219,8 +257,11 @@ def restore(directory: str, networks: dict, ctx) -> dict:
     its state."""
 
     state = verify(directory)
+    # Only what the manifest vouches for: a best.nd put beside it later is not read.
+    has_best = BEST in manifest_files(os.path.join(directory, MANIFEST))
     try:
         plan = _parse(directory, networks, state, ctx)
+        best = _best(directory, networks) if has_best else None
     except CheckpointError:
         raise
     except Exception as exc:  # MXNet's parse errors, missing or mistyped keys: all "unusable"
@@ -229,7 +270,19 @@ def restore(directory: str, networks: dict, ctx) -> dict:
     # networks half restored (the caller falls back to an older one, or to a fresh start).
     for apply in plan:
         apply()
+    if best is not None:
+        state["best_params"] = best
     return state
+
+
+def _best(directory: str, networks: dict) -> dict:
+    """best.nd's arrays (host memory), checked against ``networks``, not loaded into them."""
+    import mxnet as mx
+
+    arrays = mx.nd.load(os.path.join(directory, BEST))
+    arrays = arrays if isinstance(arrays, dict) else {}
+    _fitting(networks, arrays, BEST)
+    return arrays
 
 
 def _parse(directory: str, networks: dict, state: dict, ctx) -> list:
@@ -242,16 +295,9 @@ def _parse(directory: str, networks: dict, state: dict, ctx) -> list:
     # An empty file loads as a list; a named one as a dict.
     params = params if isinstance(params, dict) else {}
     optim_arrays = optim_arrays if isinstance(optim_arrays, dict) else {}
-    plan: list = []
+    placed = [(p, value.as_in_context(ctx)) for p, value in _fitting(networks, params, PARAMS)]
+    plan: list = [lambda p=p, value=value: p.set_data(value) for p, value in placed]
     for prefix, opt in networks.items():
-        for name, p in _structural(opt.net).items():
-            key = f"{prefix}/{name}"
-            if key not in params:
-                raise CheckpointError(f"params.nd has no {key}: a checkpoint of another model")
-            if tuple(params[key].shape) != tuple(p.shape):
-                raise CheckpointError(f"params.nd: {key} has shape {params[key].shape}")
-            value = params[key].as_in_context(ctx)
-            plan.append(lambda p=p, value=value: p.set_data(value))
         meta = state["optimizers"][prefix]
         index = {name: i for i, name in _trainer_names(opt).items()}
         num_update = int(meta["num_update"])

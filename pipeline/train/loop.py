@@ -8,6 +8,7 @@ MLflow and writes checkpoints (the ``is_chief`` flag gates both).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -32,8 +33,10 @@ from pipeline.model.pictures import write_grid_png
 from pipeline.peak_memory import peak_rss_mb
 from pipeline.progress import ProgressBar
 from pipeline.tracking import system_metrics
+from pipeline.tracking.names import BEST_EPOCH, BEST_PREFIX
 from pipeline.tracking.run_logger import RunLogger, Untracked
 from pipeline.train import rank_timing, trace
+from pipeline.train.best_epoch import SCORE, BestEpoch
 from pipeline.train.schedule import lr_at
 
 
@@ -118,7 +121,7 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) ->
     shown = [
         k
         for k in metrics
-        if not k.startswith(("_", rank_timing.PREFIX))
+        if not k.startswith(("_", rank_timing.PREFIX, BEST_PREFIX))
         and k not in hidden
         and k != rank_timing.SLOWEST
     ]
@@ -203,7 +206,10 @@ def _train(
         for split in ("train", "val", "test")
     }
     steps = readers["train"].steps(cfg.data.batch_size)
-    start_epoch, skip, history, restored, resized = _resume(payload, task, device, world, is_chief)
+    best = BestEpoch.from_config(cfg)
+    start_epoch, skip, history, restored, resized = _resume(
+        payload, task, device, world, is_chief, best
+    )
     if logger and history:
         # Metrics that an earlier group logged while the tracking server was unreachable died
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
@@ -287,9 +293,10 @@ def _train(
                     task,
                     world,
                     is_chief,
-                    {"epoch": epoch, "step": n_steps},
+                    {"epoch": epoch, "step": n_steps, **({SCORE: -math.inf} if best else {})},
                     (epoch, n_steps),
                     history,
+                    best,
                     resizes,
                 )
         throttle.drain()
@@ -313,6 +320,7 @@ def _train(
             )
         )
         metrics.update(task.evaluate(readers["val"], "val", f"val{epoch}"))
+        score = best.observe(epoch, metrics, task.networks()) if best else None
         metrics["learning_rate"] = lr_at(optim, world, (epoch + 1) * steps - 1, steps)
         metrics["peak_rss_mb"] = allreduce_max(hvd, peak_rss_mb(), f"rss{epoch}")
         metrics["epoch_time_s"] = epoch_time
@@ -328,6 +336,8 @@ def _train(
                 )
         if last:
             metrics["epochs_trained"] = epoch + 1
+            if best:
+                _use_best(best, epoch, task, metrics, is_chief)
             metrics.update(task.evaluate(readers["test"], "test", "test"))
             metrics["samples_per_sec"] = train_samples / train_time
         if tracer:
@@ -346,15 +356,30 @@ def _train(
                     png = str(Path(pictures) / "samples.png")
                     write_grid_png(images, png)
                     logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
-        _report(
-            payload, task, world, is_chief, {**metrics, "epoch": epoch}, (epoch + 1, 0), history
-        )
+        reported = {**metrics, "epoch": epoch, **({SCORE: score} if best else {})}
+        _report(payload, task, world, is_chief, reported, (epoch + 1, 0), history, best)
         if last:
             break
     if restored and start_epoch >= end:
-        _report_finished(payload, is_chief, restored, history, end - 1)
+        _report_finished(payload, is_chief, restored, history, end - 1, best)
     for reader in readers.values():
         reader.source.close()
+
+
+def _use_best(best: BestEpoch, epoch: int, task, metrics: dict, is_chief: bool) -> None:
+    """The end of training with checkpoint.keep_best: the best epoch's parameters go back
+    into the networks for the test pass and the export; the epoch is logged (1-based)."""
+    assert best.epoch is not None and best.value is not None
+    swapped = best.use_best(epoch, task.networks())
+    metrics[BEST_EPOCH] = best.epoch + 1
+    metrics[BEST_PREFIX + best.metric] = best.value
+    if is_chief:
+        which = f"epoch {best.epoch + 1}" + (" (not the last)" if swapped else " (the last)")
+        print(
+            f"checkpoint.keep_best: {which} scored best, {best.metric} {best.value:.4f}; its"
+            " model is tested, logged and registered",
+            flush=True,
+        )
 
 
 def _log_errors(logger, errors: ErrorReport, info: DatasetInfo, epoch: int) -> list[list]:
@@ -412,6 +437,7 @@ def _report(
     metrics: dict,
     position: tuple[int, int],
     history: list,
+    best: BestEpoch | None,
     resizes: Sequence[Resize] = (),
 ) -> None:
     """Every rank reports (Ray Train waits for all); rank 0 attaches the checkpoint: the
@@ -438,13 +464,20 @@ def _report(
             "run_id": payload.run_id,
             "metrics_log": history,
             "resizes": [[r.world, r.steps] for r in resizes] if next_step else [],
+            "best": best.state() if best else None,
         }
-        checkpoint.write(tmp, task.networks(), state)
+        carried = best.for_checkpoint(None if next_step else next_epoch - 1) if best else None
+        checkpoint.write(tmp, task.networks(), state, carried)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _report_finished(
-    payload: WorkerPayload, is_chief: bool, path: str, history: list, epoch: int
+    payload: WorkerPayload,
+    is_chief: bool,
+    path: str,
+    history: list,
+    epoch: int,
+    best: BestEpoch | None,
 ) -> None:
     """Report the run's final checkpoint (``path``) again, with the last epoch's metrics.
 
@@ -458,6 +491,8 @@ def _report_finished(
 
     metrics = _epoch_metrics(history, epoch)
     metrics["epoch"] = epoch
+    if best:
+        metrics[SCORE] = best.score(metrics.get(best.metric, math.nan))
     if not is_chief:
         ray.train.report(metrics)
         return
@@ -472,11 +507,12 @@ def _epoch_metrics(history: list, epoch: int) -> dict[str, float]:
 
 
 def _resume(
-    payload: WorkerPayload, task, device, world: int, is_chief: bool
+    payload: WorkerPayload, task, device, world: int, is_chief: bool, best: BestEpoch | None
 ) -> tuple[int, int, list, str | None, list[Resize]]:
     """(epoch, step) to start from, after the newest valid checkpoint of this run if any, the
     metrics logged up to that checkpoint, its path, and the worlds that trained part of that
-    epoch before (the last one the checkpoint's, when it had another world size)."""
+    epoch before (the last one the checkpoint's, when it had another world size). ``best``
+    takes up the checkpoint's record of the best epoch so far."""
     from pipeline.storage import resolve
     from pipeline.train import checkpoint
 
@@ -496,6 +532,8 @@ def _resume(
             f"checkpoint {name} was made with another model, data set, batch size, shuffle "
             "buffer or seed; resume with the run's original settings or start a new run"
         )
+    if best:
+        best.resume(state, task.networks())
     epoch, step = int(state["next_epoch"]), int(state["next_step"])
     resizes = [Resize(int(w), int(n)) for w, n in state.get("resizes", [])] if step else []
     before = int(state["world_size"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from mlflow import MlflowClient
 from pipeline.config import load_job_config
 from pipeline.data.contract import ID, inspect_dataset
 from pipeline.launch import run_job
-from pipeline.train import trace
+from pipeline.train import checkpoint, trace
 from tests.conftest import RECIPE_TARGETS, run_cli
 from tests.datasets import copy_set, first_id, rewrite_file, with_feature, with_id, with_label
 
@@ -271,3 +272,36 @@ def test_tracking_off_trains_and_checkpoints_without_mlflow(digits_uri, tmp_path
     )
     assert resumed.returncode == 2
     assert resumed.stderr.strip().splitlines()[-1].startswith("error: --resume continues an")
+
+
+def test_keep_best_registers_the_best_epochs_model_and_keeps_its_checkpoint(digits_uri, tmp_path):
+    """checkpoint.keep_best=1 ranking epochs by the highest training loss, so that the best
+    epoch is the first, not the last (the loss falls from epoch 1 to 2; validation accuracy
+    may tie on digits' 179 rows). The mid-epoch checkpoints score lowest and go; the first
+    epoch's is kept beside the newest; the model tested and registered is the first epoch's."""
+    keep = ["keep_best=1", "best_metric=train_loss", "best_mode=max", "every_steps=10"]
+    proc = _fcn(digits_uri, tmp_path, "optim.epochs=2", *(f"checkpoint.{k}" for k in keep))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
+    curve = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert len(curve) == 2 and curve[0] > curve[1], f"the premise failed: {curve}"
+    assert run.data.metrics["best_epoch"] == 1
+    assert run.data.metrics["best_train_loss"] == curve[0]
+    assert "checkpoint.keep_best: epoch 1 (not the last) scored best" in proc.stdout
+    assert "Model: epoch 1's, the best, train_loss" in run.data.tags["mlflow.note.content"]
+    (version,) = client.search_model_versions("name = 'digits-fcn'")
+    assert "Model: epoch 1's" in version.description
+
+    (job,) = (tmp_path / "runs").iterdir()
+    kept = sorted(p for p in job.glob("checkpoint_*") if p.is_dir())
+    states = [json.loads((k / checkpoint.STATE).read_text()) for k in kept]
+    assert [(s["next_epoch"], s["next_step"]) for s in states] == [(1, 0), (2, 0)]
+    import mxnet as mx
+
+    first, final = (mx.nd.load(str(k / checkpoint.PARAMS)) for k in kept)
+    # The final checkpoint (whose exported bundle is what the registry logged) holds the
+    # first epoch's parameters, not those it trained to.
+    assert first.keys() == final.keys()
+    assert all((first[k] == final[k]).asnumpy().all() for k in first)
+    assert states[1]["best"]["epoch"] == 0 and not (kept[1] / checkpoint.BEST).exists()

@@ -71,12 +71,17 @@ def test_pandas_part_files_map_to_the_contract_with_named_classes(pandas_set):
     numbers = sorted(p.name for p in pandas_set.glob("*.parquet"))
     files = [pq.read_table(pandas_set / n).to_pandas() for n in numbers]
     table = splits["train"]
+    columns = info.mapping.encoding.columns
+    assert any(c.scale != 1.0 for c in columns)
     for row in (0, 500, table.num_rows - 1):
         file, index = divmod(int(table.column(ID)[row].as_py()), 1 << 32)
         original = files[file].iloc[index]
         assert info.class_names[table.column(LABEL)[row].as_py()] == original["digit"]
         pixels = np.asarray(table.column(FEATURES)[row].as_py(), np.float32)
-        np.testing.assert_array_equal(pixels, original[[f"pixel_{i:02d}" for i in range(64)]])
+        # Standardized (data.normalize, on by default) with the training split's statistics.
+        raw = original[[f"pixel_{i:02d}" for i in range(64)]].to_numpy(np.float64)
+        expected = [(v - c.shift) * c.scale for v, c in zip(raw, columns, strict=True)]
+        np.testing.assert_allclose(pixels, np.asarray(expected, np.float32), rtol=1e-5, atol=1e-6)
     assert len(frame) == 1797
 
 
