@@ -32,16 +32,18 @@ class Sampler:
     ``every_s``, and once more at :meth:`finish`."""
 
     def __init__(self, monitor, every_s: float) -> None:
-        import psutil
-
         self._monitor = monitor
         self._every_s = every_s
         self._stop = threading.Event()
-        psutil.cpu_percent()  # the baseline of the first CPU reading
         self._thread = threading.Thread(target=self._run, daemon=True, name="system-metrics")
         self._thread.start()
 
     def _run(self) -> None:
+        import psutil
+
+        # The baseline of the first CPU reading, taken by the thread that reads: psutil 7
+        # keeps it per thread (primed by another thread, the first reading was 0.0).
+        psutil.cpu_percent()
         wait = min(FIRST_SAMPLE_S, self._every_s)
         while not self._stop.wait(wait):
             if not self._sample():

@@ -207,20 +207,39 @@ def test_system_metrics_reach_the_run(tmp_path):
     assert len(history) >= 2 and sorted(m.step for m in history) == list(range(len(history)))
 
 
-def test_a_run_shorter_than_the_interval_gets_a_first_and_a_last_sample_of_its_node(tmp_path):
+def test_a_run_shorter_than_the_interval_gets_a_first_and_a_last_sample_of_its_node(
+    tmp_path, monkeypatch
+):
     """A sample a second after the start and one at the end, named by the node: a short job
     on two nodes charts a line per node, not one point of psutil's meaningless first 0.0."""
+    import threading
     import time
 
+    import psutil
+
+    calls: list[int] = []  # the thread of every CPU reading: psutil 7 keeps its baseline per thread
+    real = psutil.cpu_percent
+
+    def cpu_percent(*args, **kwargs):
+        calls.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(psutil, "cpu_percent", cpu_percent)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("e"))
     sampler = system_metrics.start(uri, run.info.run_id, every_s=600, node_id="node1")
     assert sampler is not None
-    time.sleep(system_metrics.FIRST_SAMPLE_S + 1.5)
+    busy_until = time.monotonic() + system_metrics.FIRST_SAMPLE_S + 1.5
+    while time.monotonic() < busy_until:  # a core kept busy: the CPU charts cannot read 0
+        pass
     system_metrics.finish(sampler)
     history = client.get_metric_history(run.info.run_id, "system/node1/cpu_utilization_percentage")
     assert sorted(m.step for m in history) == [0, 1]
+    # The first reading is of that busy second, not psutil's 0.0 of a thread never primed:
+    # the sampling thread took the baseline itself before its two readings.
+    assert calls.count(sampler._thread.ident) == len(history) + 1
+    assert min(m.value for m in history) > 0
     assert "system/cpu_utilization_percentage" not in client.get_run(run.info.run_id).data.metrics
 
 
