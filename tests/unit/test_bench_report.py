@@ -92,3 +92,19 @@ def test_the_shipped_page_has_the_markers():
 
     page = (REPO / "docs" / "performance.md").read_text()
     assert report.BEGIN in page and report.END in page
+
+
+def test_groups_rerun_since_a_seeded_run_are_named_and_survive_a_seed(tmp_path):
+    figures = [ratio_figure("table_accuracy_vs_sklearn", 0.97, 0.98, ">= 0.98", "acc", "n")]
+    results = tmp_path / "results.json"
+    write(figures, results, "default", 100, {"tables": 12})
+    page = tmp_path / "performance.md"
+    page.write_text(f"{report.BEGIN}\n{report.END}\n")
+    args = ["--results", str(results), "--page", str(page), "--quotes"]
+    assert report.main(args) == 0
+    assert f"{report.RERUN} (`BENCH_ONLY`" in page.read_text()
+    assert "): tables; the other groups" in page.read_text()
+    seeded = tmp_path / "seeded.json"
+    assert report.main(["--results", str(seeded), "--page", str(page), "--seed"]) == 0
+    assert read(seeded)[0]["group_seconds"] == {"tables": 0}
+    assert report.main(["--results", str(seeded), "--page", str(page), "--quotes", "--check"]) == 0
