@@ -32,14 +32,17 @@ def test_compress_registers_a_pruned_and_an_int8_variant(digits_uri, tmp_path):
     assert [line.split()[0] for line in table[1:3]] == ["float32", "int8"]
     assert "@int8" in table[2]
 
+    # 80% of a 20k-parameter net's weights zeroed: fine-tuning brings test accuracy back from
+    # about 0.51 to within 0.008-0.012 of the source, depending on the CPU (one machine
+    # plateaued at -0.0112 after 2 and after 4 epochs). The alias is checked at 0.02.
     done = run_cli(
         "jobs.compress", "--model", "models:/digits-cnn@candidate", "--prune", "0.8",
-        "--finetune-epochs", "2", "--storage", runs,
+        "--finetune-epochs", "2", "--max-drop", "0.02", "--storage", runs,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout[done.stdout.index("variant ") :].splitlines()
     assert [line.split()[0] for line in table[1:3]] == ["float32", "pruned"]
-    assert "@pruned" in table[2]
+    assert "@pruned" in table[2], done.stdout[-6000:]
 
     client = MlflowClient()
     source = client.get_model_version_by_alias("digits-cnn", "candidate")
