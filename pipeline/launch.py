@@ -183,7 +183,10 @@ def run_job(
         # The MLflow run is opened (its parameters, data sets, tags: seconds) while the local
         # Ray starts; the workers, which need its id, start after both.
         opening = (
-            _in_background(lambda: _open_run(cfg, info, uri, resume, progress, run_tags or {}))
+            _in_background(
+                "open-mlflow-run",
+                lambda: _open_run(cfg, info, uri, resume, progress, run_tags or {}),
+            )
             if tracked
             else None
         )
@@ -212,7 +215,8 @@ def run_job(
                 # needs the other (the checkpoint is in storage), and each takes seconds.
                 registering = (
                     _in_background(
-                        lambda: _register(cfg, info, opened, uri, result, metrics, progress)
+                        "register-model",
+                        lambda: _register(cfg, info, opened, uri, result, metrics, progress),
                     )
                     if tracked
                     else None
@@ -266,9 +270,10 @@ def run_job(
     )
 
 
-def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
-    """Start ``work`` in a thread; the function returned waits for it and returns its result
-    or raises its exception. The thread is a daemon: a stopped job does not wait for it."""
+def _in_background(name: str, work: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``work`` in a thread called ``name``; the function returned waits for it and
+    returns its result or raises its exception. The thread is a daemon: a stopped job does
+    not wait for it."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -277,7 +282,7 @@ def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
         except BaseException as exc:  # handed to the caller, who decides
             box["error"] = exc
 
-    thread = threading.Thread(target=run, name="register-model", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
 
     def wait() -> Any:
