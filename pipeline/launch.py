@@ -33,7 +33,7 @@ from pipeline.tracking import mlflow_run, outage, registry, summary
 from pipeline.tracking.client import client_for
 from pipeline.tracking.names import TAG_GATE, TAG_NOTE
 from pipeline.tracking.registry import Registration
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, trace
 from pipeline.train.best_epoch import SCORE
 from pipeline.train.loop import WorkerPayload
 
@@ -117,6 +117,7 @@ def fit(
             callbacks=list(callbacks),
         ),
     )
+    trace.driver_event("fit")
     with stop_on_user_errors():
         return trainer.fit()
 
@@ -169,7 +170,10 @@ def run_job(
             "--resume continues an MLflow run, and tracking.enabled=false records none; "
             "resume with tracking on, or start a new run"
         )
+    trace.driver_event("driver_process", t=trace.process_start_time())
+    trace.driver_event("run_job")
     info = preflight(cfg)
+    trace.driver_event("preflight_done")
     for line in describe_data(cfg, info):
         progress(line)
     uri = cfg.tracking.resolved_uri()
@@ -199,7 +203,9 @@ def run_job(
         error = ""
         try:
             with ray_session(cfg, progress):
+                trace.driver_event("ray_ready")
                 run_id = opened = opening() if opening else uuid.uuid4().hex
+                trace.driver_event("run_open")
                 if tracked:
                     heartbeat = mlflow_run.Heartbeat(uri, opened)
                 else:

@@ -154,9 +154,15 @@ def train_worker(payload: WorkerPayload) -> None:
     from pipeline.distributed.device import worker_device
 
     cfg = payload.config
+    entered = time.time()
     _quiet_ray_train()
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
+    tracer = trace.Tracer.from_env(rank)
+    if tracer:  # the start-up's phases (make bench: startup), from the process's birth
+        tracer.event("worker_process", t=trace.process_start_time())
+        tracer.event("train_function", t=entered)
+        tracer.event("horovod_ready")
     is_chief = rank == 0
     device = worker_device(mx, cfg.scaling.use_gpu, hvd.local_rank())
     np.random.seed(cfg.seed)
@@ -179,7 +185,7 @@ def train_worker(payload: WorkerPayload) -> None:
         )
 
     try:
-        _train(payload, hvd, device, rank, world, logger)
+        _train(payload, hvd, device, rank, world, logger, tracer)
     finally:
         system_metrics.finish(sampler)
         if logger:
@@ -193,6 +199,7 @@ def _train(
     rank: int,
     world: int,
     logger: RunLogger | Untracked | None,
+    tracer: trace.Tracer | None,
 ) -> None:
     import mxnet as mx
 
@@ -202,6 +209,8 @@ def _train(
     cfg, info = payload.config, payload.info
     is_chief = rank == 0
     task = make_task(WorkerContext(cfg, info, device, hvd, world, rank))
+    if tracer:
+        tracer.event("task_ready")
     if logger:
         logger.log_params({"model.num_params": task.num_params()})
 
@@ -232,8 +241,8 @@ def _train(
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
         # twice: same key, value, timestamp and step.)
         logger.replay(history)
-    tracer = trace.Tracer.from_env(rank)
     if tracer:
+        tracer.event("data_ready")
         tracer.topology(hvd)
     train_time = 0.0
     train_samples = 0

@@ -1,9 +1,10 @@
-"""Per-rank training trace for debugging data sharding and replica drift.
+"""Per-rank training trace for debugging data sharding, replica drift and start-up.
 
 Set ``MXTRAIN_TRACE_DIR`` and every rank appends one JSON line per epoch to
 ``rank-<r>.jsonl`` there: the epoch, its step count, the ids of the real (non-padding) rows it
 trained on, and a SHA-256 digest of all its parameters (batch-norm statistics included).
-Off by default; the sharding tests use it.
+Timestamped events (``events-*.jsonl``) mark the start-up's phases on the driver and on every
+rank, up to the first step. Off by default; the sharding tests and ``make bench`` use it.
 """
 
 from __future__ import annotations
@@ -115,10 +116,33 @@ class Tracer:
         self.event("rendezvous", port=port, listen=sorted(listening))
 
 
+def process_start_time() -> float:
+    """When this process was born (unix seconds): the start of its imports."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def driver_event(name: str, t: float | None = None) -> None:
+    """A timestamped event of the job's driver (``events-driver.jsonl``, rank "driver"),
+    when ``MXTRAIN_TRACE_DIR`` is set: the start-up's phases on the driver's side."""
+    import time
+
+    directory = os.environ.get(ENV)
+    if not directory:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    when = time.time() if t is None else t
+    record = {"rank": "driver", "pid": os.getpid(), "event": name, "t": when}
+    with (Path(directory) / "events-driver.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def read_events(directory: str | Path) -> list[dict]:
-    """All events of all ranks (``events-rank-*.jsonl``: rendezvous, topology, first step)."""
+    """All events of the driver and all ranks (``events-*.jsonl``: start-up phases,
+    rendezvous, topology, first step)."""
     records = []
-    for path in sorted(Path(directory).glob("events-rank-*.jsonl")):
+    for path in sorted(Path(directory).glob("events-*.jsonl")):
         records += [json.loads(line) for line in path.read_text().splitlines() if line]
     return records
 
