@@ -20,6 +20,8 @@ import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.redact import redact
 
@@ -29,10 +31,14 @@ FIRST_SAMPLE_S = 1.0
 
 class Sampler:
     """MLflow's probes sampled by a thread of ours: after :data:`FIRST_SAMPLE_S`, then every
-    ``every_s``, and once more at :meth:`finish`."""
+    ``every_s``, and once more at :meth:`finish`.
 
-    def __init__(self, monitor, every_s: float) -> None:
-        self._monitor = monitor
+    The thread also builds MLflow's monitor (its imports, a tracking client, the run's last
+    logged step: a second or more): none of that is on the worker's way to its first step."""
+
+    def __init__(self, make_monitor: Callable[[], Any], every_s: float) -> None:
+        self._make_monitor = make_monitor
+        self._monitor: Any = None
         self._every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="system-metrics")
@@ -41,6 +47,12 @@ class Sampler:
     def _run(self) -> None:
         import psutil
 
+        try:
+            self._monitor = self._make_monitor()
+        except Exception as exc:  # no sampler is no reason to stop training
+            message = redact(f"warning: no system metrics for this run: {exc}")
+            print(message, file=sys.stderr, flush=True)
+            return
         # The baseline of the first CPU reading, taken by the thread that reads: psutil 7
         # keeps it per thread (primed by another thread, the first reading was 0.0).
         psutil.cpu_percent()
@@ -63,18 +75,21 @@ class Sampler:
     def finish(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self._monitor.mlflow_logger.flush()
+        if self._monitor is not None:
+            self._monitor.mlflow_logger.flush()
 
 
-def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = None):
-    """A running :class:`Sampler` (``finish()`` it), or None when MLflow could not start one.
-    ``node_id`` names the node in the metrics' names (several nodes); None: MLflow's names."""
+def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = None) -> Sampler:
+    """A running :class:`Sampler` (``finish()`` it). ``node_id`` names the node in the
+    metrics' names (several nodes); None: MLflow's names. A monitor MLflow cannot build is a
+    warning on stderr, from the sampler's thread, and no samples."""
     # "Skip logging GPU metrics": MLflow's INFO line.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    try:
+
+    def make_monitor():
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(
+        return SystemMetricsMonitor(
             run_id,
             sampling_interval=every_s,
             samples_before_logging=1,
@@ -82,11 +97,8 @@ def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = 
             tracking_uri=tracking_uri,
             node_id=node_id,
         )
-        return Sampler(monitor, every_s)
-    except Exception as exc:  # no sampler is no reason to stop training
-        message = redact(f"warning: no system metrics for this run: {exc}")
-        print(message, file=sys.stderr, flush=True)
-        return None
+
+    return Sampler(make_monitor, every_s)
 
 
 def finish(sampler: Sampler | None) -> None:

@@ -148,13 +148,13 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict, samples_per_s: float) ->
 
 
 def train_worker(payload: WorkerPayload) -> None:
+    entered = time.time()
     import horovod.mxnet as hvd
     import mxnet as mx
 
     from pipeline.distributed.device import worker_device
 
     cfg = payload.config
-    entered = time.time()
     _quiet_ray_train()
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
