@@ -27,12 +27,14 @@ from pipeline.tracking.client import (
 )
 from pipeline.tracking.lineage import log_training_data
 from pipeline.tracking.names import (
+    TAG_ATTEMPTS,
     TAG_DATA_DIGEST,
     TAG_DATA_URI,
     TAG_DRIVER,
     TAG_HEARTBEAT,
     TAG_NOTE,
     TAG_RECIPE,
+    TAG_RESTARTS,
     TAG_RESUME_KEY,
     TAG_RESUMES,
     TAG_WORLD_SIZE,
@@ -67,6 +69,10 @@ def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None 
             TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
             TAG_RESUME_KEY: cfg.resume_key(),
             TAG_DATA_DIGEST: data_digest(info),
+            # The first worker group's start, counted here (rank 0 counts the later ones:
+            # run_logger.RunLogger.count_attempt): one that dies at once is counted too.
+            TAG_ATTEMPTS: "1",
+            TAG_RESTARTS: "0",
             **code_version.source_tags(code_version.entry_point()),
             **(tags or {}),
         }

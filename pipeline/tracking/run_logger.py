@@ -95,17 +95,14 @@ class RunLogger:
 
     def count_attempt(self, max_failures: int, world: int = 0) -> None:
         """Count this start of the worker group, of ``world`` workers, in the run's tags
-        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``). At once when
-        the server answers (a group that fails right away must still be counted); queued
-        first when it does not, so a group that starts during an outage trains on instead of
-        failing and burning a restart."""
-        item = ("count_attempt", {"max_failures": max_failures, "world": world})
-        try:
-            self._call(client_for(self.uri), *item)
-        except Exception as exc:
-            if not is_unreachable(exc):  # an answer: no credentials, no permission, ...
-                raise TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}") from None
-            self._put(item)
+        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``). Queued first,
+        as every call: rank 0 does not wait for MLflow's import and a tracking client (about
+        2 s of every tracked job's start-up, the other ranks waiting at the weights'
+        broadcast), and a group that starts during an outage trains on. The driver tags a
+        new run with its first attempt, so a first group that dies before its count lands
+        is counted still. A refusal (no credentials) is raised by :meth:`check`, which the
+        loop calls every few steps."""
+        self._put(("count_attempt", {"max_failures": max_failures, "world": world}))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
         """Queue ``metrics`` at ``step``; return them as ``[key, value, timestamp, step]``
@@ -232,7 +229,10 @@ class RunLogger:
     def _call(self, client, method: str, kwargs: dict) -> None:
         if method == "count_attempt":
             tags = client.get_run(self.run_id).data.tags
-            attempt = int(tags.get(TAG_ATTEMPTS, "0")) + 1
+            # The first group finds no group size yet: its attempt is the one the driver
+            # tagged when it opened the run.
+            first = TAG_GROUP_SIZE not in tags
+            attempt = max(int(tags.get(TAG_ATTEMPTS, "0")) + (0 if first else 1), 1)
             client.set_tag(self.run_id, TAG_ATTEMPTS, str(attempt))
             client.set_tag(self.run_id, TAG_RESTARTS, str(attempt - 1))
             world, before = kwargs.get("world", 0), int(tags.get(TAG_GROUP_SIZE, "0"))

@@ -101,6 +101,11 @@ class EngineThrottle:
                 )
 
 
+#: Rank 0 asks its MLflow logger every this many steps whether the server refused it (an
+#: attribute read): its first calls go out while training starts.
+CHECK_EVERY_STEPS = 50
+
+
 @dataclass(frozen=True)
 class WorkerPayload:
     """Everything the driver hands to each worker (pickled once by Ray)."""
@@ -309,6 +314,8 @@ def _train(
             n_steps += 1
             if bar:
                 bar.update(1)
+            if logger and n_steps % CHECK_EVERY_STEPS == 0:
+                logger.check()  # a refused rank 0 stops now, not at the end of the epoch
             if tracer:
                 seen.append(batch.ids[batch.labels >= 0])
             if every and n_steps % every == 0 and n_steps < epoch_steps:

@@ -15,6 +15,7 @@ from infra.processes import free_port
 from pipeline.errors import TrackingError
 from pipeline.tracking.outage import fast_failing
 from pipeline.tracking.run_logger import RunLogger
+from tests.jobs import wait_for
 
 
 def _run() -> str:
@@ -79,11 +80,35 @@ def test_a_worker_without_credentials_stops_with_one_line():
     try:
         with fast_failing():
             logger = RunLogger(f"http://127.0.0.1:{port}", "0" * 32)
-            with pytest.raises(TrackingError, match=expected):  # the group's first call
-                logger.count_attempt(3)
-            logger.log_metrics({"val_accuracy": 0.5}, step=0)  # or a later one
+            logger.count_attempt(3)  # the group's first call: queued, rank 0 goes on
+            wait_for(lambda: logger.refused is not None, "the refusal", timeout_s=60)
+            with pytest.raises(TrackingError, match=expected):  # the loop's next check
+                logger.check()
+            logger.log_metrics({"val_accuracy": 0.5}, step=0)
             logger.close()
     finally:
         server.shutdown()
     with pytest.raises(TrackingError, match=expected):
         logger.check()
+
+
+def test_the_first_group_keeps_the_drivers_count_and_a_restart_adds_one(tmp_path):
+    """The driver tags a new run with attempt 1 (a first group that dies at once is counted);
+    the first group's rank 0 records its size only, a restarted group counts itself."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(
+        client.create_experiment("e"), tags={"mxtrain.attempts": "1", "mxtrain.restarts": "0"}
+    )
+
+    def start_group() -> dict:
+        logger = RunLogger(uri, run.info.run_id)
+        logger.count_attempt(max_failures=3, world=2)
+        logger.close()
+        return client.get_run(run.info.run_id).data.tags
+
+    first = start_group()
+    assert (first["mxtrain.attempts"], first["mxtrain.restarts"]) == ("1", "0")
+    assert first["mxtrain.group_size"] == "2"
+    restarted = start_group()
+    assert (restarted["mxtrain.attempts"], restarted["mxtrain.restarts"]) == ("2", "1")
