@@ -66,6 +66,9 @@ class Untracked:
     def check(self) -> None:
         pass
 
+    def wait_counted(self, timeout_s: float = 60.0) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -88,6 +91,8 @@ class RunLogger:
         #: Set when the server refused this worker's credentials (401/403).
         self.refused: TrackingError | None = None
         self._warned = False
+        #: Set once a queued count_attempt was answered, or the server is unreachable.
+        self._counted = threading.Event()
         self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
         self._thread.start()
 
@@ -100,9 +105,17 @@ class RunLogger:
         2 s of every tracked job's start-up, the other ranks waiting at the weights'
         broadcast), and a group that starts during an outage trains on. The driver tags a
         new run with its first attempt, so a first group that dies before its count lands
-        is counted still. A refusal (no credentials) is raised by :meth:`check`, which the
-        loop calls every few steps."""
+        is counted still; rank 0 waits for the count (:meth:`wait_counted`) before it
+        reports a checkpoint, so a group that a restart resumes from was counted. A refusal
+        (no credentials) is raised by :meth:`check`, which the loop calls every few
+        steps."""
         self._put(("count_attempt", {"max_failures": max_failures, "world": world}))
+
+    def wait_counted(self, timeout_s: float = 60.0) -> None:
+        """Wait until the server answered the count (a group that reached its first
+        checkpoint is counted before a restart can resume from it), but not through an
+        outage: then the count waits in the queue and training goes on."""
+        self._counted.wait(timeout_s)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
         """Queue ``metrics`` at ``step``; return them as ``[key, value, timestamp, step]``
@@ -178,6 +191,7 @@ class RunLogger:
                 if is_unreachable(exc) and not self._out_of_time(outage_started):
                     if outage_started is None:
                         outage_started = time.monotonic()
+                        self._counted.set()  # nobody waits for a count through an outage
                         _say(
                             f"warning: MLflow tracking at {self.uri} is unreachable; training "
                             f"goes on and its metrics are kept (up to {self.max_pending} calls) "
@@ -203,6 +217,8 @@ class RunLogger:
                 outage_started, failures = None, 0
             with self._cond:
                 self._pending.popleft()
+            if item[0] == "count_attempt":
+                self._counted.set()
 
     def _out_of_time(self, outage_started: float | None) -> bool:
         """Only a closing logger gives up; it waits ``outage_wait_s`` of outage for the rest."""

@@ -321,6 +321,8 @@ def _train(
             if every and n_steps % every == 0 and n_steps < epoch_steps:
                 if tracer:
                     tracer.checkpoint(epoch, n_steps, np.concatenate(seen))
+                if logger:  # a group that leaves a checkpoint to resume from is counted
+                    logger.wait_counted()
                 _report(
                     payload,
                     task,
@@ -390,6 +392,8 @@ def _train(
                     write_grid_png(images, png)
                     logger.log_artifact(png, f"samples/epoch_{epoch:03d}")
         reported = {**metrics, "epoch": epoch, **({SCORE: score} if best else {})}
+        if logger:
+            logger.wait_counted()
         _report(payload, task, world, is_chief, reported, (epoch + 1, 0), history, best)
         if last:
             break

@@ -112,3 +112,22 @@ def test_the_first_group_keeps_the_drivers_count_and_a_restart_adds_one(tmp_path
     assert first["mxtrain.group_size"] == "2"
     restarted = start_group()
     assert (restarted["mxtrain.attempts"], restarted["mxtrain.restarts"]) == ("2", "1")
+
+
+def test_waiting_for_the_count_ends_when_it_landed_or_the_server_is_away(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    logger = RunLogger(uri, run.info.run_id)
+    logger.count_attempt(max_failures=3, world=2)
+    logger.wait_counted(timeout_s=120)
+    # Landed before the wait returned, not merely queued.
+    assert client.get_run(run.info.run_id).data.tags["mxtrain.group_size"] == "2"
+    logger.close()
+    with fast_failing():
+        away = RunLogger(f"http://127.0.0.1:{free_port()}", "0" * 32, outage_wait_s=0.5)
+        away.count_attempt(max_failures=3, world=2)
+        started = time.monotonic()
+        away.wait_counted(timeout_s=120)  # the outage releases it: training goes on
+        assert time.monotonic() - started < 60
+        away.close()
