@@ -48,7 +48,7 @@ class Untracked:
 
     dropped = 0
 
-    def count_attempt(self, max_failures: int, world: int = 0) -> None:
+    def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
@@ -98,18 +98,33 @@ class RunLogger:
 
     # -- what rank 0 calls ---------------------------------------------------------------------
 
-    def count_attempt(self, max_failures: int, world: int = 0) -> None:
+    def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
         """Count this start of the worker group, of ``world`` workers, in the run's tags
-        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``). Queued first,
-        as every call: rank 0 does not wait for MLflow's import and a tracking client (about
-        2 s of every tracked job's start-up, the other ranks waiting at the weights'
-        broadcast), and a group that starts during an outage trains on. The driver tags a
-        new run with its first attempt, so a first group that dies before its count lands
-        is counted still; rank 0 waits for the count (:meth:`wait_counted`) before it
-        reports a checkpoint, so a group that a restart resumes from was counted. A refusal
-        (no credentials) is raised by :meth:`check`, which the loop calls every few
-        steps."""
-        self._put(("count_attempt", {"max_failures": max_failures, "world": world}))
+        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``).
+
+        The first group's count is queued, as every call: rank 0 does not wait for MLflow's
+        import and a tracking client (about 2 s of every tracked job's start-up, the other
+        ranks waiting at the weights' broadcast). The driver tagged the new run with that
+        first attempt, so a first group that dies before its count lands is counted still,
+        and rank 0 waits for the count (:meth:`wait_counted`) before it reports a checkpoint,
+        so a group that a restart resumes from was counted. A refusal (no credentials) is
+        then raised by :meth:`check`, which the loop calls every few steps.
+
+        ``at_once`` (a group resuming a checkpoint: a restart): counted before training, so
+        a restarted group that fails again right away is counted too; queued only when the
+        server does not answer, so a group that starts during an outage trains on instead
+        of failing and burning a restart."""
+        item = ("count_attempt", {"max_failures": max_failures, "world": world})
+        if not at_once:
+            self._put(item)
+            return
+        try:
+            self._call(client_for(self.uri), *item)
+        except Exception as exc:
+            if not is_unreachable(exc):  # an answer: no credentials, no permission, ...
+                raise TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}") from None
+            self._put(item)
+        self._counted.set()
 
     def wait_counted(self, timeout_s: float = 60.0) -> None:
         """Wait until the server answered the count (a group that reached its first

@@ -176,7 +176,6 @@ def train_worker(payload: WorkerPayload) -> None:
         logger = Untracked()
     elif is_chief:
         logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
-        logger.count_attempt(cfg.scaling.max_failures, world)
     sampler = None
     if cfg.tracking.enabled and cfg.tracking.system_metrics and hvd.local_rank() == 0:
         # One sampler per node (its first local rank), each named by its node's index when
@@ -241,6 +240,10 @@ def _train(
     start_epoch, skip, history, restored, resized = _resume(
         payload, task, device, world, is_chief, best
     )
+    if logger:
+        # A group resuming a checkpoint is a restart: counted before it trains (it may fail
+        # again at once); the first group's count is queued (RunLogger.count_attempt).
+        logger.count_attempt(cfg.scaling.max_failures, world, at_once=restored is not None)
     if logger and history:
         # Metrics that an earlier group logged while the tracking server was unreachable died
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
