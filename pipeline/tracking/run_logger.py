@@ -110,8 +110,8 @@ class RunLogger:
         so a group that a restart resumes from was counted. A refusal (no credentials) is
         then raised by :meth:`check`, which the loop calls every few steps.
 
-        ``at_once`` (a group resuming a checkpoint: a restart): counted before training, so
-        a restarted group that fails again right away is counted too; queued only when the
+        ``at_once`` (a group that Ray Train hands a checkpoint: a restart): counted before
+        training, so a restarted group that fails again right away is counted too; queued only when the
         server does not answer, so a group that starts during an outage trains on instead
         of failing and burning a restart."""
         item = ("count_attempt", {"max_failures": max_failures, "world": world})

@@ -176,6 +176,10 @@ def train_worker(payload: WorkerPayload) -> None:
         logger = Untracked()
     elif is_chief:
         logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
+        # A restarted group is counted before any rank can fail again (the others wait for
+        # rank 0 at the weights' broadcast); the first group's count is queued
+        # (RunLogger.count_attempt).
+        logger.count_attempt(cfg.scaling.max_failures, world, at_once=_restarted_group())
     sampler = None
     if cfg.tracking.enabled and cfg.tracking.system_metrics and hvd.local_rank() == 0:
         # One sampler per node (its first local rank), each named by its node's index when
@@ -194,6 +198,17 @@ def train_worker(payload: WorkerPayload) -> None:
         system_metrics.finish(sampler)
         if logger:
             logger.close()
+
+
+def _restarted_group() -> bool:
+    """Whether Ray Train hands this group a checkpoint, as it does to a group that replaces
+    a failed or resized one (a run's first group gets none). No storage is read."""
+    import ray.train
+
+    try:
+        return ray.train.get_checkpoint() is not None
+    except Exception:  # not inside a Ray Train worker
+        return False
 
 
 def _train(
@@ -240,10 +255,6 @@ def _train(
     start_epoch, skip, history, restored, resized = _resume(
         payload, task, device, world, is_chief, best
     )
-    if logger:
-        # A group resuming a checkpoint is a restart: counted before it trains (it may fail
-        # again at once); the first group's count is queued (RunLogger.count_attempt).
-        logger.count_attempt(cfg.scaling.max_failures, world, at_once=restored is not None)
     if logger and history:
         # Metrics that an earlier group logged while the tracking server was unreachable died
         # with that group's buffer; the checkpoint kept them. (Exact repeats are not stored
