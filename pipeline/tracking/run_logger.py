@@ -111,9 +111,9 @@ class RunLogger:
         then raised by :meth:`check`, which the loop calls every few steps.
 
         ``at_once`` (a group that Ray Train hands a checkpoint: a restart): counted before
-        training, so a restarted group that fails again right away is counted too; queued only when the
-        server does not answer, so a group that starts during an outage trains on instead
-        of failing and burning a restart."""
+        training, so a restarted group that fails again right away is counted too; queued
+        only when the server does not answer, so a group that starts during an outage trains
+        on instead of failing and burning a restart."""
         item = ("count_attempt", {"max_failures": max_failures, "world": world})
         if not at_once:
             self._put(item)
