@@ -29,12 +29,12 @@ def params_digest(params) -> str:
 
 
 class Tracer:
-    def __init__(self, path: Path, rank: int):
+    def __init__(self, path: Path, rank: int | str):
         self.path = path
         self.rank = rank
 
     @classmethod
-    def from_env(cls, rank: int) -> Tracer | None:
+    def from_env(cls, rank: int | str) -> Tracer | None:
         directory = os.environ.get(ENV)
         if not directory:
             return None
@@ -124,25 +124,18 @@ def process_start_time() -> float:
 
 
 def driver_event(name: str, t: float | None = None) -> None:
-    """A timestamped event of the job's driver (``events-driver.jsonl``, rank "driver"),
-    when ``MXTRAIN_TRACE_DIR`` is set: the start-up's phases on the driver's side."""
-    import time
-
-    directory = os.environ.get(ENV)
-    if not directory:
-        return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    when = time.time() if t is None else t
-    record = {"rank": "driver", "pid": os.getpid(), "event": name, "t": when}
-    with (Path(directory) / "events-driver.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    """A timestamped event of the job's driver (rank "driver"), when ``MXTRAIN_TRACE_DIR`` is
+    set: the start-up's phases on the driver's side."""
+    tracer = Tracer.from_env("driver")
+    if tracer:
+        tracer.event(name, **({} if t is None else {"t": t}))
 
 
 def read_events(directory: str | Path) -> list[dict]:
-    """All events of the driver and all ranks (``events-*.jsonl``: start-up phases,
+    """All events of the driver and all ranks (``events-rank-*.jsonl``: start-up phases,
     rendezvous, topology, first step)."""
     records = []
-    for path in sorted(Path(directory).glob("events-*.jsonl")):
+    for path in sorted(Path(directory).glob("events-rank-*.jsonl")):
         records += [json.loads(line) for line in path.read_text().splitlines() if line]
     return records
 
