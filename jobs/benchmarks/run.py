@@ -65,9 +65,16 @@ SIZES = {
         "rss_rows": 50_000,
         "job_epochs": 2,
         "stall_every": 20,
-        # val_accuracy after each epoch: fashion-cnn ends its 15 epochs at 0.927-0.931 (test),
-        # so 0.92 is a target both sides reach in most seeds, some epochs before the end.
-        "tta": {"recipe": "fashion-cnn", "data": "data/fashion-mnist", "target": 0.92, "set": []},
+        # val_accuracy after each epoch. The recipe's 20 epochs end at 0.927-0.931 (test) and
+        # reach 0.92 only near the end of the cosine schedule (epoch ~17): 5 pairs took 2.6 h
+        # on 2 cores. The same recipe on a 10-epoch schedule (both sides) with a target below
+        # where it ends keeps the race MLPerf's and the group near 1.5 h.
+        "tta": {
+            "recipe": "fashion-cnn",
+            "data": "data/fashion-mnist",
+            "target": 0.91,
+            "set": ["optim.epochs=10"],
+        },
         "tta_reps": 5,
         "predict": {"data": "data/fashion-mnist/test", "copies": 16},
         "driver_files": 2000,

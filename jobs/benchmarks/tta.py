@@ -25,6 +25,7 @@ in the note.
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 
 from jobs.benchmarks.harness import Figure, spread
@@ -77,6 +78,13 @@ def tta_figure(
                 runs[side].append(_ours(uri, recipe, tmp, seeded))
             else:
                 runs[side].append(_baseline(uri, recipe, seeded))
+            run = runs[side][-1]
+            print(  # a pair takes many minutes: say where the group is
+                f"[bench] tta seed {rep} {side}: val_accuracy {run['val_accuracy']:.4f} after"
+                f" {run['epochs']} epochs in {run['seconds']:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def reached(run: dict) -> bool:
         return run["val_accuracy"] >= target
