@@ -56,9 +56,9 @@ class JobResult:
     checkpoint: Any = None
 
 
-def ray_session(cfg: JobConfig, progress: Progress) -> contextlib.AbstractContextManager[None]:
+def ray_session(cfg: JobConfig, progress: Progress) -> contextlib.AbstractContextManager[bool]:
     """A local Ray for the job's workers, started and ended here, or a connection to the
-    cluster at RAY_ADDRESS."""
+    cluster at RAY_ADDRESS; yields whether the Ray ends with the job."""
     return ray_runtime(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
         cfg.scaling.threads_per_worker,
@@ -78,13 +78,15 @@ def fit(
     run_id: str,
     tracking_uri: str,
     callbacks: Sequence[Any] = (),
+    ray_ends_with_job: bool = False,
 ):
-    """Run the distributed training; return Ray Train's Result."""
+    """Run the distributed training; return Ray Train's Result. ``ray_ends_with_job``: the
+    job started this Ray and shuts it down (pipeline/distributed/trainer.py)."""
     import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from pipeline.distributed.failures import stop_on_user_errors
     from pipeline.distributed.horovod_backend import HorovodConfig
+    from pipeline.distributed.trainer import OwnDataTrainer
     from pipeline.train.loop import train_worker
 
     # (min, max): Ray Train v2 starts as many workers as fit and grows the group when it can;
@@ -94,7 +96,7 @@ def fit(
         workers = (cfg.scaling.min_workers, cfg.scaling.num_workers)  # stubs know only v1's int
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
     payload = WorkerPayload(cfg, info, run_id, tracking_uri, run_name(cfg, run_id))
-    trainer = DataParallelTrainer(
+    trainer = OwnDataTrainer(
         lambda config: train_worker(config["payload"]),
         train_loop_config={"payload": payload},
         backend_config=HorovodConfig.from_scaling(cfg.scaling),
@@ -116,6 +118,7 @@ def fit(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
         ),
+        ray_ends_with_job=ray_ends_with_job,
     )
     trace.driver_event("fit")
     with stop_on_user_errors():
@@ -202,7 +205,7 @@ def run_job(
         metrics: dict = {}
         error = ""
         try:
-            with ray_session(cfg, progress):
+            with ray_session(cfg, progress) as ray_ends_with_job:
                 trace.driver_event("ray_ready")
                 run_id = opened = opening() if opening else uuid.uuid4().hex
                 trace.driver_event("run_open")
@@ -213,7 +216,7 @@ def run_job(
                         f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to"
                         " MLflow"
                     )
-                result = _train(cfg, info, opened, uri, callbacks)
+                result = _train(cfg, info, opened, uri, callbacks, ray_ends_with_job)
                 metrics = {
                     k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
                 }
@@ -323,10 +326,17 @@ def _open_run(
     return resume
 
 
-def _train(cfg: JobConfig, info: DatasetInfo, run_id: str, uri: str, callbacks: Sequence[Any]):
+def _train(
+    cfg: JobConfig,
+    info: DatasetInfo,
+    run_id: str,
+    uri: str,
+    callbacks: Sequence[Any],
+    ray_ends_with_job: bool,
+):
     """Ray Train's result; a worker's user error as itself, any other failure explained."""
     try:
-        return fit(cfg, info, run_id, uri, callbacks)
+        return fit(cfg, info, run_id, uri, callbacks, ray_ends_with_job)
     except PipelineError:
         raise
     except Exception as exc:

@@ -129,6 +129,13 @@ def main() -> None:
         training += time.perf_counter() - epoch_start  # samples/s as ours counts it
         epochs = epoch + 1
         val_accuracy = _accuracy(hvd, net, x_val, y_val, world, rank, f"val{epoch}")
+        if rank == 0:  # where the run is, as ours prints it
+            print(
+                f"epoch {epoch + 1}/{o.epochs}: val_accuracy {val_accuracy:.4f},"
+                f" {time.perf_counter() - epoch_start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         if stop and stop.met({"val_accuracy": val_accuracy}):
             break
     train_seconds = time.perf_counter() - start

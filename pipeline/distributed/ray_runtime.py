@@ -21,11 +21,11 @@ Progress = Callable[[str], None]
 @contextlib.contextmanager
 def ray_runtime(
     cpus: float, threads: int, progress: Progress, env: Mapping[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[bool]:
     """A local Ray with room for ``cpus`` CPUs of work, its processes set to ``threads``
     compute threads each, started and ended here; or a connection to the cluster at
     RAY_ADDRESS. ``env``: more variables every Ray process gets (a training job's MLflow
-    retry settings, say)."""
+    retry settings, say). Yields whether the Ray was started here (and ends here)."""
     import ray
 
     every = {
@@ -50,7 +50,7 @@ def ray_runtime(
     runtime_env = {"env_vars": every}
     address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # an embedding program (or a test) owns Ray
-        yield
+        yield False
         return
     forget_ray_token()
     if address:
@@ -92,7 +92,7 @@ def ray_runtime(
         )
     stop_on_sigterm()
     try:
-        yield
+        yield not address
     finally:
         ray.shutdown()
 

@@ -190,3 +190,32 @@ def test_the_data_clock_counts_only_the_wait_for_the_next_item():
     for _ in clock.timed(slow()):
         time.sleep(0.1)  # the loop's own work is not waiting for data
     assert 0.15 <= clock.waited < 0.3
+
+
+def test_a_job_on_its_own_ray_starts_no_ray_data_and_no_placement_group_cleaner():
+    # Each left-out part is one more actor process (and a ray.data import in every worker)
+    # before the first step; our workers read their own shards, and a Ray that ends with the
+    # job frees its placement groups itself.
+    import ray.train
+    from ray.train.v2._internal.callbacks import BackendSetupCallback, DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback as Cleaner,
+    )
+
+    from pipeline.distributed.trainer import OwnDataTrainer
+
+    def kinds(ray_ends_with_job: bool, **datasets) -> set[type]:
+        trainer = OwnDataTrainer(
+            lambda: None,
+            scaling_config=ray.train.ScalingConfig(num_workers=2),
+            datasets=datasets or None,
+            ray_ends_with_job=ray_ends_with_job,
+        )
+        return {type(cb) for cb in trainer._create_default_callbacks()}
+
+    own = kinds(ray_ends_with_job=True)
+    assert DatasetsCallback not in own and Cleaner not in own
+    assert BackendSetupCallback in own  # the rest of Ray Train's set-up stays
+    shared = kinds(ray_ends_with_job=False)  # a cluster, a search's Ray: its PGs are freed
+    assert Cleaner in shared and DatasetsCallback not in shared
+    assert DatasetsCallback in kinds(False, train=lambda: None)  # given datasets: kept
