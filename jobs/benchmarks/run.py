@@ -66,9 +66,10 @@ SIZES = {
         "job_epochs": 2,
         "stall_every": 20,
         # val_accuracy after each epoch. The recipe's 20 epochs end at 0.927-0.931 (test) and
-        # reach 0.92 only near the end of the cosine schedule (epoch ~17): 5 pairs took 2.6 h
-        # on 2 cores. The same recipe on a 10-epoch schedule (both sides) with a target below
-        # where it ends keeps the race MLPerf's and the group near 1.5 h.
+        # reach 0.92 only near the end of the cosine schedule, so 5 such pairs would take
+        # hours on 2 cores. The same recipe on a 10-epoch schedule (both sides) with a target
+        # below where it ends keeps the race MLPerf's and the group's length (in its results
+        # entry) near an hour.
         "tta": {
             "recipe": "fashion-cnn",
             "data": "data/fashion-mnist",
@@ -355,7 +356,7 @@ def _tta(size: dict, tmp: Path, _handicap: float) -> list[Figure]:
     uri = spec["data"] or _synthetic(tmp, "scaling", size["scaling_rows"])
     reps = size["tta_reps"]
     _progress(f"time to accuracy: {spec['recipe']} on {uri}, jobs.train vs horovodrun, {reps}x")
-    return [tta.tta_figure(uri, spec["recipe"], spec["target"], reps, tmp, spec["set"])]
+    return [tta.tta_figure(uri, spec["recipe"], spec["target"], reps, tmp, spec["set"], _progress)]
 
 
 def _ui(_size: dict, tmp: Path, _handicap: float) -> list[Figure]:

@@ -25,7 +25,7 @@ in the note.
 from __future__ import annotations
 
 import statistics
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.benchmarks.harness import Figure, spread
@@ -66,7 +66,13 @@ def _baseline(uri: str, recipe: str, overrides: list[str]) -> dict:
 
 
 def tta_figure(
-    uri: str, recipe: str, target: float, reps: int, tmp: Path, overrides: list[str]
+    uri: str,
+    recipe: str,
+    target: float,
+    reps: int,
+    tmp: Path,
+    overrides: list[str],
+    progress: Callable[[str], None],
 ) -> Figure:
     runs: dict[str, list[dict]] = {"ours": [], "base": []}
     rule = f"val_accuracy>={target}"
@@ -79,11 +85,9 @@ def tta_figure(
             else:
                 runs[side].append(_baseline(uri, recipe, seeded))
             run = runs[side][-1]
-            print(  # a pair takes many minutes: say where the group is
-                f"[bench] tta seed {rep} {side}: val_accuracy {run['val_accuracy']:.4f} after"
-                f" {run['epochs']} epochs in {run['seconds']:.0f} s",
-                file=sys.stderr,
-                flush=True,
+            progress(  # a pair takes many minutes: say where the group is
+                f"tta seed {rep} {side}: val_accuracy {run['val_accuracy']:.4f} after"
+                f" {run['epochs']} epochs in {run['seconds']:.0f} s"
             )
 
     def reached(run: dict) -> bool:
