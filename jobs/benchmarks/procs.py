@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def horovodrun(np_: int, module: str, *args: str, timeout: int = 600) -> tuple[str, float]:
+    """(stdout, launch unix time) of ``module`` run by ``horovodrun -np np_ --gloo``.
+
+    Horovod runs with the cycle time our jobs give it (``scaling.horovod_cycle_ms``), not
+    its 1 ms default: on shared cores the default's messages cost the bare scripts as much
+    CPU as they cost our workers (docs/performance.md), so every baseline gets the setting."""
+    from pipeline.config import load_job_config
+
+    cycle_ms = load_job_config(None, []).scaling.horovod_cycle_ms
     horovodrun = str(Path(sys.executable).with_name("horovodrun"))
     start = time.time()
     proc = subprocess.run(
@@ -24,6 +32,8 @@ def horovodrun(np_: int, module: str, *args: str, timeout: int = 600) -> tuple[s
             "-H",
             f"localhost:{np_}",
             "--gloo",
+            "--cycle-time-ms",
+            f"{cycle_ms:g}",
             sys.executable,
             "-X",
             "faulthandler",  # a crashing rank prints its Python stack

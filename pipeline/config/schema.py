@@ -414,6 +414,15 @@ class ScalingConfig(Section):
         " when one rank is slow to reach a collective (a large shard to cache, a busy node)",
         ge=1,
     )
+    horovod_cycle_ms: float = option(
+        5.0,
+        "milliseconds between Horovod's cycles (HOROVOD_CYCLE_TIME): each cycle the ranks"
+        " agree over the network on which gradients are ready and allreduce those together."
+        " Horovod's 1 ms default spends CPU on those messages that CPU workers sharing cores"
+        " take from training (docs/performance.md); lower it where allreduce latency matters"
+        " more than CPU (GPUs)",
+        gt=0,
+    )
     network_interface: str = option(
         "",
         "network interface Gloo uses on every node (eth0, ens5, ...); empty = the interface"

@@ -9,7 +9,9 @@ v2 group does not have). What Horovod over Gloo needs from us, per worker:
 * ``HOROVOD_HOSTNAME`` - the node's identity (we use the Ray node id: hostnames may repeat);
 * ``HOROVOD_GLOO_RENDEZVOUS_ADDR/PORT`` - an HTTP key-value server (Horovod's own
   ``RendezvousServer``) through which the Gloo contexts find each other;
-* ``HOROVOD_GLOO_IFACE`` - the network interface Gloo binds on that worker's node.
+* ``HOROVOD_GLOO_IFACE`` - the network interface Gloo binds on that worker's node;
+* ``HOROVOD_CYCLE_TIME`` - the milliseconds between Horovod's negotiation cycles
+  (``scaling.horovod_cycle_ms``).
 
 ``on_start`` runs in the Train controller each time a worker group starts (also after a
 restart), so every group gets a fresh rendezvous server; ``on_shutdown`` stops it.
@@ -32,29 +34,35 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass
 class HorovodConfig(BackendConfig):
-    """Settings of the Horovod backend (from ``scaling.gloo_timeout_s`` and
-    ``scaling.network_interface``).
+    """Settings of the Horovod backend (from ``scaling.gloo_timeout_s``,
+    ``scaling.network_interface`` and ``scaling.horovod_cycle_ms``).
 
     Attributes:
         timeout_s: how long Gloo waits for all ranks at rendezvous and in collectives.
         nic: network interface for Gloo; empty = the interface holding the node's Ray IP
             (or loopback when every worker runs on the driver's node).
+        cycle_ms: milliseconds between Horovod's cycles.
     """
 
     timeout_s: int = 300
     nic: str = ""
+    cycle_ms: float = 5.0
 
     @classmethod
     def from_scaling(cls, scaling) -> HorovodConfig:
         """From the job's ``scaling`` section (:class:`pipeline.config.ScalingConfig`)."""
-        return cls(timeout_s=scaling.gloo_timeout_s, nic=scaling.network_interface)
+        return cls(
+            timeout_s=scaling.gloo_timeout_s,
+            nic=scaling.network_interface,
+            cycle_ms=scaling.horovod_cycle_ms,
+        )
 
     @property
     def backend_cls(self):
         return HorovodBackend
 
     def to_dict(self) -> dict:
-        return {"timeout_s": self.timeout_s, "nic": self.nic}
+        return {"timeout_s": self.timeout_s, "nic": self.nic, "cycle_ms": self.cycle_ms}
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,9 @@ def plan_slots(node_ids: list[str]) -> list[Slot]:
     return slots
 
 
-def slot_env(slot: Slot, rendezvous_addr: str, rendezvous_port: int, timeout_s: int) -> dict:
+def slot_env(
+    slot: Slot, rendezvous_addr: str, rendezvous_port: int, timeout_s: int, cycle_ms: float
+) -> dict:
     return {
         "HOROVOD_RANK": str(slot.rank),
         "HOROVOD_SIZE": str(slot.size),
@@ -115,6 +125,8 @@ def slot_env(slot: Slot, rendezvous_addr: str, rendezvous_port: int, timeout_s: 
         "HOROVOD_GLOO_RENDEZVOUS_ADDR": rendezvous_addr,
         "HOROVOD_GLOO_RENDEZVOUS_PORT": str(rendezvous_port),
         "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout_s),
+        # Horovod reads it as a float number of milliseconds.
+        "HOROVOD_CYCLE_TIME": f"{cycle_ms:g}",
     }
 
 
@@ -231,7 +243,9 @@ class HorovodBackend(Backend):
                     s.rank,
                     _set_env,
                     {
-                        **slot_env(s, addr, port, backend_config.timeout_s),
+                        **slot_env(
+                            s, addr, port, backend_config.timeout_s, backend_config.cycle_ms
+                        ),
                         "HOROVOD_GLOO_IFACE": nic,
                     },
                 )

@@ -57,6 +57,7 @@ def test_bool_is_not_an_int():
         ("optim.warmup_epochs=15", "optim.warmup_epochs: must be in [0, optim.epochs), got 15"),
         ("seed=-1", "seed: must be in [0, 4294967295], got -1"),
         ("scaling.gloo_timeout_s=0", "scaling.gloo_timeout_s: must be >= 1, got 0"),
+        ("scaling.horovod_cycle_ms=0", "scaling.horovod_cycle_ms: must be > 0, got 0"),
         ("scaling.network_interface=eth0 lo", "scaling.network_interface: must be one"),
         # The recipe's name is part of the checkpoint folder's path.
         ("recipe=../../x", "recipe: must be a plain name (letters, digits, '.', '_', '-')"),

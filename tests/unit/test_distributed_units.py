@@ -38,12 +38,13 @@ def test_interleaved_multi_node_slots():
 
 
 def test_slot_env_is_what_horovod_reads():
-    env = slot_env(plan_slots(["n1", "n2"])[1], "10.0.0.1", 1234, 60)
+    env = slot_env(plan_slots(["n1", "n2"])[1], "10.0.0.1", 1234, 60, 5.0)
     assert env["HOROVOD_RANK"] == "1" and env["HOROVOD_SIZE"] == "2"
     assert env["HOROVOD_CROSS_RANK"] == "1" and env["HOROVOD_HOSTNAME"] == "n2"
     assert env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "10.0.0.1"
     assert env["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "1234"
     assert env["HOROVOD_CONTROLLER"] == "gloo"
+    assert env["HOROVOD_CYCLE_TIME"] == "5"  # milliseconds, read by Horovod as a float
 
 
 class _FakeMX:
@@ -90,12 +91,21 @@ def test_learning_rate_scales_with_workers_and_warms_up():
 
 def test_gloo_settings_come_from_the_scaling_section():
     scaling = load_job_config(
-        None, ["scaling.gloo_timeout_s=77", "scaling.network_interface=eth9"]
+        None,
+        [
+            "scaling.gloo_timeout_s=77",
+            "scaling.network_interface=eth9",
+            "scaling.horovod_cycle_ms=2.5",
+        ],
     ).scaling
     backend = HorovodConfig.from_scaling(scaling)
-    assert (backend.timeout_s, backend.nic) == (77, "eth9")
+    assert (backend.timeout_s, backend.nic, backend.cycle_ms) == (77, "eth9", 2.5)
     slot = plan_slots(["a"])[0]
-    assert slot_env(slot, "127.0.0.1", 1, backend.timeout_s)["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "77"
+    env = slot_env(slot, "127.0.0.1", 1, backend.timeout_s, backend.cycle_ms)
+    assert env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "77"
+    assert env["HOROVOD_CYCLE_TIME"] == "2.5"
+    # Not Horovod's 1 ms: its cycles' messages took CPU from training on shared cores.
+    assert load_job_config(None, []).scaling.horovod_cycle_ms == 5.0
 
 
 def test_interface_lookup_names_the_key_and_the_interfaces():
