@@ -418,9 +418,9 @@ class ScalingConfig(Section):
         5.0,
         "milliseconds between Horovod's cycles (HOROVOD_CYCLE_TIME): each cycle the ranks"
         " agree over the network on which gradients are ready and allreduce those together."
-        " Horovod's 1 ms default spends CPU on those messages that CPU workers sharing cores"
-        " take from training (docs/performance.md); lower it where allreduce latency matters"
-        " more than CPU (GPUs)",
+        " At Horovod's 1 ms default those messages take CPU from training when workers share"
+        " cores (docs/performance.md); lower it where allreduce latency matters more than CPU"
+        " (GPUs)",
         gt=0,
     )
     network_interface: str = option(

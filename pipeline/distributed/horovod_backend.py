@@ -110,8 +110,9 @@ def plan_slots(node_ids: list[str]) -> list[Slot]:
 
 
 def slot_env(
-    slot: Slot, rendezvous_addr: str, rendezvous_port: int, timeout_s: int, cycle_ms: float
+    slot: Slot, rendezvous_addr: str, rendezvous_port: int, settings: HorovodConfig
 ) -> dict:
+    """One worker's ``HOROVOD_*`` environment (all but the interface, found per node)."""
     return {
         "HOROVOD_RANK": str(slot.rank),
         "HOROVOD_SIZE": str(slot.size),
@@ -124,9 +125,9 @@ def slot_env(
         "HOROVOD_CPU_OPERATIONS": "gloo",
         "HOROVOD_GLOO_RENDEZVOUS_ADDR": rendezvous_addr,
         "HOROVOD_GLOO_RENDEZVOUS_PORT": str(rendezvous_port),
-        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout_s),
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(settings.timeout_s),
         # Horovod reads it as a float number of milliseconds.
-        "HOROVOD_CYCLE_TIME": f"{cycle_ms:g}",
+        "HOROVOD_CYCLE_TIME": f"{settings.cycle_ms:g}",
     }
 
 
@@ -243,9 +244,7 @@ class HorovodBackend(Backend):
                     s.rank,
                     _set_env,
                     {
-                        **slot_env(
-                            s, addr, port, backend_config.timeout_s, backend_config.cycle_ms
-                        ),
+                        **slot_env(s, addr, port, backend_config),
                         "HOROVOD_GLOO_IFACE": nic,
                     },
                 )

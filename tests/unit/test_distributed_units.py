@@ -38,7 +38,8 @@ def test_interleaved_multi_node_slots():
 
 
 def test_slot_env_is_what_horovod_reads():
-    env = slot_env(plan_slots(["n1", "n2"])[1], "10.0.0.1", 1234, 60, 5.0)
+    settings = HorovodConfig(timeout_s=60, cycle_ms=5.0)
+    env = slot_env(plan_slots(["n1", "n2"])[1], "10.0.0.1", 1234, settings)
     assert env["HOROVOD_RANK"] == "1" and env["HOROVOD_SIZE"] == "2"
     assert env["HOROVOD_CROSS_RANK"] == "1" and env["HOROVOD_HOSTNAME"] == "n2"
     assert env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "10.0.0.1"
@@ -101,7 +102,7 @@ def test_gloo_settings_come_from_the_scaling_section():
     backend = HorovodConfig.from_scaling(scaling)
     assert (backend.timeout_s, backend.nic, backend.cycle_ms) == (77, "eth9", 2.5)
     slot = plan_slots(["a"])[0]
-    env = slot_env(slot, "127.0.0.1", 1, backend.timeout_s, backend.cycle_ms)
+    env = slot_env(slot, "127.0.0.1", 1, backend)
     assert env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "77"
     assert env["HOROVOD_CYCLE_TIME"] == "2.5"
     # Not Horovod's 1 ms: its cycles' messages took CPU from training on shared cores.
