@@ -217,6 +217,7 @@ def run_job(
                         " MLflow"
                     )
                 result = _train(cfg, info, opened, uri, callbacks, ray_ends_with_job)
+                trace.driver_event("fit_done")
                 metrics = {
                     k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
                 }
@@ -230,7 +231,9 @@ def run_job(
                     if tracked
                     else None
                 )
+            trace.driver_event("ray_down")
             registration = registering() if registering else None
+            trace.driver_event("registered")
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit) as exc:
             # SIGTERM (`ray job stop`, an eviction) or Ctrl-C.
@@ -267,6 +270,7 @@ def run_job(
             if tracked and run_id is not None:
                 _describe_run(cfg, uri, run_id, status, metrics, registration, error)
                 mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
+            trace.driver_event("run_ended")
     return JobResult(
         run_id=opened,
         experiment=cfg.tracking.experiment,

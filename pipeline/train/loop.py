@@ -349,6 +349,8 @@ def _train(
                     resizes,
                 )
         throttle.drain()
+        if tracer:
+            tracer.event("epoch_trained", epoch=epoch)
         if n_steps != epoch_steps:
             raise RuntimeError(f"rank {rank}: shard gave {n_steps} batches, expected {epoch_steps}")
         metrics = task.end_epoch(epoch)
@@ -389,6 +391,8 @@ def _train(
                 _use_best(best, epoch, task, metrics, is_chief)
             metrics.update(task.evaluate(readers["test"], "test", "test"))
             metrics["samples_per_sec"] = train_samples / train_time
+            if tracer:
+                tracer.event("test_done")
         if tracer:
             ids = np.concatenate(seen) if seen else np.array([])
             tracer.epoch(epoch, n_steps - first, ids, task.params, start_step=first)
@@ -409,6 +413,8 @@ def _train(
         if logger:
             logger.wait_counted()
         _report(payload, task, world, is_chief, reported, (epoch + 1, 0), history, best)
+        if tracer:
+            tracer.event("epoch_reported", epoch=epoch)
         if last:
             break
     if restored and start_epoch >= end:

@@ -4,7 +4,9 @@ Set ``MXTRAIN_TRACE_DIR`` and every rank appends one JSON line per epoch to
 ``rank-<r>.jsonl`` there: the epoch, its step count, the ids of the real (non-padding) rows it
 trained on, and a SHA-256 digest of all its parameters (batch-norm statistics included).
 Timestamped events (``events-*.jsonl``) mark the start-up's phases on the driver and on every
-rank, up to the first step. Off by default; the sharding tests and ``make bench`` use it.
+rank, up to the first step, and the end's: each epoch trained and reported, the test split
+evaluated, and on the driver fit returned, Ray down, the model registered, the run ended.
+Off by default; the sharding tests and ``make bench`` use it.
 """
 
 from __future__ import annotations

@@ -238,13 +238,12 @@ def test_bad_input_is_one_line_and_exit_2_before_ray_starts(
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """``python -m jobs.predict argv`` in this process: (exit code, stdout, stderr)."""
-    from jobs._cli import run_main
+    from jobs._cli import exit_code
     from jobs.predict import main
 
-    with pytest.raises(SystemExit) as done:
-        run_main(lambda: main(argv))
+    code = exit_code(lambda: main(argv))
     captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 def test_the_entry_point_ends_a_user_error_in_one_line(tmp_path):

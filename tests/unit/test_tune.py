@@ -109,17 +109,16 @@ def test_a_trials_config_round_trips_through_its_params():
 
 
 def test_a_bad_search_is_refused_before_ray_starts(capsys):
-    from jobs._cli import run_main
+    from jobs._cli import exit_code
     from jobs.tune import main
 
-    with pytest.raises(SystemExit) as done:
-        run_main(
-            lambda: main(
-                ["--recipe", "digits-fcn", "--set", 'tune.space=["optim.lr = uniform(0.1, 0.2)"]']
-            )
+    code = exit_code(
+        lambda: main(
+            ["--recipe", "digits-fcn", "--set", 'tune.space=["optim.lr = uniform(0.1, 0.2)"]']
         )
+    )
     err = capsys.readouterr()
-    assert done.value.code == 2
+    assert code == 2
     lines = err.err.strip().splitlines()
     assert len(lines) == 1 and "unknown config key 'optim.lr'" in lines[0], err
     assert "starting a local Ray" not in err.out
