@@ -171,7 +171,11 @@ def misclassified_png(
     report: ErrorReport, names: Sequence[str], feature_shape: Sequence[int], path: str
 ) -> bool:
     """The misclassified images with "true -> predicted" over each; False (nothing written)
-    when the features are not images or nothing was misclassified."""
+    when the features are not images or nothing was misclassified.
+
+    One mosaic drawn as a single image, its captions placed by hand: a subplot per picture
+    and matplotlib's tight layout took 0.9 s for 32 pictures on rank 0 at the end of every
+    run, while the other ranks and the driver waited."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -182,15 +186,29 @@ def misclassified_png(
     labels = class_labels(len(report.matrix), names)
     cols = min(8, len(pictures))
     rows = math.ceil(len(pictures) / cols)
-    fig = Figure(figsize=(cols * 1.6, rows * 1.9))
-    FigureCanvasAgg(fig)
+    height, width = pictures[0].shape[:2]
+    gap_x, gap_y = max(2, width // 4), max(2, height // 2)  # room between pictures, captions
+    cell_w, cell_h = width + gap_x, height + gap_y
+    colour = pictures[0].ndim == 3
+    mosaic = np.ones((rows * cell_h, cols * cell_w) + ((3,) if colour else ()))
     for n, picture in enumerate(pictures):
-        ax = fig.add_subplot(rows, cols, n + 1)
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+        top, left = (n // cols) * cell_h + gap_y, (n % cols) * cell_w + gap_x // 2
+        mosaic[top : top + height, left : left + width] = picture
+    fig = Figure(figsize=(cols * 1.6, rows * 1.9 + 0.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / (rows * 1.9 + 0.4)))
+    ax.imshow(mosaic, cmap=None if colour else "gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for n in range(len(pictures)):
         true, predicted = labels[report.true[n]][:12], labels[report.predicted[n]][:12]
-        ax.set_title(f"{true} -> {predicted}\nid {report.ids[n]}", fontsize=7)
-        ax.axis("off")
+        ax.text(
+            (n % cols) * cell_w + cell_w / 2,
+            (n // cols) * cell_h + gap_y - 1,
+            f"{true} -> {predicted}\nid {report.ids[n]}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     fig.suptitle("misclassified test images: true -> predicted", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     return True
