@@ -20,12 +20,18 @@ Progress = Callable[[str], None]
 
 @contextlib.contextmanager
 def ray_runtime(
-    cpus: float, threads: int, progress: Progress, env: Mapping[str, str] | None = None
+    cpus: float,
+    threads: int,
+    progress: Progress,
+    env: Mapping[str, str] | None = None,
+    dashboard: bool = False,
 ) -> Iterator[bool]:
     """A local Ray with room for ``cpus`` CPUs of work, its processes set to ``threads``
     compute threads each, started and ended here; or a connection to the cluster at
     RAY_ADDRESS. ``env``: more variables every Ray process gets (a training job's MLflow
-    retry settings, say). Yields whether the Ray was started here (and ends here)."""
+    retry settings, say). ``dashboard``: a local Ray runs the dashboard's APIs (State, Jobs)
+    too; a Ray that outlives one Ray Train run needs them (see the call in
+    pipeline/tune/search.py). Yields whether the Ray was started here (and ends here)."""
     import ray
 
     every = {
@@ -75,12 +81,13 @@ def ray_runtime(
         progress(f"starting a local Ray ({num_cpus} logical CPUs); set RAY_ADDRESS for a cluster")
         ray.init(
             num_cpus=num_cpus,
-            # No dashboard: its head starts nine Python processes (State, Jobs, Serve, Data,
-            # Metrics... APIs) that a Ray ending with the job never serves, and on 2 cores
-            # their start-up is taken from the job's: digits-cnn, 2 workers, launch to the
-            # first step 21.3 s instead of 23.5 s (medians of 3 alternated runs). Ray still runs
-            # its dashboard process for usage stats only, bound to loopback.
-            include_dashboard=False,
+            # Without the dashboard unless asked: its head starts nine Python processes
+            # (State, Jobs, Serve, Data, Metrics... APIs) that a Ray ending with one job never
+            # serves, and on 2 cores their start-up is taken from the job's: digits-cnn, 2
+            # workers, launch to the first step 21.3 s instead of 23.5 s (medians of 3
+            # alternated runs). Ray still runs its dashboard process for usage stats only,
+            # bound to loopback.
+            include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
             runtime_env=runtime_env,
             logging_level=logging.WARNING,

@@ -188,7 +188,13 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
     try:
         # The trials' rank 0 loggers retry by themselves (tracking/outage.py).
         env = outage.FAST_FAILING
-        with ray_runtime(local_cpus, cfg.scaling.threads_per_worker, progress, env=env):
+        # With the dashboard: a trial the scheduler stops dies with its Ray Train controller,
+        # and Ray Train's placement-group cleaner learns of that death through the State API,
+        # which the dashboard serves. Without it the stopped trial's CPUs were never given
+        # back and the next trial waited for them forever (tests/integration/test_tune.py).
+        with ray_runtime(
+            local_cpus, cfg.scaling.threads_per_worker, progress, env=env, dashboard=True
+        ):
             if os.environ.get("RAY_ADDRESS"):
                 concurrency = _cluster_concurrency(cfg, concurrency)
             progress(
