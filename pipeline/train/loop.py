@@ -30,6 +30,7 @@ from pipeline.errors import ConfigError, DivergedError
 from pipeline.model import diagnostics
 from pipeline.model.diagnostics import ErrorReport
 from pipeline.model.pictures import write_grid_png
+from pipeline.mxnet_import import UNUSED_BY_MXNET
 from pipeline.peak_memory import peak_rss_mb
 from pipeline.progress import ProgressBar
 from pipeline.tracking import system_metrics
@@ -167,7 +168,10 @@ def train_worker(payload: WorkerPayload) -> None:
     if tracer:  # the start-up's phases (make bench: startup), from the process's birth
         tracer.event("worker_process", t=trace.process_start_time())
         tracer.event("train_function", t=entered)
-        tracer.event("horovod_ready")
+        # Which of the modules MXNet's import leaves out (pipeline/mxnet_import.py) are here.
+        tracer.event(
+            "horovod_ready", unused_modules=[m for m in UNUSED_BY_MXNET if m in sys.modules]
+        )
     is_chief = rank == 0
     device = worker_device(mx, cfg.scaling.use_gpu, hvd.local_rank())
     np.random.seed(cfg.seed)

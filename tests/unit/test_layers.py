@@ -14,7 +14,16 @@ from tests.conftest import REPO
 #: Floors, lowest first. A package imports from its own floor's earlier packages and from
 #: lower floors; the packages of the top floor are peers and import none of each other.
 FLOORS: list[list[str]] = [
-    ["redact", "errors", "config", "storage", "secret_files", "progress", "peak_memory"],
+    [
+        "redact",
+        "errors",
+        "config",
+        "storage",
+        "secret_files",
+        "progress",
+        "peak_memory",
+        "mxnet_import",
+    ],
     ["data"],
     ["model"],
     ["distributed"],
@@ -78,6 +87,9 @@ def _rank(package: str) -> tuple[int, int]:
 def test_every_package_imports_only_from_below():
     upward = []
     for module, targets in _graph().items():
+        if module == "pipeline":  # the package's __init__: it may import the base floor only
+            upward += [f"pipeline -> {t}" for t in targets if _package(t) not in FLOORS[0]]
+            continue
         mine = _package(module)
         for target in targets:
             theirs = _package(target)
