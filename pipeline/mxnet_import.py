@@ -24,6 +24,8 @@ UNUSED_BY_MXNET = ("sklearn", "scipy.stats")
 
 
 def _mxnet_initializing() -> bool:
+    # importlib marks a module's spec ``_initializing`` while the module's code runs (CPython's
+    # import machinery; were the mark gone, this is False and the finder steps aside).
     module = sys.modules.get("mxnet")
     spec = getattr(module, "__spec__", None)
     return bool(getattr(spec, "_initializing", False))
