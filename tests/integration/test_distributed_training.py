@@ -55,13 +55,14 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
 
     # Horovod's rendezvous server (an unauthenticated key-value store) listened on loopback
     # only while the workers trained, not on every interface.
-    listeners = [e for e in trace.read_events(tmp_path / "trace") if e["event"] == "rendezvous"]
+    events = trace.read_events(tmp_path / "trace")
+    listeners = [e for e in events if e["event"] == "rendezvous"]
     assert listeners and all(e["listen"] == ["127.0.0.1"] for e in listeners), listeners
     # A local Ray's workers run at the driver's niceness, not Ray's default of 15.
-    topology = [e for e in trace.read_events(tmp_path / "trace") if e["event"] == "topology"]
+    topology = [e for e in events if e["event"] == "topology"]
     assert len(topology) == 2 and all(e["nice"] == os.nice(0) for e in topology), topology
     # Each worker imported MXNet without the libraries it would bring in and never use.
-    ready = [e for e in trace.read_events(tmp_path / "trace") if e["event"] == "horovod_ready"]
+    ready = [e for e in events if e["event"] == "horovod_ready"]
     assert len(ready) == 2 and all(e["unused_modules"] == [] for e in ready), ready
 
     # Tracking: one FINISHED run with every config field, per-epoch metrics and the tags.
