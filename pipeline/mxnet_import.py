@@ -1,14 +1,15 @@
 """A leaner ``import mxnet``: without scikit-learn and SciPy's statistics, which it never uses.
 
 MXNet 1.9.1's package ``__init__`` imports every submodule, and two of them reach far:
-``mxnet.model`` tries ``from sklearn.base import BaseEstimator`` (the base class of the
-long-deprecated ``FeedForward`` API) and ``mxnet.contrib.quantization`` tries ``from scipy import
+``mxnet.model`` tries ``from sklearn.base import BaseEstimator`` (the base class of the long-
+deprecated ``FeedForward`` API) and ``mxnet.contrib.quantization`` tries ``from scipy import
 stats`` (a name it never uses). scikit-learn is installed here (it ships the digits data set),
-and with it pandas and ``scipy.stats`` come in: a third of the import's time in every process
-that imports MXNet (each worker, the driver's preflight, every scoring actor) and hundreds of
-modules held in memory. Both imports sit in ``try: ... except ImportError``, so the finder below
-answers "not installed" for these two packages while ``mxnet`` itself is being initialized,
-and only then: an import of scikit-learn anywhere else, before or after, is untouched.
+and with it pandas and ``scipy.stats`` come in, in every process that imports MXNet (each
+worker, the driver's preflight, every scoring actor): hundreds of modules and a large share of
+the import's time (``python -X importtime -c "import mxnet"`` shows how large). Both imports sit
+in ``try: ... except ImportError``, so the finder below answers "not installed" for these two
+packages while ``mxnet`` itself is being initialized, and only then: an import of scikit-learn
+anywhere else, before or after, is untouched.
 
 Installed by ``pipeline/__init__.py``, so every process that imports ``pipeline`` before MXNet
 (all of ours) gets it.
