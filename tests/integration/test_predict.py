@@ -70,8 +70,7 @@ def test_predict_scores_every_row_as_the_pyfunc_does_locally_and_on_s3(
 
     # One Ray for both in-process scoring jobs, held as a program embedding predict() holds
     # it (predict joins a Ray it finds running; room for its 2 actors and a read task): one
-    # Ray start fewer. The CLI below starts
-    # its own, as a user's run does.
+    # Ray start fewer. The CLI below starts its own, as a user's run does.
     with ray_runtime(2 + READ_CPUS, 1, lambda _msg: None):
         lines: list[str] = []
         summary = predict(
