@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 SPACE = 'tune.space=["optim.learning_rate = choice(0.1, 0.000001)"]'
 
 
-def _settings(digits_uri: str, storage: Path, trials: int) -> list[str]:
+def _settings(digits_uri: str, storage: Path, trials: int, seed: int) -> list[str]:
     return [
         f"data.uri={json.dumps(digits_uri)}",
         f"storage.path={json.dumps(str(storage))}",
@@ -36,7 +36,8 @@ def _settings(digits_uri: str, storage: Path, trials: int) -> list[str]:
         "tune.max_concurrent=1",  # one at a time: ASHA's decisions do not depend on timing
         "tune.reduction_factor=2",
         "tracking.gate_min=0.5",
-        "seed=1",  # after the recipe's 0.05: draws 0.1, then 1e-06
+        # After the recipe's 0.05, seed 1 draws 0.1 then 1e-06; seed 2 draws 1e-06 first.
+        f"seed={seed}",
         SPACE,
     ]
 
@@ -50,7 +51,7 @@ def _children(client: MlflowClient, parent) -> list:
 def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path):
     lines: list[str] = []
     summary = tune(
-        TuneRequest("digits-fcn", tuple(_settings(digits_uri, tmp_path / "runs", 3))),
+        TuneRequest("digits-fcn", tuple(_settings(digits_uri, tmp_path / "runs", 2, seed=2))),
         progress=lines.append,
     )
     client = MlflowClient()
@@ -60,19 +61,18 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
         "optim.learning_rate = choice(0.1, 1e-06)"
     ]
     children = {r.data.tags[TAG_TRIAL]: r for r in _children(client, parent)}
-    assert len(children) == 3 == len(summary.trials)
+    assert len(children) == 2 == len(summary.trials)
     # Each trial is an ordinary job's run: the same params, per-epoch metrics.
     for outcome in summary.trials:
         run = children[outcome.trial_id]
         assert run.data.params["optim.learning_rate"] == repr(outcome.config["optim.learning_rate"])
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert len(history) >= outcome.epochs >= 1
-    # The 1e-06 trial comes last (seed 1): at epoch 1 it is below the median of the two that
-    # learn, so ASHA (keep the better half) stops it. Whether the 0.1 trial is stopped too
-    # depends on how it compares with 0.05 at epoch 1, so nothing is asserted about it.
+    # Two trials (seed 2): the recipe's 0.05, then 1e-06. At epoch 1 the second is below the
+    # median of the two (ASHA keeps the better half), so it is stopped.
     stopped = [o for o in summary.trials if o.status == "stopped early"]
     useless = [o for o in summary.trials if o.config["optim.learning_rate"] == 1e-6]
-    assert len(useless) == 1 and useless[0] in stopped, [
+    assert len(useless) == 1 and stopped == useless, [
         (o.config, o.epochs, o.value, o.status) for o in summary.trials
     ]
     for o in stopped:
@@ -88,7 +88,7 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
     best = summary.best
     finished = [o.value for o in summary.trials if o.status == "finished"]
     assert best is not None and best.value == max(finished)
-    assert best.config["optim.learning_rate"] in (0.05, 0.1)
+    assert best.run_id == own.run_id
     assert parent.data.tags["mxtrain.tune.best_run_id"] == best.run_id
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.value)
     version = client.get_model_version_by_alias("digits-fcn", "tuned")
@@ -104,7 +104,7 @@ def test_a_search_stops_poor_trials_and_registers_the_best(digits_uri, tmp_path)
 def test_a_search_whose_driver_dies_is_resumed_to_the_end(digits_uri, tmp_path):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     argv = ["--recipe", "digits-fcn"]
-    for item in _settings(digits_uri, tmp_path / "runs", 3):
+    for item in _settings(digits_uri, tmp_path / "runs", 3, seed=1):
         argv += ["--set", item]
     first = BackgroundJob(
         tmp_path / "first", argv, module="jobs.tune", env={"MLFLOW_TRACKING_URI": uri},
