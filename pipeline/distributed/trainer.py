@@ -13,6 +13,10 @@ Ray Train v2 starts, for every run, on the way to the first step:
   CPUs back. A local Ray that the job started (pipeline/distributed/ray_runtime.py) ends with
   the job, placement groups and all; on a cluster, or a Ray that a search or a notebook
   owns, the cleaner stays.
+* an ``_AutoscalingCoordinatorActor`` (one more process, which imports ``ray.data``) to
+  which the scaling policy sends the run's resource request, for a cluster autoscaler to
+  read; the controller waits for that process to start before it starts the workers. A
+  local Ray the job started has no autoscaler: there the policy sends nothing.
 
 On 2 cores each is CPU taken from the processes starting the same job (make bench, startup).
 """
@@ -25,13 +29,27 @@ from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
 )
+from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+
+class NoAutoscalerPolicy(FixedScalingPolicy):
+    """Ray Train's fixed-size policy without its resource requests to the autoscaling
+    coordinator (on a Ray without an autoscaler nobody reads them). Cancelling, at the end,
+    is a no-op for a policy that never sent one."""
+
+    def after_controller_start(self, train_run_context) -> None:
+        return None
+
+    def _maybe_send_resource_request(self) -> None:
+        return None
 
 
 class OwnDataTrainer(DataParallelTrainer):
     """A DataParallelTrainer for train functions that read their own data. Given no
     ``datasets`` it leaves out Ray Train's Ray Data set-up; with ``ray_ends_with_job`` (the
-    job started this Ray and shuts it down) also the placement-group cleaner."""
+    job started this Ray and shuts it down) also the placement-group cleaner and, for a
+    fixed number of workers, the autoscaling coordinator."""
 
     def __init__(self, *args: Any, ray_ends_with_job: bool = False, **kwargs: Any):
         self._ray_ends_with_job = ray_ends_with_job
@@ -43,3 +61,9 @@ class OwnDataTrainer(DataParallelTrainer):
         if self._ray_ends_with_job:
             unused = (*unused, PlacementGroupCleanerCallback)
         return [cb for cb in callbacks if not isinstance(cb, unused)]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs: Any):
+        policy = controller_init_kwargs.get("scaling_policy")
+        if self._ray_ends_with_job and type(policy) is FixedScalingPolicy:
+            controller_init_kwargs["scaling_policy"] = NoAutoscalerPolicy(policy.scaling_config)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)

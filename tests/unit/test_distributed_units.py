@@ -230,3 +230,49 @@ def test_a_job_on_its_own_ray_starts_no_ray_data_and_no_placement_group_cleaner(
     shared = kinds(ray_ends_with_job=False)  # a cluster, a search's Ray: its PGs are freed
     assert Cleaner in shared and DatasetsCallback not in shared
     assert DatasetsCallback in kinds(False, train=lambda: None)  # given datasets: kept
+
+
+def test_a_fixed_group_on_its_own_ray_sends_no_autoscaler_requests(monkeypatch):
+    # The coordinator is one more actor process, which the controller waits for before it
+    # starts the workers; a Ray that ends with the job has no autoscaler to read it.
+    import asyncio
+
+    import ray.train
+    from ray.train.v2._internal.execution.scaling_policy import (
+        ElasticScalingPolicy,
+        FixedScalingPolicy,
+        ResizeDecision,
+    )
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from pipeline.distributed.trainer import NoAutoscalerPolicy, OwnDataTrainer
+
+    sent: list = []
+    monkeypatch.setattr(
+        DataParallelTrainer,
+        "_initialize_and_run_controller",
+        lambda self, **kwargs: sent.append(kwargs["scaling_policy"]),
+    )
+
+    def policy(ray_ends_with_job: bool, workers) -> object:
+        trainer = OwnDataTrainer(
+            lambda: None,
+            scaling_config=ray.train.ScalingConfig(num_workers=workers),
+            ray_ends_with_job=ray_ends_with_job,
+        )
+        trainer._initialize_and_run_controller(
+            scaling_policy=FixedScalingPolicy(trainer.scaling_config)
+            if isinstance(workers, int)
+            else ElasticScalingPolicy(trainer.scaling_config)
+        )
+        return sent.pop()
+
+    own = policy(True, 2)
+    assert type(own) is NoAutoscalerPolicy
+    own.after_controller_start(None)
+    assert own._coordinator_client is None  # no coordinator actor was asked for
+    decision = own.make_decision_for_non_running_worker_group()
+    assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
+    asyncio.run(own.before_controller_shutdown())  # cancelling nothing sent is fine
+    assert type(policy(False, 2)) is FixedScalingPolicy  # a cluster's autoscaler reads them
+    assert type(policy(True, (1, 2))) is ElasticScalingPolicy  # elastic groups need them
