@@ -242,6 +242,7 @@ def test_a_fixed_group_on_its_own_ray_sends_no_autoscaler_requests(monkeypatch):
         ElasticScalingPolicy,
         FixedScalingPolicy,
         ResizeDecision,
+        create_scaling_policy,
     )
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -260,10 +261,9 @@ def test_a_fixed_group_on_its_own_ray_sends_no_autoscaler_requests(monkeypatch):
             scaling_config=ray.train.ScalingConfig(num_workers=workers),
             ray_ends_with_job=ray_ends_with_job,
         )
+        # The policy fit() hands over, from Ray Train's own factory.
         trainer._initialize_and_run_controller(
-            scaling_policy=FixedScalingPolicy(trainer.scaling_config)
-            if isinstance(workers, int)
-            else ElasticScalingPolicy(trainer.scaling_config)
+            scaling_policy=create_scaling_policy(trainer.scaling_config)
         )
         return sent.pop()
 
