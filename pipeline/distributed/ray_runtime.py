@@ -102,7 +102,13 @@ def ray_runtime(
             # the job's runtime env is known, none of them can serve the job (its every actor
             # and task has that env), and their start took CPU from the job's own: launch to
             # first step 19.6 s instead of 20.8 s (digits-cnn, medians of 3 alternated runs).
-            _system_config={"worker_niceness": 0, "prestart_worker_first_driver": False},
+            # Nor does it collect metrics: every Ray process records and the dashboard agent
+            # exports them for a Prometheus that a Ray ending with one job never has.
+            _system_config={
+                "worker_niceness": 0,
+                "prestart_worker_first_driver": False,
+                "enable_metrics_collection": False,
+            },
         )
     stop_on_sigterm()
     try:

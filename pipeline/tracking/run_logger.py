@@ -69,6 +69,9 @@ class Untracked:
     def wait_counted(self, timeout_s: float = 60.0) -> None:
         pass
 
+    def go(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -93,6 +96,8 @@ class RunLogger:
         self._warned = False
         #: Set once a queued count_attempt was answered, or the server is unreachable.
         self._counted = threading.Event()
+        #: Set by :meth:`go`: the thread imports MLflow and sends only from then on.
+        self._going = threading.Event()
         self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
         self._thread.start()
 
@@ -130,7 +135,16 @@ class RunLogger:
         """Wait until the server answered the count (a group that reached its first
         checkpoint is counted before a restart can resume from it), but not through an
         outage: then the count waits in the queue and training goes on."""
+        self.go()
         self._counted.wait(timeout_s)
+
+    def go(self) -> None:
+        """Start sending (the loop calls it after the first step). Until then calls only
+        queue: the thread's MLflow import and tracking client (1-3 s of Python with a sqlite
+        store) would hold the GIL while rank 0 builds its model and opens its readers, and
+        the other ranks would wait for rank 0 at the first step: 1.3 s of a tracked
+        fashion-cnn job's start-up."""
+        self._going.set()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
         """Queue ``metrics`` at ``step``; return them as ``[key, value, timestamp, step]``
@@ -139,19 +153,18 @@ class RunLogger:
         self.replay(entries)
         return entries
 
+    # Both queue plain values; the sending thread makes MLflow's entities of them. Rank 0
+    # calls these right after the model is built, while the sending thread is still
+    # importing MLflow (about 0.4 s): an `import mlflow` here would wait for that import,
+    # and the other ranks would wait for rank 0 at the first step.
     def replay(self, entries: list[list]) -> None:
         """Queue metric entries as they were first logged (same timestamps)."""
-        import mlflow
-
-        batch = [mlflow.entities.Metric(k, v, int(t), int(s)) for k, v, t, s in entries]
+        batch = [(k, float(v), int(t), int(s)) for k, v, t, s in entries]
         for start in range(0, len(batch), 1000):  # MLflow's limit per log_batch
             self._put(("log_batch", {"metrics": batch[start : start + 1000]}))
 
     def log_params(self, params: dict[str, Any]) -> None:
-        import mlflow
-
-        batch = [mlflow.entities.Param(k, param_value(v)) for k, v in params.items()]
-        self._put(("log_batch", {"params": batch}))
+        self._put(("log_batch", {"params": [(k, param_value(v)) for k, v in params.items()]}))
 
     def log_artifact(self, path: str, artifact_path: str) -> None:
         """Copies ``path`` first: the caller may delete it before the upload runs."""
@@ -172,6 +185,7 @@ class RunLogger:
             self._closing_since = time.monotonic()
             self._pending.append(_CLOSE)
             self._cond.notify()
+        self.go()
         self._thread.join()
 
     # -- the sending thread --------------------------------------------------------------------
@@ -189,6 +203,7 @@ class RunLogger:
             shutil.rmtree(Path(item[1]["local_path"]).parent, ignore_errors=True)
 
     def _send(self) -> None:
+        self._going.wait()
         client = client_for(self.uri)
         failures = 0
         outage_started: float | None = None
@@ -280,6 +295,13 @@ class RunLogger:
                     flush=True,
                 )
             return
+        if method == "log_batch":
+            from mlflow.entities import Metric, Param
+
+            kwargs = {
+                "metrics": [Metric(*entry) for entry in kwargs.get("metrics", [])],
+                "params": [Param(*pair) for pair in kwargs.get("params", [])],
+            }
         getattr(client, method)(self.run_id, **kwargs)
         if method == "log_artifact":
             shutil.rmtree(Path(kwargs["local_path"]).parent, ignore_errors=True)

@@ -34,17 +34,24 @@ class Sampler:
     ``every_s``, and once more at :meth:`finish`.
 
     The thread also builds MLflow's monitor (its imports, a tracking client, the run's last
-    logged step: a second or more): none of that is on the worker's way to its first step."""
+    logged step: a second or more), once :meth:`go` was called (the loop calls it after the
+    first step; :meth:`finish` too): that Python would otherwise hold the GIL while the
+    worker builds its model and opens its readers, on its way to the first step."""
 
     def __init__(self, make_monitor: Callable[[], Any], every_s: float) -> None:
         self._make_monitor = make_monitor
         self._monitor: Any = None
         self._every_s = every_s
         self._stop = threading.Event()
+        self._going = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="system-metrics")
         self._thread.start()
 
+    def go(self) -> None:
+        self._going.set()
+
     def _run(self) -> None:
+        self._going.wait()
         import psutil
 
         try:
@@ -74,6 +81,7 @@ class Sampler:
 
     def finish(self) -> None:
         self._stop.set()
+        self.go()
         self._thread.join(timeout=30)
         if self._monitor is not None:
             self._monitor.mlflow_logger.flush()

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +196,15 @@ def train_worker(payload: WorkerPayload) -> None:
             node_id=f"node{hvd.cross_rank()}" if nodes > 1 else None,
         )
 
+    def first_step_done() -> None:
+        # MLflow's imports and clients on rank 0 wait until now (RunLogger.go).
+        if logger:
+            logger.go()
+        if sampler:
+            sampler.go()
+
     try:
-        _train(payload, hvd, device, rank, world, logger, tracer)
+        _train(payload, hvd, device, rank, world, logger, tracer, first_step_done)
     finally:
         system_metrics.finish(sampler)
         if logger:
@@ -223,6 +230,7 @@ def _train(
     world: int,
     logger: RunLogger | Untracked | None,
     tracer: trace.Tracer | None,
+    first_step_done: Callable[[], None],
 ) -> None:
     import mxnet as mx
 
@@ -325,10 +333,12 @@ def _train(
                 epoch,
                 n_steps,
             )
-            if tracer and n_steps == first and epoch == start_epoch:
-                mx.nd.waitall()
-                tracer.event("first_step")
-                tracer.rendezvous_listeners()
+            if n_steps == first and epoch == start_epoch:
+                if tracer:
+                    mx.nd.waitall()
+                    tracer.event("first_step")
+                    tracer.rendezvous_listeners()
+                first_step_done()
             n_steps += 1
             if bar:
                 bar.update(1)

@@ -189,6 +189,7 @@ def test_system_metrics_reach_the_run(tmp_path):
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("e"))
     sampler = system_metrics.start(uri, run.info.run_id, every_s=1)
+    sampler.go()  # the loop, after its first step
     # Two samples, however slow the machine (a fixed sleep was flaky under load).
     wait_for(
         lambda: (
@@ -228,6 +229,7 @@ def test_a_run_shorter_than_the_interval_gets_a_first_and_a_last_sample_of_its_n
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("e"))
     sampler = system_metrics.start(uri, run.info.run_id, every_s=600, node_id="node1")
+    sampler.go()
     name = "system/node1/cpu_utilization_percentage"
     deadline = time.monotonic() + 120
     checked = time.monotonic()

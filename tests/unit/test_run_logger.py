@@ -42,12 +42,36 @@ def test_a_replayed_history_is_not_stored_twice():
     assert sorted(steps) == [0, 1]
 
 
+def test_nothing_is_sent_before_the_first_step():
+    """Until the loop says go (after its first step) calls only queue; then they arrive."""
+    run_id = _run()
+    logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
+    logger.log_metrics({"val_accuracy": 0.5}, step=0)
+    time.sleep(1.0)
+    assert MlflowClient().get_run(run_id).data.metrics == {}
+    logger.go()
+    wait_for(lambda: MlflowClient().get_run(run_id).data.metrics, "the queued metric")
+    logger.close()
+    assert MlflowClient().get_run(run_id).data.metrics == {"val_accuracy": 0.5}
+
+
+def test_params_arrive_with_credentials_redacted():
+    run_id = _run()
+    logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
+    logger.log_params({"model.num_params": 1234, "data.uri": "s3://key:secret@bucket/x"})
+    logger.close()
+    params = MlflowClient().get_run(run_id).data.params
+    assert params["model.num_params"] == "1234"
+    assert "secret" not in params["data.uri"] and "bucket/x" in params["data.uri"]
+
+
 def test_an_unreachable_server_is_waited_for_then_the_loss_is_counted(capfd):
     """Nothing listens on the port: the calls are kept (at most max_pending, the oldest
     dropped first), and close() gives up after outage_wait_s and says how many were lost."""
     dead = f"http://127.0.0.1:{free_port()}"
     with fast_failing():
         logger = RunLogger(dead, "0" * 32, outage_wait_s=1.0, max_pending=3)
+        logger.go()
         for step in range(5):
             logger.log_metrics({"val_accuracy": 0.5}, step=step)
         time.sleep(0.5)
@@ -81,6 +105,7 @@ def test_a_worker_without_credentials_stops_with_one_line():
         with fast_failing():
             logger = RunLogger(f"http://127.0.0.1:{port}", "0" * 32)
             logger.count_attempt(3)  # the group's first call: queued, rank 0 goes on
+            logger.go()  # the loop, after its first step
             wait_for(lambda: logger.refused is not None, "the refusal", timeout_s=60)
             with pytest.raises(TrackingError, match=expected):  # the loop's next check
                 logger.check()
