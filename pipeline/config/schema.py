@@ -495,8 +495,8 @@ class TrackingConfig(Section):
     )
     system_metrics_every_s: float = option(
         10.0,
-        "seconds between system metrics samples (also one a second after the start and one at"
-        " the end)",
+        "seconds between system metrics samples (also one a second after the first training"
+        " step and one at the end)",
         ge=1,
     )
     progress_every_s: float = option(
