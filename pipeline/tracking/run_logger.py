@@ -154,9 +154,9 @@ class RunLogger:
         return entries
 
     # Both queue plain values; the sending thread makes MLflow's entities of them. Rank 0
-    # calls these right after the model is built, while the sending thread is still
-    # importing MLflow (about 0.4 s): an `import mlflow` here would wait for that import,
-    # and the other ranks would wait for rank 0 at the first step.
+    # calls these before its first step, before the sending thread imports MLflow (go):
+    # an `import mlflow` here would put that import back on the loop's thread, and the
+    # other ranks would wait for rank 0 at the first step.
     def replay(self, entries: list[list]) -> None:
         """Queue metric entries as they were first logged (same timestamps)."""
         batch = [(k, float(v), int(t), int(s)) for k, v, t, s in entries]

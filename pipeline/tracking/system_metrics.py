@@ -9,10 +9,10 @@ MLflow's plain names (``system/cpu_utilization_percentage``).
 The schedule is ours, not MLflow's monitor loop, whose first CPU reading is psutil's
 meaningless 0.0 and whose last interval is dropped when the run ends: a sample a second
 after the first training step (CPU measured over that second), one every ``every_s``, and
-one at the end,
-so even a run shorter than the interval charts lines with real values. Steps continue across
-restarts of the worker group (``resume_logging``), so a restarted job's tab shows one time
-line. A tracking server that cannot be reached stops the sampler; training goes on.
+one at the end, so even a run shorter than the interval charts lines with real values.
+Steps continue across restarts of the worker group (``resume_logging``), so a restarted
+job's tab shows one time line. A tracking server that cannot be reached stops the sampler;
+training goes on.
 """
 
 from __future__ import annotations

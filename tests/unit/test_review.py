@@ -250,6 +250,24 @@ def test_a_run_shorter_than_the_interval_gets_a_first_and_a_last_sample_of_its_n
     assert "system/cpu_utilization_percentage" not in client.get_run(run.info.run_id).data.metrics
 
 
+def test_no_system_metrics_before_the_first_step(tmp_path):
+    """The sampler builds MLflow's monitor and samples only once the loop says go."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    sampler = system_metrics.start(uri, run.info.run_id, every_s=1)
+    time.sleep(3)  # the sampler's first second and two intervals, had it not waited
+    assert sampler._monitor is None
+    assert client.get_run(run.info.run_id).data.metrics == {}
+    sampler.go()
+    wait_for(
+        lambda: client.get_run(run.info.run_id).data.metrics,
+        "a system-metric sample",
+        timeout_s=120,
+    )
+    system_metrics.finish(sampler)
+
+
 def test_a_broken_tracking_uri_leaves_training_without_system_metrics(capsys):
     sampler = system_metrics.start("nosuchscheme://x", "run", every_s=1)
     system_metrics.finish(sampler)
