@@ -1,8 +1,10 @@
 """The driver: from a JobConfig to a finished, tracked and registered run.
 
 preflight (pipeline/preflight.py: data contract, model/data fit, storage)
-  -> MLflow run opened (in a thread) while Ray starts (local, or the cluster at RAY_ADDRESS)
-  -> Ray Train v2 DataParallelTrainer + our Horovod backend, each worker reads its planned shard
+  -> Ray starts (local, or the cluster at RAY_ADDRESS)
+  -> Ray Train v2 DataParallelTrainer + our Horovod backend, each worker reads its planned shard;
+     meanwhile (a thread) a new MLflow run is opened, and its id handed to the workers
+     (pipeline/distributed/handoff.py)
   -> model logged from the final checkpoint, registered, alias moved (in a thread) while a
      local Ray shuts down
   -> run FINISHED (FAILED on any error, nothing registered)
@@ -24,6 +26,7 @@ from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.examples import input_example
 from pipeline.distributed.failures import user_error
+from pipeline.distributed.handoff import RunIdHandoff
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
 from pipeline.preflight import describe_data, preflight
@@ -31,7 +34,7 @@ from pipeline.redact import redact
 from pipeline.storage import endpoint_url, resolve
 from pipeline.tracking import mlflow_run, outage, registry, summary
 from pipeline.tracking.client import client_for
-from pipeline.tracking.names import TAG_GATE, TAG_NOTE
+from pipeline.tracking.names import TAG_GATE, TAG_NOTE, TAG_TRAIN_RUN
 from pipeline.tracking.registry import Registration
 from pipeline.train import checkpoint, trace
 from pipeline.train.best_epoch import SCORE
@@ -67,24 +70,28 @@ def ray_session(cfg: JobConfig, progress: Progress) -> contextlib.AbstractContex
     )
 
 
-def run_name(cfg: JobConfig, run_id: str) -> str:
-    """Ray Train's name for the job: its checkpoints live under <storage>/<name>/."""
-    return f"{cfg.recipe}-{run_id[:8]}"
+def run_name(cfg: JobConfig, key: str) -> str:
+    """Ray Train's name for a job (its checkpoints live under <storage>/<name>/): the recipe
+    and 8 hex digits of ``key``, a random one for a new run (the run's TAG_TRAIN_RUN keeps
+    the name), an untracked job's own id, or the MLflow run's id for a run from before the
+    tag."""
+    return f"{cfg.recipe}-{key[:8]}"
 
 
-def fit(
+def trainer_for(
     cfg: JobConfig,
     info: DatasetInfo,
-    run_id: str,
+    run: RunIdHandoff,
+    name: str,
     tracking_uri: str,
     callbacks: Sequence[Any] = (),
     ray_ends_with_job: bool = False,
 ):
-    """Run the distributed training; return Ray Train's Result. ``ray_ends_with_job``: the
-    job started this Ray and shuts it down (pipeline/distributed/trainer.py)."""
+    """The job's Ray Train trainer, named ``name``; ``run``: where the workers find the
+    MLflow run's id. ``ray_ends_with_job``: the job started this Ray and shuts it down
+    (pipeline/distributed/trainer.py)."""
     import ray.train
 
-    from pipeline.distributed.failures import stop_on_user_errors
     from pipeline.distributed.horovod_backend import HorovodConfig
     from pipeline.distributed.trainer import OwnDataTrainer
     from pipeline.train.loop import train_worker
@@ -95,8 +102,8 @@ def fit(
     if cfg.scaling.elastic:
         workers = (cfg.scaling.min_workers, cfg.scaling.num_workers)  # stubs know only v1's int
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
-    payload = WorkerPayload(cfg, info, run_id, tracking_uri, run_name(cfg, run_id))
-    trainer = OwnDataTrainer(
+    payload = WorkerPayload(cfg, info, run, tracking_uri, name)
+    return OwnDataTrainer(
         lambda config: train_worker(config["payload"]),
         train_loop_config={"payload": payload},
         backend_config=HorovodConfig.from_scaling(cfg.scaling),
@@ -120,6 +127,12 @@ def fit(
         ),
         ray_ends_with_job=ray_ends_with_job,
     )
+
+
+def fit(trainer):
+    """Run the distributed training; return Ray Train's Result."""
+    from pipeline.distributed.failures import stop_on_user_errors
+
     trace.driver_event("fit")
     with stop_on_user_errors():
         return trainer.fit()
@@ -187,16 +200,7 @@ def run_job(
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     with outage.fast_failing():  # our retries, not MLflow's minutes-long ones
-        # The MLflow run is opened (its parameters, data sets, tags: seconds) while the local
-        # Ray starts; the workers, which need its id, start after both.
-        opening = (
-            _in_background(
-                "open-mlflow-run",
-                lambda: _open_run(cfg, info, uri, resume, progress, run_tags or {}),
-            )
-            if tracked
-            else None
-        )
+        opening: Callable[[], tuple[str, str, mlflow_run.Heartbeat]] | None = None
         run_id: str | None = None
         heartbeat = None
         status = "FAILED"
@@ -207,16 +211,47 @@ def run_job(
         try:
             with ray_session(cfg, progress) as ray_ends_with_job:
                 trace.driver_event("ray_ready")
-                run_id = opened = opening() if opening else uuid.uuid4().hex
-                trace.driver_event("run_open")
-                if tracked:
-                    heartbeat = mlflow_run.Heartbeat(uri, opened)
-                else:
+                if not tracked:
+                    run_id = uuid.uuid4().hex
+                    name, handoff = run_name(cfg, run_id), RunIdHandoff.of(run_id)
                     progress(
                         f"run {run_id}: tracking off (tracking.enabled=false), nothing goes to"
                         " MLflow"
                     )
-                result = _train(cfg, info, opened, uri, callbacks, ray_ends_with_job)
+                elif resume:  # where the run's checkpoints are is known first
+                    run_id, name, heartbeat = _reopen_run(cfg, uri, resume, progress)
+                    handoff = RunIdHandoff.of(run_id)
+                else:
+                    # A new run is opened (its parameters, data sets, tags: seconds of one
+                    # core) while Ray Train starts the workers, and its id handed to them
+                    # through Ray (pipeline/distributed/handoff.py); so Ray Train's name for
+                    # it is chosen here, before the run exists, and the run is tagged with it
+                    # (TAG_TRAIN_RUN: where --resume finds its checkpoints).
+                    name, handoff = run_name(cfg, uuid.uuid4().hex), RunIdHandoff.pending()
+                # Ray Train's modules are imported first: the MLflow thread's imports would
+                # take turns with them at the GIL, on the way to the workers' start.
+                trainer = trainer_for(cfg, info, handoff, name, uri, callbacks, ray_ends_with_job)
+                if tracked and not resume:
+                    opening = _in_background(
+                        "open-mlflow-run",
+                        lambda: _open_run(cfg, info, uri, progress, run_tags or {}, name, handoff),
+                    )
+                try:
+                    result = _train(cfg, trainer)
+                except Exception:
+                    if opening is not None:
+                        opening()  # a run that could not be opened stopped the workers: say why
+                    raise
+                finally:
+                    if opening is not None:
+                        with contextlib.suppress(Exception):
+                            opening()
+                        with contextlib.suppress(Exception):
+                            handoff.withdraw()
+                if opening is not None:
+                    run_id, _, heartbeat = opening()
+                opened = run_id
+                assert opened is not None
                 trace.driver_event("fit_done")
                 metrics = {
                     k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
@@ -238,6 +273,9 @@ def run_job(
         except (KeyboardInterrupt, SystemExit) as exc:
             # SIGTERM (`ray job stop`, an eviction) or Ctrl-C.
             status = "KILLED"
+            if run_id is None and opening is not None:  # stopped while the workers trained
+                with contextlib.suppress(Exception):
+                    run_id, _, heartbeat = opening()
             number = RECEIVED_SIGNALS[-1] if RECEIVED_SIGNALS else signal.SIGINT
             if isinstance(exc, SystemExit):  # another library's SIGTERM handler
                 number = signal.SIGTERM
@@ -256,9 +294,10 @@ def run_job(
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
             if run_id is None and opening is not None:
-                # Stopped while Ray started: the run being opened is ended below as well.
+                # Stopped before the run was known here: the run being opened is ended below
+                # as well.
                 with contextlib.suppress(Exception):
-                    run_id = opening()
+                    run_id, _, heartbeat = opening()
             if heartbeat is not None:
                 heartbeat.stop()
             if status != "FINISHED" and registering is not None and run_id is not None:
@@ -311,36 +350,47 @@ def _open_run(
     cfg: JobConfig,
     info: DatasetInfo,
     uri: str,
-    resume: str | None,
     progress: Progress,
     tags: Mapping[str, str],
-) -> str:
-    where = f"(experiment {cfg.tracking.experiment!r}, {redact(uri)})"
-    if not resume:
-        run_id = mlflow_run.start_run(cfg, info, tags)
-        progress(f"MLflow run {run_id} {where}")
-        return run_id
-    mlflow_run.reopen_run(cfg, resume)
+    name: str,
+    handoff: RunIdHandoff,
+) -> tuple[str, str, mlflow_run.Heartbeat]:
+    """Open a new run, Ray Train's ``name`` among its tags, and hand its id to the workers
+    (or tell them that it could not be opened); its id, name and the driver's heartbeat."""
+    try:
+        run_id = mlflow_run.start_run(cfg, info, {**tags, TAG_TRAIN_RUN: name})
+    except BaseException:
+        handoff.fail()
+        raise
+    handoff.publish(run_id)
+    trace.driver_event("run_open")
+    progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {redact(uri)})")
+    return run_id, name, mlflow_run.Heartbeat(uri, run_id)
+
+
+def _reopen_run(
+    cfg: JobConfig, uri: str, resume: str, progress: Progress
+) -> tuple[str, str, mlflow_run.Heartbeat]:
+    """Reopen the run ``resume``: its id, Ray Train's name it trained under, and the driver's
+    heartbeat in it."""
+    tags = mlflow_run.reopen_run(cfg, resume)
+    name = tags.get(TAG_TRAIN_RUN) or run_name(cfg, resume)
     # A version its stopped driver registered but never promoted goes; the job registers anew.
     registry.withdraw_versions(uri, resume)
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
-    if checkpoint.drop_torn_train_snapshot(storage.filesystem, storage.join(run_name(cfg, resume))):
+    if checkpoint.drop_torn_train_snapshot(storage.filesystem, storage.join(name)):
         progress(f"Ray Train's snapshot of run {resume} was cut off by its stopped driver; removed")
-    progress(f"resuming MLflow run {resume} {where}")
-    return resume
+    trace.driver_event("run_open")
+    progress(
+        f"resuming MLflow run {resume} (experiment {cfg.tracking.experiment!r}, {redact(uri)})"
+    )
+    return resume, name, mlflow_run.Heartbeat(uri, resume)
 
 
-def _train(
-    cfg: JobConfig,
-    info: DatasetInfo,
-    run_id: str,
-    uri: str,
-    callbacks: Sequence[Any],
-    ray_ends_with_job: bool,
-):
+def _train(cfg: JobConfig, trainer):
     """Ray Train's result; a worker's user error as itself, any other failure explained."""
     try:
-        return fit(cfg, info, run_id, uri, callbacks, ray_ends_with_job)
+        return fit(trainer)
     except PipelineError:
         raise
     except Exception as exc:

@@ -114,8 +114,9 @@ def dataset_name(uri: str) -> str:
     return redact(uri).rstrip("/").rsplit("/", 1)[-1] or "data"
 
 
-def reopen_run(cfg: JobConfig, run_id: str) -> None:
-    """Mark an interrupted run RUNNING again so a resumed job continues it (``--resume``).
+def reopen_run(cfg: JobConfig, run_id: str) -> dict[str, str]:
+    """Mark an interrupted run RUNNING again so a resumed job continues it (``--resume``);
+    return its tags.
 
     Refuses (ConfigError) a run that does not exist, already FINISHED, or was started with
     settings its checkpoints do not fit."""
@@ -145,6 +146,7 @@ def reopen_run(cfg: JobConfig, run_id: str) -> None:
         )
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, TAG_RESUMES, str(int(tags.get(TAG_RESUMES, "0")) + 1))
+    return dict(tags)
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:

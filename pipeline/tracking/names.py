@@ -30,6 +30,9 @@ TAG_RESUME_KEY = "mxtrain.resume_key"
 #: pipeline/data/digest.py's fingerprint of the splits read (runs and model versions).
 TAG_DATA_DIGEST = "mxtrain.data_digest"
 TAG_RESUMES = "mxtrain.resumes"
+#: Ray Train's name for the run: its checkpoints are under <storage.path>/<name>/ (a run
+#: without it, from before the tag, used "<recipe>-<the run id's first 8 digits>").
+TAG_TRAIN_RUN = "mxtrain.train_run"
 #: Per-rank metrics of each epoch (``rank/<r>/samples_per_sec`` ...: pipeline/train/rank_timing.py)
 #: and the epoch's slowest rank.
 RANK_PREFIX = "rank/"

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipeline.data.contract import DatasetInfo
 from pipeline.data.epoch_plan import Resize
 from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.distributed.collectives import allreduce_max
+from pipeline.distributed.handoff import RunIdHandoff
 from pipeline.errors import ConfigError, DivergedError
 from pipeline.model import diagnostics
 from pipeline.model.diagnostics import ErrorReport
@@ -102,6 +104,10 @@ class EngineThrottle:
                 )
 
 
+#: How long a worker waits at least for the driver to open the MLflow run: the driver's MLflow
+#: store may be slow to answer its first request (a database waking up).
+RUN_ID_WAIT_S = 300.0
+
 #: Rank 0 asks its MLflow logger every this many steps whether the server refused it (an
 #: attribute read): its first calls go out while training starts.
 CHECK_EVERY_STEPS = 50
@@ -113,10 +119,16 @@ class WorkerPayload:
 
     config: JobConfig
     info: DatasetInfo
-    run_id: str
+    #: Where the MLflow run's id comes from: a new run is opened while the workers start.
+    run: RunIdHandoff
     tracking_uri: str
     #: Ray Train's name for the run: its checkpoints are under <storage>/<run_name>/.
     run_name: str
+
+    @cached_property
+    def run_id(self) -> str:
+        """The MLflow run's id (waiting for the driver to open the run, if need be)."""
+        return self.run.wait(max(RUN_ID_WAIT_S, self.config.tracking.outage_wait_s))
 
 
 def _quiet_ray_train() -> None:
@@ -179,7 +191,11 @@ def train_worker(payload: WorkerPayload) -> None:
     if is_chief and not cfg.tracking.enabled:
         logger = Untracked()
     elif is_chief:
-        logger = RunLogger(payload.tracking_uri, payload.run_id, cfg.tracking.outage_wait_s)
+        asked = time.time()
+        run_id = payload.run_id  # opened by the driver while this worker started
+        if tracer:
+            tracer.event("run_id_known", waited_s=round(time.time() - asked, 3))
+        logger = RunLogger(payload.tracking_uri, run_id, cfg.tracking.outage_wait_s)
         # A restarted group is counted before any rank can fail again (the others wait for
         # rank 0 at the weights' broadcast); the first group's count is queued
         # (RunLogger.count_attempt).

@@ -64,6 +64,12 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     # Each worker imported MXNet without the libraries it would bring in and never use.
     ready = [e for e in events if e["event"] == "horovod_ready"]
     assert len(ready) == 2 and all(e["unused_modules"] == [] for e in ready), ready
+    # The MLflow run was opened while Ray Train started the workers, not before (rank 0
+    # found its id in Ray's store, and logged to it: below).
+    (fit,) = [e["t"] for e in events if e["event"] == "fit"]
+    (opened,) = [e["t"] for e in events if e["event"] == "run_open"]
+    assert fit < opened
+    assert len([e for e in events if e["event"] == "run_id_known"]) == 1
 
     # Tracking: one FINISHED run with every config field, per-epoch metrics and the tags.
     client = MlflowClient()
@@ -75,6 +81,8 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     assert run.data.tags["mxtrain.recipe"] == "digits-cnn"
     assert run.data.tags["mxtrain.data_uri"] == digits_uri
     assert run.data.tags["mxtrain.world_size"] == "2"
+    (job,) = (tmp_path / "runs").iterdir()  # Ray Train's folder: the one the run names
+    assert run.data.tags["mxtrain.train_run"] == job.name
     for key in ("train_loss", "val_accuracy", "grad_norm"):
         history = client.get_metric_history(result.run_id, key)
         assert sorted(m.step for m in history) == list(range(cfg.optim.epochs))
