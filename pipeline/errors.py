@@ -30,6 +30,15 @@ class ConfigError(PipelineError):
     """A recipe or override names an unknown key, has the wrong type or a bad value."""
 
 
+class ModelMisfitError(ConfigError):
+    """The model family cannot be built for the data's features or classes."""
+
+    @classmethod
+    def of(cls, model: str, data_uri: str, why: object) -> ModelMisfitError:
+        # A classmethod, not __init__: a worker's error is pickled with its message only.
+        return cls(f"model.name={model} does not fit {data_uri}: {why}")
+
+
 class DataError(PipelineError):
     """Training data is missing, unreadable or does not meet the Parquet data contract."""
 

@@ -1,10 +1,10 @@
 """The driver: from a JobConfig to a finished, tracked and registered run.
 
-preflight (pipeline/preflight.py: data contract, model/data fit, storage)
+preflight (pipeline/preflight.py: data contract, storage)
   -> Ray starts (local, or the cluster at RAY_ADDRESS)
   -> Ray Train v2 DataParallelTrainer + our Horovod backend, each worker reads its planned shard;
-     meanwhile (a thread) a new MLflow run is opened, and its id handed to the workers
-     (pipeline/distributed/handoff.py)
+     meanwhile (a thread) the model's fit to the data is checked, a new MLflow run opened,
+     and its id handed to the workers (pipeline/distributed/handoff.py)
   -> model logged from the final checkpoint, registered, alias moved (in a thread) while a
      local Ray shuts down
   -> run FINISHED (FAILED on any error, nothing registered)
@@ -29,7 +29,7 @@ from pipeline.distributed.failures import user_error
 from pipeline.distributed.handoff import RunIdHandoff
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
-from pipeline.preflight import describe_data, preflight
+from pipeline.preflight import check_model_fits, describe_data, preflight
 from pipeline.redact import redact
 from pipeline.storage import endpoint_url, resolve
 from pipeline.tracking import mlflow_run, outage, registry, summary
@@ -188,7 +188,10 @@ def run_job(
         )
     trace.driver_event("driver_process", t=trace.process_start_time())
     trace.driver_event("run_job")
-    info = preflight(cfg)
+    # The model's fit to the data (an MXNet import: most of the preflight's time) is checked
+    # while Ray starts the workers, before the run is opened (_open_run); a worker refuses a
+    # misfit too, so an untracked job checks it there.
+    info = preflight(cfg, model_fit=False)
     trace.driver_event("preflight_done")
     for line in describe_data(cfg, info):
         progress(line)
@@ -355,9 +358,11 @@ def _open_run(
     name: str,
     handoff: RunIdHandoff,
 ) -> tuple[str, str, mlflow_run.Heartbeat]:
-    """Open a new run, Ray Train's ``name`` among its tags, and hand its id to the workers
-    (or tell them that it could not be opened); its id, name and the driver's heartbeat."""
+    """Check the model's fit to the data, open a new run, Ray Train's ``name`` among its
+    tags, and hand its id to the workers (or tell them that it could not be opened); its id,
+    name and the driver's heartbeat."""
     try:
+        check_model_fits(cfg, info)  # no run for a job that cannot train
         run_id = mlflow_run.start_run(cfg, info, {**tags, TAG_TRAIN_RUN: name})
     except BaseException:
         handoff.fail()

@@ -2,6 +2,8 @@
 ``jobs.tune``, ``jobs.compress``'s fine-tuning): the data's layout and contract, the
 machine (GPUs, the network interface), the storage, the model's fit to the data, the start
 weights. A failure is a PipelineError: one line for the user, no Ray started, no run opened.
+(A training job checks the model's fit while Ray starts, before it opens the run:
+pipeline/launch.py.)
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 
 from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo, check_unique_ids, inspect_dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModelMisfitError
 from pipeline.redact import redact
 from pipeline.storage import check_access, check_writable, resolve
 from pipeline.train.init_weights import check_init_weights
@@ -39,8 +41,11 @@ def describe_data(cfg: JobConfig, info: DatasetInfo) -> list[str]:
     return lines
 
 
-def preflight(cfg: JobConfig) -> DatasetInfo:
-    """Everything that can be checked before a worker starts; raises a PipelineError."""
+def preflight(cfg: JobConfig, model_fit: bool = True) -> DatasetInfo:
+    """Everything that can be checked before a worker starts; raises a PipelineError.
+    ``model_fit=False`` leaves out building the model (importing MXNet: most of this
+    function's second): a training job checks that while Ray starts its workers, which
+    refuse a model that does not fit as well (:func:`check_model_fits`)."""
     _check_local_machine(cfg)
     info = inspect_data(cfg)
     _check_cached_files(cfg, info)  # checksums first: a changed file is named as such
@@ -50,16 +55,20 @@ def preflight(cfg: JobConfig) -> DatasetInfo:
     if cfg.tracking.artifact_uri:
         check_access(cfg.tracking.artifact_uri, cfg.s3)
     _check_augment(cfg, info)
+    if model_fit:
+        check_model_fits(cfg, info)
+    check_init_weights(cfg, info)
+    return info
+
+
+def check_model_fits(cfg: JobConfig, info: DatasetInfo) -> None:
+    """The model family can be built for the data's shape (ModelMisfitError if not)."""
     from models import build_model
 
     try:
         build_model(cfg.model.name, cfg.model.arch, info.feature_shape, info.num_classes)
     except ValueError as exc:
-        raise ConfigError(
-            f"model.name={cfg.model.name} does not fit {cfg.data.uri}: {exc}"
-        ) from None
-    check_init_weights(cfg, info)
-    return info
+        raise ModelMisfitError.of(cfg.model.name, cfg.data.uri, exc) from None
 
 
 def _check_augment(cfg: JobConfig, info: DatasetInfo) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.data.ingest import Batch, ShardReader, to_ndarray
 from pipeline.distributed.collectives import allreduce_sum, average_running_stats
+from pipeline.errors import ModelMisfitError
 from pipeline.model import bundle
 from pipeline.model.diagnostics import ErrorReport
 from pipeline.train.context import WorkerContext
@@ -94,9 +95,12 @@ class ClassificationTask:
 
         self.context = context
         info = context.info
-        net = build_model(
-            context.cfg.model.name, context.cfg.model.arch, info.feature_shape, info.num_classes
-        )
+        try:
+            net = build_model(
+                context.cfg.model.name, context.cfg.model.arch, info.feature_shape, info.num_classes
+            )
+        except ValueError as exc:  # not retried: the driver's check ran beside the start
+            raise ModelMisfitError.of(context.cfg.model.name, context.cfg.data.uri, exc) from None
         rows = mx.nd.zeros((2, info.num_features), ctx=context.device)
         init = context.cfg.init
         self.model = DistributedNetwork(
@@ -195,7 +199,10 @@ class AdversarialTask:
         info, arch = context.info, context.cfg.model.arch
         self.latent = arch.latent_dim
         self.classes = info.num_classes
-        g, d, judge = build_gan(arch, info.feature_shape, info.num_classes)
+        try:
+            g, d, judge = build_gan(arch, info.feature_shape, info.num_classes)
+        except ValueError as exc:  # not retried: the driver's check ran beside the start
+            raise ModelMisfitError.of(context.cfg.model.name, context.cfg.data.uri, exc) from None
         z = mx.nd.zeros((2, self.latent), ctx=context.device)
         onehot = mx.nd.zeros((2, self.classes), ctx=context.device)
         rows = mx.nd.zeros((2, info.num_features), ctx=context.device)

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from pipeline.config import load_job_config
 from pipeline.distributed.threads import thread_env
+from pipeline.errors import ModelMisfitError
 from pipeline.launch import run_job
 from tests.datasets import DIGIT_NAMES, clinic_as_pandas, digits_as_hf_images, digits_as_pandas
 
@@ -173,3 +174,24 @@ def test_a_mixed_table_trains_with_no_preprocessing_and_its_model_takes_the_raw_
     scored = pq.read_table(out).to_pandas().sort_values("id")
     assert len(scored) == len(raw)
     assert list(scored["prediction_name"]) == list(predicted["prediction"])
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_a_model_that_does_not_fit_the_table_is_one_error_and_no_run(own_sets, tracked, tmp_path):
+    """A CNN for a table of flat pixel columns. A tracked job checks the fit while Ray starts
+    the workers, and opens no run for it; an untracked one leaves it to the workers, which
+    refuse it at once (not as a failure to retry: max_failures is 2)."""
+    cfg = load_job_config(
+        "digits-cnn",
+        [
+            f"data.uri={own_sets['local']['pandas']}",
+            f"storage.path={tmp_path / 'runs'}",
+            *SETS["pandas"][1],
+            "scaling.max_failures=2",
+            f"tracking.enabled={str(tracked).lower()}",
+        ],
+    )
+    with pytest.raises(ModelMisfitError, match=r"model.name=cnn does not fit .*image-shaped"):
+        run_job(cfg, progress=lambda _line: None)
+    experiment = MlflowClient().get_experiment_by_name(cfg.tracking.experiment)
+    assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])
