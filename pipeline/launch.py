@@ -28,6 +28,7 @@ from pipeline.data.examples import input_example
 from pipeline.distributed.failures import user_error
 from pipeline.distributed.handoff import RunIdHandoff
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
+from pipeline.distributed.threads import yield_cores
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
 from pipeline.preflight import check_model_fits, describe_data, preflight
 from pipeline.redact import redact
@@ -361,6 +362,7 @@ def _open_run(
     """Check the model's fit to the data, open a new run, Ray Train's ``name`` among its
     tags, and hand its id to the workers (or tell them that it could not be opened); its id,
     name and the driver's heartbeat."""
+    yield_cores()  # the workers' start comes first (their rank 0 needs the id seconds later)
     try:
         check_model_fits(cfg, info)  # no run for a job that cannot train
         run_id = mlflow_run.start_run(cfg, info, {**tags, TAG_TRAIN_RUN: name})

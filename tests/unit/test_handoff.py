@@ -1,4 +1,5 @@
-"""The run id's handoff from the driver to the workers (pipeline/distributed/handoff.py).
+"""The run id's handoff from the driver to the workers (pipeline/distributed/handoff.py), and
+the priority of the driver's thread that opens the run.
 
 A real job's handoff through Ray's GCS is tested by
 tests/integration/test_distributed_training.py (rank 0 logs into the run the driver opened
@@ -9,12 +10,15 @@ hold only after a fault: nothing, or a value nobody of ours wrote."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 
 import pytest
 from ray.experimental import internal_kv
 
 from pipeline.distributed.handoff import NAMESPACE, RunIdHandoff
+from pipeline.distributed.threads import BACKGROUND_NICENESS, yield_cores
 from pipeline.errors import TrackingError
 
 
@@ -75,3 +79,22 @@ def test_the_store_holds_the_id_only(store):
     assert json.loads(store[(NAMESPACE, handoff.key)]) == {
         "run_id": "0123456789abcdef0123456789abcdef"
     }
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+def test_the_thread_that_opens_the_run_yields_the_cores_and_only_it():
+    """The driver's MLflow thread runs at a lower priority than the rest of the driver."""
+    seen: dict = {}
+
+    def background() -> None:
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        yield_cores()
+        seen["change"] = os.getpriority(os.PRIO_PROCESS, tid) - before
+
+    me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen["change"] == min(BACKGROUND_NICENESS, 19 - me)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == me
