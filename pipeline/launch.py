@@ -367,7 +367,8 @@ def _open_run(
         check_model_fits(cfg, info)  # no run for a job that cannot train
         run_id = mlflow_run.start_run(cfg, info, {**tags, TAG_TRAIN_RUN: name})
     except BaseException:
-        handoff.fail()
+        with contextlib.suppress(Exception):  # the error that matters is the one raised
+            handoff.fail()
         raise
     handoff.publish(run_id)
     trace.driver_event("run_open")

@@ -20,7 +20,7 @@ sides): the target sits near what the recipe reaches, and one seed decides wheth
 lands just above or just below it, so pairs sample that spread rather than repeat one draw.
 A pair where either side misses the target gives no ratio (the figure says so); the note also
 gives every pair's wall-time ratio, target met or not. Samples/s per worker of both sides go
-in the note.
+in the note, and their ratio in each pair.
 """
 
 from __future__ import annotations
@@ -113,12 +113,19 @@ def tta_figure(
     epochs = next((o.split("=", 1)[1] for o in overrides if o.startswith("optim.epochs=")), "")
     pairs = zip(runs["ours"], runs["base"], strict=True)
     walls = ", ".join(f"{a['seconds'] / b['seconds']:.2f}" for a, b in pairs)
+    # Training speed of the two sides of each pair (run minutes apart): the machine's speed
+    # swings between pairs, which medians over all runs of a side would hide.
+    rates = ", ".join(
+        f"{a['per_worker'] / b['per_worker']:.2f}"
+        for a, b in zip(runs["ours"], runs["base"], strict=True)
+    )
     note = (
         f"{recipe}{f' (at most {epochs} epochs)' if epochs else ''}, 2 workers, seed i in pair"
         f" i, launch to the end of the first epoch with {rule} (both sides: optim.stop_at);"
         f" ours (jobs.train, local Ray, MLflow, checkpoints, model registered, to exit):"
         f" {describe('ours')}; baseline (horovodrun -np 2 with our cycle time, data in memory):"
-        f" {describe('base')}; wall-time ratio of each pair, target met or not: {walls}"
+        f" {describe('base')}; wall-time ratio of each pair, target met or not: {walls};"
+        f" samples/s per worker, ours / baseline, of each pair: {rates}"
     )
     if not ok:
         return Figure("time_to_accuracy", None, None, None, "<= 1.0", "s", f"n/a: {note}")

@@ -136,6 +136,12 @@ def private_ray_token() -> None:
     writes ``~/.ray/auth_token`` with the umask's mode (0644: every local user could then
     use the dashboard's Jobs API as us) and through any link planted there; so it is made,
     or tightened, here first, and Ray reads it (RAY_AUTH_TOKEN_PATH when set)."""
+    # Token auth, as Ray turns it on for a new local Ray anyway, but said explicitly: Ray
+    # then starts without a warning line in every job's output that tells how to opt out. A
+    # user's own RAY_AUTH_MODE stands.
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        forget_ray_token()  # Ray's config holds the mode it read while the variable was unset
     if os.environ.get("RAY_AUTH_TOKEN"):
         return
     default = Path.home() / ".ray" / "auth_token"
