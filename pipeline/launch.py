@@ -248,12 +248,15 @@ def run_job(
                     raise
                 finally:
                     if opening is not None:
+                        # However the training ended (Ctrl-C, SIGTERM included), the run, if
+                        # it opened, is known from here on: it is ended and its heartbeat
+                        # stopped below.
                         with contextlib.suppress(Exception):
-                            opening()
+                            run_id, _, heartbeat = opening()
                         with contextlib.suppress(Exception):
                             handoff.withdraw()
                 if opening is not None:
-                    run_id, _, heartbeat = opening()
+                    run_id, _, heartbeat = opening()  # raises if the run could not be opened
                 opened = run_id
                 assert opened is not None
                 trace.driver_event("fit_done")
@@ -277,9 +280,6 @@ def run_job(
         except (KeyboardInterrupt, SystemExit) as exc:
             # SIGTERM (`ray job stop`, an eviction) or Ctrl-C.
             status = "KILLED"
-            if run_id is None and opening is not None:  # stopped while the workers trained
-                with contextlib.suppress(Exception):
-                    run_id, _, heartbeat = opening()
             number = RECEIVED_SIGNALS[-1] if RECEIVED_SIGNALS else signal.SIGINT
             if isinstance(exc, SystemExit):  # another library's SIGTERM handler
                 number = signal.SIGTERM
@@ -297,11 +297,6 @@ def run_job(
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
-            if run_id is None and opening is not None:
-                # Stopped before the run was known here: the run being opened is ended below
-                # as well.
-                with contextlib.suppress(Exception):
-                    run_id, _, heartbeat = opening()
             if heartbeat is not None:
                 heartbeat.stop()
             if status != "FINISHED" and registering is not None and run_id is not None:
@@ -372,8 +367,12 @@ def _open_run(
         raise
     handoff.publish(run_id)
     trace.driver_event("run_open")
-    progress(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {redact(uri)})")
+    progress(f"MLflow run {run_id} {_where(cfg, uri)}")
     return run_id, name, mlflow_run.Heartbeat(uri, run_id)
+
+
+def _where(cfg: JobConfig, uri: str) -> str:
+    return f"(experiment {cfg.tracking.experiment!r}, {redact(uri)})"
 
 
 def _reopen_run(
@@ -389,9 +388,7 @@ def _reopen_run(
     if checkpoint.drop_torn_train_snapshot(storage.filesystem, storage.join(name)):
         progress(f"Ray Train's snapshot of run {resume} was cut off by its stopped driver; removed")
     trace.driver_event("run_open")
-    progress(
-        f"resuming MLflow run {resume} (experiment {cfg.tracking.experiment!r}, {redact(uri)})"
-    )
+    progress(f"resuming MLflow run {resume} {_where(cfg, uri)}")
     return resume, name, mlflow_run.Heartbeat(uri, resume)
 
 

@@ -57,7 +57,7 @@ def _ours(uri: str, recipe: str, tmp: Path, env: dict[str, str], phases: list[di
         previous = max(previous, reached[name])
     # Off the way to the first step (pipeline/distributed/handoff.py), reported beside it:
     # when the run was open, and how long rank 0 waited for its id.
-    split["MLflow run open at"] = reached_or_nan(events, "run_open") - start
+    split["MLflow run open at"] = _reached_or_nan(events, "run_open") - start
     split["rank 0 waited for the run id"] = max(
         (e.get("waited_s", 0.0) for e in events if e["event"] == "run_id_known"), default=0.0
     )
@@ -65,7 +65,9 @@ def _ours(uri: str, recipe: str, tmp: Path, env: dict[str, str], phases: list[di
     return min(e["t"] for e in events if e["event"] == "first_step") - start
 
 
-def reached_or_nan(events: list[dict], name: str) -> float:
+def _reached_or_nan(events: list[dict], name: str) -> float:
+    """When the last ``name`` event came; NaN if none did (only a new tracked run opens one:
+    the phases above, which every job passes, raise instead)."""
     return max((e["t"] for e in events if e["event"] == name), default=float("nan"))
 
 
