@@ -93,6 +93,7 @@ def trainer_for(
     (pipeline/distributed/trainer.py)."""
     import ray.train
 
+    from pipeline.distributed import early_imports
     from pipeline.distributed.horovod_backend import HorovodConfig
     from pipeline.distributed.trainer import OwnDataTrainer
     from pipeline.train.loop import train_worker
@@ -125,6 +126,8 @@ def trainer_for(
             # (the full text stays in the Ray session's log files).
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
+            # The workers import MXNet while Ray Train sets them up (early_imports.py).
+            worker_runtime_env={"env_vars": early_imports.runtime_env_vars()},
         ),
         ray_ends_with_job=ray_ends_with_job,
     )

@@ -38,8 +38,9 @@ class LeanMXNetImport(MetaPathFinder):
     A finder is asked only for a module not yet imported, so a process that already has
     scikit-learn gives it to MXNet as before. A thread that imports scikit-learn for the first
     time in the same second as another thread's first ``import mxnet`` would be told it is
-    missing: none of ours does (the driver imports MXNet before its threads start, a worker
-    before it reads data).
+    missing: none of ours does (the driver's thread that checks the model imports MXNet
+    first; a worker imports it in a thread of its own from its start, while Ray Train's set-up,
+    which needs neither package, runs beside it, and before it reads data).
     """
 
     def find_spec(self, fullname, path=None, target=None):

@@ -26,6 +26,7 @@ from pipeline.data.augment import Augmenter
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.epoch_plan import Resize
 from pipeline.data.ingest import ShardReader, open_source, should_cache
+from pipeline.distributed import early_imports
 from pipeline.distributed.collectives import allreduce_max
 from pipeline.distributed.handoff import RunIdHandoff
 from pipeline.errors import ConfigError, DivergedError
@@ -179,7 +180,8 @@ def train_worker(payload: WorkerPayload) -> None:
     tracer = trace.Tracer.from_env(rank)
     if tracer:  # the start-up's phases (make bench: startup), from the process's birth
         tracer.event("worker_process", t=trace.process_start_time())
-        tracer.event("train_function", t=entered)
+        # When this process began importing MXNet (early_imports.py): before ``entered``.
+        tracer.event("train_function", t=entered, imports_started=early_imports.started_at())
         # Which of the modules MXNet's import leaves out (pipeline/mxnet_import.py) are here.
         tracer.event(
             "horovod_ready", unused_modules=[m for m in UNUSED_BY_MXNET if m in sys.modules]

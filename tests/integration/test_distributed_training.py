@@ -64,6 +64,12 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     # Each worker imported MXNet without the libraries it would bring in and never use.
     ready = [e for e in events if e["event"] == "horovod_ready"]
     assert len(ready) == 2 and all(e["unused_modules"] == [] for e in ready), ready
+    # ... and began that import as soon as Ray started its process, before Ray Train called
+    # the train function (Ray's setup hook: pipeline/distributed/early_imports.py).
+    entered = [e for e in events if e["event"] == "train_function"]
+    assert len(entered) == 2 and all(
+        e["imports_started"] is not None and e["imports_started"] < e["t"] for e in entered
+    ), entered
     # The MLflow run was opened while Ray Train started the workers, not before (rank 0
     # found its id in Ray's store, and logged to it: below).
     (fit,) = [e["t"] for e in events if e["event"] == "fit"]
