@@ -63,13 +63,21 @@ class LocalCluster:
     def alive_nodes(self) -> list[dict]:
         """The cluster's alive nodes as the dashboard reports them (node_id, is_head_node,
         resources_total)."""
+        nodes = self._state("nodes?limit=100&detail=true")
+        return [n for n in nodes if n.get("state") == "ALIVE"]
+
+    def actor_classes(self) -> list[str]:
+        """The class of every actor the cluster has run, alive or ended."""
+        return [a["class_name"] for a in self._state("actors?limit=10000")]
+
+    def _state(self, query: str) -> list[dict]:
+        """Rows of Ray's State API on the head's dashboard (``/api/v0/<query>``)."""
         request = urllib.request.Request(
-            f"{self.head.dashboard}/api/v0/nodes?limit=100&detail=true",
+            f"{self.head.dashboard}/api/v0/{query}",
             headers={"Authorization": f"Bearer {self.head.token}"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
-            body = json.load(response)
-        return [n for n in body["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+            return json.load(response)["data"]["result"]["result"]
 
     def wait_for_nodes(self, count: int, timeout_s: float = 60) -> None:
         """Until the head counts ``count`` alive nodes (itself included)."""

@@ -48,6 +48,16 @@ def ray_runtime(
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
         ),
+        # Ray Train watches for node drains (spot preemption) with an actor of its own, one
+        # more process per worker group, started beside the train function's start, whose
+        # only use is ray.train.get_preemption_info(): our train function never asks (a
+        # lost node is a lost worker group, resumed from its checkpoint). Warm start on a
+        # one-machine cluster: about 1.1 s of one core taken from the workers' start. Its
+        # constructor arguments also live in the object store, with an error-level line on
+        # a local Ray's shutdown (github.com/ray-project/ray/issues/53727).
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get(
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"
+        ),
     }
     for name in ("MXTRAIN_TRACE_DIR", "MLFLOW_S3_ENDPOINT_URL"):
         if name in os.environ:
@@ -70,11 +80,6 @@ def ray_runtime(
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         private_ray_token()
-        # Ray Train watches for node drains (spot preemption) with an actor of its own; a
-        # local Ray has one node, whose end is the job's. Left on, it is one more process
-        # per job and an error-level line in every job's output (its constructor arguments
-        # live in the object store: github.com/ray-project/ray/issues/53727).
-        runtime_env["env_vars"].setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
         # logical CPUs are slots, not cores.
         num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))

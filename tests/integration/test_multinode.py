@@ -134,6 +134,12 @@ def test_two_nodes_plan_ranks_as_two_hosts_and_print_each_line_once(cluster, uni
         key = f"system/{node}/cpu_utilization_percentage"
         assert len(client.get_metric_history(run.info.run_id, key)) >= 2, key
 
+    # Ray Train's actors for the job, without the preemption watcher (its only use,
+    # ray.train.get_preemption_info, is not ours: pipeline/distributed/ray_runtime.py).
+    classes = set(cluster.actor_classes())
+    assert {"TrainController", "RayTrainWorker"} <= classes, classes
+    assert "PreemptionWatcher" not in classes
+
     # Every worker line reaches the driver once, not once per node's log monitor.
     lines = Counter(line for line in job.stdout().splitlines() if "epoch " in line)
     epoch_lines = {line: n for line, n in lines.items() if "train_loss" in line}
