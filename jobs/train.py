@@ -144,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pipeline.launch import run_job
 
-    result = run_job(cfg, progress=lambda msg: print(msg, flush=True), resume=args.resume)
+    result = run_job(
+        cfg,
+        progress=lambda msg: print(msg, flush=True),
+        resume=args.resume,
+        driver_ends_with_job=True,  # this process ends with the job: see run_job
+    )
     print_summary(result)
     if cfg.compress.wanted:
         make_variants(cfg, result)

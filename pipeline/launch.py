@@ -87,9 +87,11 @@ def trainer_for(
     tracking_uri: str,
     callbacks: Sequence[Any] = (),
     ray_ends_with_job: bool = False,
+    driver_ends_with_job: bool = False,
 ):
     """The job's Ray Train trainer, named ``name``; ``run``: where the workers find the
-    MLflow run's id. ``ray_ends_with_job``: the job started this Ray and shuts it down
+    MLflow run's id. ``ray_ends_with_job``: the job started this Ray and shuts it down;
+    ``driver_ends_with_job``: this process ends when the training does
     (pipeline/distributed/trainer.py)."""
     import ray.train
 
@@ -130,6 +132,7 @@ def trainer_for(
             worker_runtime_env={"env_vars": early_imports.runtime_env_vars()},
         ),
         ray_ends_with_job=ray_ends_with_job,
+        driver_ends_with_job=driver_ends_with_job,
     )
 
 
@@ -172,6 +175,7 @@ def run_job(
     resume: str | None = None,
     run_tags: Mapping[str, str] | None = None,
     callbacks: Sequence[Any] = (),
+    driver_ends_with_job: bool = False,
 ) -> JobResult:
     """Train, track and register one job. Raises PipelineError for anything a user can fix.
 
@@ -180,6 +184,10 @@ def run_job(
 
     ``run_tags`` are added to a new MLflow run (a search's trial: ``mlflow.parentRunId``);
     ``callbacks`` go to Ray Train's RunConfig (a search's trial reports to Ray Tune).
+
+    ``driver_ends_with_job``: the calling process ends when this job does (``python -m
+    jobs.train``), so Ray frees the training's placement group should the training end
+    badly; Ray Train's actor that would otherwise watch for that is left out.
 
     With ``tracking.enabled=false`` nothing goes to MLflow: the job trains and checkpoints
     under a run id of its own, and the result carries no registration."""
@@ -237,7 +245,10 @@ def run_job(
                     name, handoff = run_name(cfg, uuid.uuid4().hex), RunIdHandoff.pending()
                 # Ray Train's modules are imported first: the MLflow thread's imports would
                 # take turns with them at the GIL, on the way to the workers' start.
-                trainer = trainer_for(cfg, info, handoff, name, uri, callbacks, ray_ends_with_job)
+                trainer = trainer_for(
+                    cfg, info, handoff, name, uri, callbacks, ray_ends_with_job,
+                    driver_ends_with_job,
+                )  # fmt: skip
                 if tracked and not resume:
                     opening = _in_background(
                         "open-mlflow-run",

@@ -70,6 +70,11 @@ class LocalCluster:
         """The class of every actor the cluster has run, alive or ended."""
         return [a["class_name"] for a in self._state("actors?limit=10000")]
 
+    def placement_groups(self) -> list[dict]:
+        """Every placement group the cluster has had (placement_group_id, state: CREATED,
+        REMOVED...)."""
+        return self._state("placement_groups?limit=10000")
+
     def _state(self, query: str) -> list[dict]:
         """Rows of Ray's State API on the head's dashboard (``/api/v0/<query>``)."""
         request = urllib.request.Request(

@@ -8,11 +8,13 @@ Ray Train v2 starts, for every run, on the way to the first step:
   every worker before the train function starts, whose unpickling imports ``ray.data``
   there too. Our workers read their shards themselves (pipeline/data/ingest.py) and never
   call ``ray.train.get_dataset_shard``.
-* a detached ``PlacementGroupCleaner`` actor (one more process) that frees the run's
-  placement group if the controller dies ungracefully, so that a long-lived cluster gets its
-  CPUs back. A local Ray that the job started (pipeline/distributed/ray_runtime.py) ends with
-  the job, placement groups and all; on a cluster, or a Ray that a search or a notebook
-  owns, the cleaner stays.
+* a detached ``PlacementGroupCleaner`` actor (one more process, and its stop at the end)
+  that frees the run's placement group if the controller dies ungracefully while its driver
+  lives on, so that a long-lived cluster gets its CPUs back. Ray frees a job's placement
+  groups itself when the job's driver ends: a local Ray that the job started
+  (pipeline/distributed/ray_runtime.py) ends with it, and ``python -m jobs.train`` ends
+  when its one training does, on any Ray. Where the driver outlives the training (a
+  search's trials, a notebook on a cluster), the cleaner stays.
 * an ``_AutoscalingCoordinatorActor`` (one more process, which imports ``ray.data``) to
   which the scaling policy sends the run's resource request, for a cluster autoscaler to
   read; the controller waits for that process to start before it starts the workers. A
@@ -49,16 +51,24 @@ class OwnDataTrainer(DataParallelTrainer):
     """A DataParallelTrainer for train functions that read their own data. Given no
     ``datasets`` it leaves out Ray Train's Ray Data set-up; with ``ray_ends_with_job`` (the
     job started this Ray and shuts it down) also the placement-group cleaner and, for a
-    fixed number of workers, the autoscaling coordinator."""
+    fixed number of workers, the autoscaling coordinator; with ``driver_ends_with_job`` (the
+    driver process ends when this training does) the placement-group cleaner."""
 
-    def __init__(self, *args: Any, ray_ends_with_job: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        ray_ends_with_job: bool = False,
+        driver_ends_with_job: bool = False,
+        **kwargs: Any,
+    ):
         self._ray_ends_with_job = ray_ends_with_job
+        self._driver_ends_with_job = driver_ends_with_job
         super().__init__(*args, **kwargs)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
         unused: tuple[type, ...] = () if self.datasets else (DatasetsCallback,)
-        if self._ray_ends_with_job:
+        if self._ray_ends_with_job or self._driver_ends_with_job:
             unused = (*unused, PlacementGroupCleanerCallback)
         return [cb for cb in callbacks if not isinstance(cb, unused)]
 

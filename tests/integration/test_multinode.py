@@ -147,6 +147,27 @@ def test_two_nodes_plan_ranks_as_two_hosts_and_print_each_line_once(cluster, uni
     assert set(epoch_lines.values()) == {1}, epoch_lines
 
 
+def test_a_killed_driver_leaves_no_placement_group_behind(
+    cluster, uninterrupted, digits_uri, tmp_path
+):
+    # python -m jobs.train runs without Ray Train's placement-group cleaner (its driver ends
+    # with the job: pipeline/distributed/trainer.py). Killed mid-training, its workers' CPUs
+    # come back all the same: Ray frees a job's placement groups when its driver dies.
+    _resize(cluster, 2)
+    before = {p["placement_group_id"] for p in cluster.placement_groups()}
+    job = Job(cluster, tmp_path, digits_uri, "2")
+    job.wait_for_checkpoint()
+
+    def the_jobs() -> list[dict]:
+        return [p for p in cluster.placement_groups() if p["placement_group_id"] not in before]
+
+    assert [p["state"] for p in the_jobs()] == ["CREATED"]
+    job.proc.kill()
+    job.proc.wait(timeout=30)
+    wait_for(lambda: all(p["state"] == "REMOVED" for p in the_jobs()), "the PG freed", 60, 0.5)
+    assert "PlacementGroupCleaner" not in cluster.actor_classes()
+
+
 def test_losing_a_node_goes_on_with_the_survivor_from_the_newest_checkpoint(
     cluster, uninterrupted, digits_uri, tmp_path
 ):

@@ -215,20 +215,25 @@ def test_a_job_on_its_own_ray_starts_no_ray_data_and_no_placement_group_cleaner(
 
     from pipeline.distributed.trainer import OwnDataTrainer
 
-    def kinds(ray_ends_with_job: bool, **datasets) -> set[type]:
+    def kinds(ray_ends_with_job: bool, driver_ends_with_job=False, **datasets) -> set[type]:
         trainer = OwnDataTrainer(
             lambda: None,
             scaling_config=ray.train.ScalingConfig(num_workers=2),
             datasets=datasets or None,
             ray_ends_with_job=ray_ends_with_job,
+            driver_ends_with_job=driver_ends_with_job,
         )
         return {type(cb) for cb in trainer._create_default_callbacks()}
 
     own = kinds(ray_ends_with_job=True)
     assert DatasetsCallback not in own and Cleaner not in own
     assert BackendSetupCallback in own  # the rest of Ray Train's set-up stays
-    shared = kinds(ray_ends_with_job=False)  # a cluster, a search's Ray: its PGs are freed
+    # A search's Ray, a notebook's cluster: the driver lives on, the cleaner frees the PGs.
+    shared = kinds(ray_ends_with_job=False)
     assert Cleaner in shared and DatasetsCallback not in shared
+    # python -m jobs.train on a cluster: Ray frees them when the driver ends
+    # (test_multinode: a killed driver leaves none).
+    assert Cleaner not in kinds(ray_ends_with_job=False, driver_ends_with_job=True)
     assert DatasetsCallback in kinds(False, train=lambda: None)  # given datasets: kept
 
 
