@@ -227,6 +227,12 @@ def train_worker(payload: WorkerPayload) -> None:
         system_metrics.finish(sampler)
         if logger:
             logger.close()
+    # Every rank gets here after the same last collective. Horovod's background loop is
+    # stopped now, on all of them, rather than left to Ray Train's teardown, which ends the
+    # worker processes one by one: a rank still running found its peer's connection gone
+    # and logged an error line ("Horovod background loop uncaught exception: ... Connection
+    # reset by peer") at the end of a job that succeeded.
+    hvd.shutdown()
 
 
 def _restarted_group() -> bool:

@@ -256,8 +256,10 @@ def test_a_run_below_its_gate_finishes_without_the_alias(digits_uri, tmp_path):
     proc = _fcn(digits_uri, tmp_path, "optim.learning_rate=1e-9", "optim.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WITHOUT alias @candidate: below the recipe's bar (test_accuracy" in proc.stdout
-    # Ray Train's preemption watcher is off on a local Ray: its error-level line is gone.
+    # Ray Train's preemption watcher is off: its error-level line is gone. Nor does a rank
+    # that outlives its peer at the end log Horovod's lost connection (a race: loop.py).
     assert "PreemptionWatcher" not in proc.stdout + proc.stderr
+    assert "Horovod background loop" not in proc.stdout + proc.stderr
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mxtrain").experiment_id])
     assert run.info.status == "FINISHED"
