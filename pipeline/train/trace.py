@@ -94,6 +94,8 @@ class Tracer:
             gloo_iface=env.get("HOROVOD_GLOO_IFACE", ""),
             rendezvous=env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", ""),
             threads={k: env.get(k, "") for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")},
+            # pyarrow's allocator's (pipeline/distributed/ray_runtime.py)
+            mimalloc_purge_delay=env.get("MIMALLOC_PURGE_DELAY", ""),
             nice=os.nice(0),  # the worker's scheduling niceness (os.nice(0) changes nothing)
         )
 

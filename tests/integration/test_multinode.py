@@ -125,6 +125,7 @@ def test_two_nodes_plan_ranks_as_two_hosts_and_print_each_line_once(cluster, uni
         assert event["rendezvous"] == node_ip[event["node_id"]] != "127.0.0.1"
         assert event["gloo_iface"] == _interface_holding(node_ip[event["node_id"]])
         assert event["threads"] == {"OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1"}
+        assert event["mimalloc_purge_delay"] == "0"  # the job's env reaches a cluster's workers
     listeners = [e for e in trace.read_events(job.trace) if e["event"] == "rendezvous"]
     rendezvous = {topology[0]["rendezvous"]}
     assert listeners and all(set(e["listen"]) == rendezvous for e in listeners), listeners
