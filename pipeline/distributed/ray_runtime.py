@@ -60,7 +60,7 @@ def ray_runtime(
         ),
         # pyarrow's allocator (mimalloc) keeps freed pages for a while before it gives them
         # back; a streaming reader frees a row group's buffers every few milliseconds, from
-        # dozens of threads, so a worker held hundreds of MB it no longer used. At 0 they go
+        # dozens of threads, so a worker held up to 170 MB it no longer used. At 0 they go
         # back when freed: digits-fcn streaming 640,000 rows from SeaweedFS, the workers'
         # peak RSS 609/678 and 623/628 MB -> 560/509 and 573/565 MB, samples/s within
         # the machine's swing (2 alternated pairs).
