@@ -246,9 +246,15 @@ def run_job(
                 # Ray Train's modules are imported first: the MLflow thread's imports would
                 # take turns with them at the GIL, on the way to the workers' start.
                 trainer = trainer_for(
-                    cfg, info, handoff, name, uri, callbacks, ray_ends_with_job,
-                    driver_ends_with_job,
-                )  # fmt: skip
+                    cfg,
+                    info,
+                    handoff,
+                    name,
+                    uri,
+                    callbacks,
+                    ray_ends_with_job=ray_ends_with_job,
+                    driver_ends_with_job=driver_ends_with_job,
+                )
                 if tracked and not resume:
                     opening = _in_background(
                         "open-mlflow-run",

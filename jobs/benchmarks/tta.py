@@ -105,20 +105,13 @@ def tta_figure(
         hits = sum(reached(x) for x in r)
         return f"reached in {hits} of {len(r)}: {each}; {rate:,.0f} samples/s per worker"
 
-    ok = [
-        (a["seconds"], b["seconds"])
-        for a, b in zip(runs["ours"], runs["base"], strict=True)
-        if reached(a) and reached(b)
-    ]
+    pairs = list(zip(runs["ours"], runs["base"], strict=True))
+    ok = [(a["seconds"], b["seconds"]) for a, b in pairs if reached(a) and reached(b)]
     epochs = next((o.split("=", 1)[1] for o in overrides if o.startswith("optim.epochs=")), "")
-    pairs = zip(runs["ours"], runs["base"], strict=True)
     walls = ", ".join(f"{a['seconds'] / b['seconds']:.2f}" for a, b in pairs)
     # Training speed of the two sides of each pair (run minutes apart): the machine's speed
     # swings between pairs, which medians over all runs of a side would hide.
-    rates = ", ".join(
-        f"{a['per_worker'] / b['per_worker']:.2f}"
-        for a, b in zip(runs["ours"], runs["base"], strict=True)
-    )
+    rates = ", ".join(f"{a['per_worker'] / b['per_worker']:.2f}" for a, b in pairs)
     note = (
         f"{recipe}{f' (at most {epochs} epochs)' if epochs else ''}, 2 workers, seed i in pair"
         f" i, launch to the end of the first epoch with {rule} (both sides: optim.stop_at);"
