@@ -8,11 +8,13 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pipeline.distributed.threads import thread_env
+from pipeline.process_env import environment
 from pipeline.secret_files import ensure_private
 
 Progress = Callable[[str], None]
@@ -70,7 +72,6 @@ def ray_runtime(
         if name in os.environ:
             every[name] = os.environ[name]
     every.update(env or {})
-    runtime_env = {"env_vars": every}
     address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # an embedding program (or a test) owns Ray
         yield False
@@ -87,46 +88,83 @@ def ray_runtime(
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         private_ray_token()
+        # Ray Train gives its controller this variable in a runtime env of its own; a local
+        # Ray's processes have it from the start (below), and the controller none
+        # (pipeline/distributed/trainer.py).
+        every.setdefault(
+            "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC",
+            os.environ.get("RAY_WARN_BLOCKING_GET_INSIDE_ASYNC", "0"),
+        )
         # The workers may ask for more CPUs than the machine has (2 x 1 on a 1-core laptop):
         # logical CPUs are slots, not cores.
         num_cpus = max(os.cpu_count() or 1, int(cpus + 0.999))
         progress(f"starting a local Ray ({num_cpus} logical CPUs); set RAY_ADDRESS for a cluster")
-        ray.init(
-            num_cpus=num_cpus,
-            # Without the dashboard unless asked: its head starts nine Python processes
-            # (State, Jobs, Serve, Data, Metrics... APIs) that a Ray ending with one job never
-            # serves, and on 2 cores their start-up is taken from the job's: digits-cnn, 2
-            # workers, launch to the first step 21.3 s instead of 23.5 s (medians of 3
-            # alternated runs). Ray still runs its dashboard process for usage stats only,
-            # bound to loopback.
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            runtime_env=runtime_env,
-            logging_level=logging.WARNING,
-            configure_logging=True,
-            # Ray starts its workers at nice 15 so that its own processes stay responsive on
-            # a busy cluster node. On a machine where the workers are the job, that lets every
-            # wake-up of a Ray process (raylet, GCS, dashboard, Train's controller) preempt a
-            # worker, and the other worker then waits in the allreduce. At 0 they share the
-            # cores fairly: fashion-cnn, 2 workers on 2 cores, epoch 2 of 3 alternated pairs:
-            # +2.2%, +6.6%, +4.5% samples/s.
-            # Nor does Ray start a worker per CPU ahead for the first driver: started before
-            # the job's runtime env is known, none of them can serve the job (its every actor
-            # and task has that env), and their start took CPU from the job's own: launch to
-            # first step 19.6 s instead of 20.8 s (digits-cnn, medians of 3 alternated runs).
-            # Nor does it collect metrics: every Ray process records and the dashboard agent
-            # exports them for a Prometheus that a Ray ending with one job never has.
-            _system_config={
-                "worker_niceness": 0,
-                "prestart_worker_first_driver": False,
-                "enable_metrics_collection": False,
-            },
-        )
+        # The variables go into the environment the local Ray's processes start with, not
+        # into a runtime env for the job: the raylet hands its environment to every worker
+        # it starts, while a worker whose task or actor has a runtime env starts through
+        # Ray's setup_worker, one more Python start and `import ray` (about 0.45 s of one
+        # core) before the worker proper. Ray Train's controller and its synchronization
+        # actor now start without one: fashion-cnn, 2 workers, launch to the first step
+        # 9.96 -> 8.58 s (medians of 3 alternated runs).
+        with environment(every):
+            ray.init(
+                num_cpus=num_cpus,
+                # Without the dashboard unless asked: its head starts nine Python processes
+                # (State, Jobs, Serve, Data, Metrics... APIs) that a Ray ending with one job never
+                # serves, and on 2 cores their start-up is taken from the job's: digits-cnn, 2
+                # workers, launch to the first step 21.3 s instead of 23.5 s (medians of 3
+                # alternated runs). Ray still runs its dashboard process for usage stats only,
+                # bound to loopback.
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                logging_level=logging.WARNING,
+                configure_logging=True,
+                # Ray starts its workers at nice 15 so that its own processes stay responsive on
+                # a busy cluster node. On a machine where the workers are the job, that lets every
+                # wake-up of a Ray process (raylet, GCS, dashboard, Train's controller) preempt a
+                # worker, and the other worker then waits in the allreduce. At 0 they share the
+                # cores fairly: fashion-cnn, 2 workers on 2 cores, epoch 2 of 3 alternated pairs:
+                # +2.2%, +6.6%, +4.5% samples/s.
+                # Nor does Ray start a worker per CPU ahead for the first driver: when every
+                # actor of the job had a runtime env, none of them could serve it, and their
+                # start took CPU from the job's own: launch to first step 19.6 s instead of
+                # 20.8 s (digits-cnn, medians of 3 alternated runs). Now that the controller
+                # has none, one of them would serve it: 3 alternated pairs (fashion-cnn) moved
+                # the controller's start 0.3 s sooner and ray.init by as much either way.
+                # Nor does it collect metrics: every Ray process records and the dashboard agent
+                # exports them for a Prometheus that a Ray ending with one job never has.
+                _system_config={
+                    "worker_niceness": 0,
+                    "prestart_worker_first_driver": False,
+                    "enable_metrics_collection": False,
+                },
+            )
     stop_on_sigterm()
     try:
         yield not address
     finally:
+        if not address:
+            _kill_autoscaler_monitor()
         ray.shutdown()
+
+
+def _kill_autoscaler_monitor() -> None:
+    """End a local Ray's autoscaler monitor at once, before ``ray.shutdown`` ends the rest.
+
+    A Ray started by ``ray.init`` has no autoscaler, and its monitor nothing to save; on the
+    SIGTERM that ``ray.shutdown`` sends it, after the GCS is gone, it tries to tell the
+    drivers through the GCS that the autoscaler failed, and ``ray.shutdown`` waits a second
+    for it before it kills it: the end of every job on a local Ray took 1.37 s, 0.46-0.50 s
+    now (ray.shutdown after one task, 2 runs each). Ray keeps its processes' handles in
+    private state: a Ray without them is shut down as before."""
+    import ray
+    from ray._private import ray_constants
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            info.process.kill()
+            info.process.wait(timeout=5)
 
 
 def forget_ray_token() -> None:

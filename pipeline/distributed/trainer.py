@@ -20,17 +20,25 @@ Ray Train v2 starts, for every run, on the way to the first step:
   read; the controller waits for that process to start before it starts the workers. A
   local Ray the job started has no autoscaler: there the policy sends nothing.
 
+On a Ray the job started, the controller also starts without the runtime env Train gives it
+(environment variables the job's Ray already has everywhere), and so without Ray's
+setup_worker.
+
 On 2 cores each is CPU taken from the processes starting the same job (make bench, startup).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import ray
+from ray._raylet import RAY_NODE_ID_KEY  # type: ignore[attr-defined]  # a Cython module
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
 )
+from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -51,7 +59,8 @@ class OwnDataTrainer(DataParallelTrainer):
     """A DataParallelTrainer for train functions that read their own data. Given no
     ``datasets`` it leaves out Ray Train's Ray Data set-up; with ``ray_ends_with_job`` (the
     job started this Ray and shuts it down) also the placement-group cleaner and, for a
-    fixed number of workers, the autoscaling coordinator; with ``driver_ends_with_job`` (the
+    fixed number of workers, the autoscaling coordinator, and its controller starts without
+    a runtime env of its own; with ``driver_ends_with_job`` (the
     driver process ends when this training does) the placement-group cleaner."""
 
     def __init__(
@@ -76,4 +85,24 @@ class OwnDataTrainer(DataParallelTrainer):
         policy = controller_init_kwargs.get("scaling_policy")
         if self._ray_ends_with_job and type(policy) is FixedScalingPolicy:
             controller_init_kwargs["scaling_policy"] = NoAutoscalerPolicy(policy.scaling_config)
+        if self._ray_ends_with_job:
+            return self._run_controller_without_runtime_env(**controller_init_kwargs)
         return super()._initialize_and_run_controller(**controller_init_kwargs)
+
+    def _run_controller_without_runtime_env(self, **controller_init_kwargs: Any):
+        """Ray Train's controller as Ray Train starts it (an actor on the driver's node,
+        Ctrl-C handled) but without the runtime env Train gives it, which holds environment
+        variables only: Train's own, and those of the driver's that Train passes on. A Ray
+        the job started has them all in its processes' environment already
+        (pipeline/distributed/ray_runtime.py), and a worker with a runtime env starts through
+        Ray's setup_worker, one more Python start before the worker proper; the controller's
+        synchronization actor inherits its runtime env, so it starts without one too."""
+        node = ray.get_runtime_context().get_node_id()
+        actor_class: Any = ray.remote(num_cpus=0, label_selector={RAY_NODE_ID_KEY: node})(
+            TrainController
+        )
+        controller = actor_class.remote(**controller_init_kwargs)
+        if threading.current_thread() is threading.main_thread():
+            self._register_sigint_handler(controller)
+        ray.get(controller.run.remote())
+        return ray.get(controller.get_result.remote())

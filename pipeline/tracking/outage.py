@@ -10,12 +10,12 @@ and is reported at once.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from pipeline.errors import TrackingError
+from pipeline.process_env import environment
 from pipeline.redact import redact
 
 T = TypeVar("T")
@@ -48,16 +48,8 @@ FAST_FAILING = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIM
 def fast_failing() -> Iterator[None]:
     """:data:`FAST_FAILING` in this process's environment for a block (MLflow reads it on
     every call), restored afterwards."""
-    saved = {k: os.environ.get(k) for k in FAST_FAILING}
-    os.environ.update(FAST_FAILING)
-    try:
+    with environment(FAST_FAILING):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def is_unreachable(exc: BaseException) -> bool:

@@ -254,11 +254,13 @@ def test_a_fixed_group_on_its_own_ray_sends_no_autoscaler_requests(monkeypatch):
     from pipeline.distributed.trainer import NoAutoscalerPolicy, OwnDataTrainer
 
     sent: list = []
-    monkeypatch.setattr(
-        DataParallelTrainer,
-        "_initialize_and_run_controller",
-        lambda self, **kwargs: sent.append(kwargs["scaling_policy"]),
-    )
+    for cls, method in (
+        (DataParallelTrainer, "_initialize_and_run_controller"),
+        (OwnDataTrainer, "_run_controller_without_runtime_env"),  # on its own Ray
+    ):
+        monkeypatch.setattr(
+            cls, method, lambda self, **kwargs: sent.append(kwargs["scaling_policy"])
+        )
 
     def policy(ray_ends_with_job: bool, workers) -> object:
         trainer = OwnDataTrainer(
