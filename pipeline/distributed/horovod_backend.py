@@ -171,7 +171,10 @@ def start_rendezvous(host: str):
     class BoundRendezvousServer(RendezvousServer):
         def start(self, handler_cls=RendezvousHandler) -> int:
             self._httpd = RendezvousHTTPServer((host, 0), handler_cls, self._verbose)
-            self._listen_thread = in_thread(target=self._httpd.serve_forever)
+            # How often the serving loop looks for a stop: stop() waits for it, at the end
+            # of every worker group (Ray Train's teardown, on the way to the job's end). At
+            # socketserver's default of 0.5 s a stop took 0.07-0.44 s, at 0.05 s at most that.
+            self._listen_thread = in_thread(target=self._httpd.serve_forever, args=(0.05,))
             return self._httpd.server_address[1]
 
         def stop(self) -> None:

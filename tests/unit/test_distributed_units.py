@@ -133,6 +133,26 @@ def test_rendezvous_server_listens_only_where_it_is_told():
         pass  # stopped means closed
 
 
+def test_rendezvous_server_looks_for_a_stop_often(monkeypatch):
+    # stop() waits for the serving loop to look (Ray Train's teardown of every worker group,
+    # on the way to a job's end); socketserver's default looks every 0.5 s.
+    from horovod.runner.http.http_server import RendezvousHTTPServer
+
+    from pipeline.distributed.horovod_backend import start_rendezvous
+
+    intervals: list[float] = []
+    serve = RendezvousHTTPServer.serve_forever
+
+    def noting(self, poll_interval=0.5):
+        intervals.append(poll_interval)
+        serve(self, poll_interval)
+
+    monkeypatch.setattr(RendezvousHTTPServer, "serve_forever", noting)
+    server, _port = start_rendezvous("127.0.0.1")
+    server.stop()
+    assert intervals and intervals[0] <= 0.05
+
+
 @pytest.mark.parametrize(
     ("failure", "decision"),
     [
