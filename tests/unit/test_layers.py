@@ -23,6 +23,7 @@ FLOORS: list[list[str]] = [
         "progress",
         "peak_memory",
         "mxnet_import",
+        "process_env",
     ],
     ["data"],
     ["model"],
