@@ -375,8 +375,9 @@ def _open_run(
     handoff: RunIdHandoff,
 ) -> tuple[str, str, mlflow_run.Heartbeat]:
     """Check the model's fit to the data, open a new run, Ray Train's ``name`` among its
-    tags, and hand its id to the workers (or tell them that it could not be opened); its id,
-    name and the driver's heartbeat."""
+    tags, and hand its id to the workers (or tell them that it could not be opened); then,
+    if the model will be registered, import what its logging needs. Its id, name and the
+    driver's heartbeat."""
     yield_cores()  # the workers' start comes first (their rank 0 needs the id seconds later)
     try:
         check_model_fits(cfg, info)  # no run for a job that cannot train
