@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.errors import TrackingError
 from pipeline.redact import redact
 
 #: Seconds from the start to the first sample (CPU is measured over this interval).
@@ -57,6 +58,8 @@ class Sampler:
 
         try:
             self._monitor = self._make_monitor()
+        except TrackingError:  # no run to sample into: the job ends, and the driver says why
+            return
         except Exception as exc:  # no sampler is no reason to stop training
             message = redact(f"warning: no system metrics for this run: {exc}")
             print(message, file=sys.stderr, flush=True)
@@ -88,9 +91,16 @@ class Sampler:
             self._monitor.mlflow_logger.flush()
 
 
-def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = None) -> Sampler:
-    """A running :class:`Sampler` (``finish()`` it). ``node_id`` names the node in the
-    metrics' names (several nodes); None: MLflow's names. A monitor MLflow cannot build is a
+def start(
+    tracking_uri: str,
+    run_id: str | Callable[[], str],
+    every_s: float,
+    node_id: str | None = None,
+) -> Sampler:
+    """A running :class:`Sampler` (``finish()`` it). ``run_id``: the run's id, or what
+    returns it (asked by the sampler's thread once sampling starts: the driver may still be
+    opening the run when the worker is ready). ``node_id`` names the node in the metrics'
+    names (several nodes); None: MLflow's names. A monitor MLflow cannot build is a
     warning on stderr, from the sampler's thread, and no samples."""
     # "Skip logging GPU metrics": MLflow's INFO line.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
@@ -99,7 +109,7 @@ def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = 
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         return SystemMetricsMonitor(
-            run_id,
+            run_id if isinstance(run_id, str) else run_id(),
             sampling_interval=every_s,
             samples_before_logging=1,
             resume_logging=True,

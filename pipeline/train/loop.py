@@ -193,10 +193,16 @@ def train_worker(payload: WorkerPayload) -> None:
     if is_chief and not cfg.tracking.enabled:
         logger = Untracked()
     elif is_chief:
-        asked = time.time()
-        run_id = payload.run_id  # opened by the driver while this worker started
-        if tracer:
-            tracer.event("run_id_known", waited_s=round(time.time() - asked, 3))
+        # The driver opens the run while the workers start, and may still be at it when
+        # they are ready to train: rank 0 does not wait for it. Its logger only queues until
+        # the first step is done (RunLogger.go), then waits for the id in its own thread
+        # (a run that could not be opened: RunLogger.check raises).
+        def run_id() -> str:
+            found = payload.run_id
+            if tracer:
+                tracer.event("run_id_known")
+            return found
+
         logger = RunLogger(payload.tracking_uri, run_id, cfg.tracking.outage_wait_s)
         # A restarted group is counted before any rank can fail again (the others wait for
         # rank 0 at the weights' broadcast); the first group's count is queued
@@ -209,7 +215,7 @@ def train_worker(payload: WorkerPayload) -> None:
         nodes = hvd.cross_size()
         sampler = system_metrics.start(
             payload.tracking_uri,
-            payload.run_id,
+            lambda: payload.run_id,
             cfg.tracking.system_metrics_every_s,
             node_id=f"node{hvd.cross_rank()}" if nodes > 1 else None,
         )
