@@ -21,13 +21,15 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import TrackingError
 from pipeline.redact import redact
 
-#: Seconds from the start to the first sample (CPU is measured over this interval).
+#: Seconds from the first step to the first sample (CPU is measured over this interval), or
+#: at once when the monitor was ready only later.
 FIRST_SAMPLE_S = 1.0
 
 
@@ -56,6 +58,12 @@ class Sampler:
         self._going.wait()
         import psutil
 
+        # The baseline of the first CPU reading, taken by the thread that reads (psutil 7
+        # keeps it per thread: primed by another thread, the first reading was 0.0), when
+        # training starts: the run may open seconds later (the driver opens it while the
+        # workers start), and the monitor's imports take a second more.
+        psutil.cpu_percent()
+        started = time.monotonic()
         try:
             self._monitor = self._make_monitor()
         except TrackingError:  # no run to sample into: the job ends, and the driver says why
@@ -64,10 +72,7 @@ class Sampler:
             message = redact(f"warning: no system metrics for this run: {exc}")
             print(message, file=sys.stderr, flush=True)
             return
-        # The baseline of the first CPU reading, taken by the thread that reads: psutil 7
-        # keeps it per thread (primed by another thread, the first reading was 0.0).
-        psutil.cpu_percent()
-        wait = min(FIRST_SAMPLE_S, self._every_s)
+        wait = max(0.0, min(FIRST_SAMPLE_S, self._every_s) - (time.monotonic() - started))
         while not self._stop.wait(wait):
             if not self._sample():
                 return

@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -316,6 +317,10 @@ def _train(
         )
     every = cfg.checkpoint.every_steps
     stop = StopRule.parse(optim.stop_at)
+    #: Rank 0 draws the test split's errors at the end of a tracked classifier's run.
+    draws_errors = isinstance(logger, RunLogger) and task.kind == "classifier"
+    preparing: threading.Thread | None = None
+    drawing: threading.Thread | None = None
     end = optim.epochs
     if (
         stop
@@ -369,6 +374,8 @@ def _train(
                     tracer.event("first_step")
                     tracer.rendezvous_listeners()
                 first_step_done()
+                if draws_errors:  # matplotlib's import, now and not at the run's end
+                    preparing = _start("prepare-drawing", diagnostics.prepare_drawing)
             n_steps += 1
             if bar:
                 bar.update(1)
@@ -446,7 +453,13 @@ def _train(
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
             errors = task.errors() if last and isinstance(logger, RunLogger) else None
             if errors is not None:
-                history += _log_errors(logger, errors, info, epoch)
+                report = diagnostics.per_class(errors.matrix, info.class_names)
+                history += logger.log_metrics(diagnostics.per_class_metrics(report), step=epoch)
+                # Drawn while this rank exports, checkpoints and reports (the other ranks
+                # wait at the report), not before.
+                drawing = _start(
+                    "error-pictures", _log_error_pictures, preparing, logger, errors, report, info
+                )
             images = task.sample_images()
             if images is not None:
                 with tempfile.TemporaryDirectory() as pictures:  # not in the checkpoint
@@ -461,6 +474,8 @@ def _train(
             tracer.event("epoch_reported", epoch=epoch)
         if last:
             break
+    if drawing is not None:
+        drawing.join()
     if restored and start_epoch >= end:
         _report_finished(payload, is_chief, restored, history, end - 1, best)
     for reader in readers.values():
@@ -483,23 +498,40 @@ def _use_best(best: BestEpoch, epoch: int, task, metrics: dict, is_chief: bool) 
         )
 
 
-def _log_errors(logger, errors: ErrorReport, info: DatasetInfo, epoch: int) -> list[list]:
-    """The test split's confusion matrix, per-class scores and misclassified images as the
-    run's artifacts (``errors/``) and metrics; the metric entries for the history."""
-    report = diagnostics.per_class(errors.matrix, info.class_names)
-    with tempfile.TemporaryDirectory() as tmp:  # not in the checkpoint
-        folder = Path(tmp)
-        scores, matrix, picture = (
-            str(folder / name)
-            for name in ("per_class.json", "confusion_matrix.png", "misclassified.png")
-        )
-        diagnostics.write_json(report, scores)
-        diagnostics.confusion_png(errors.matrix, info.class_names, matrix)
-        logger.log_artifact(scores, "errors")
-        logger.log_artifact(matrix, "errors")
-        if diagnostics.misclassified_png(errors, info.class_names, info.feature_shape, picture):
-            logger.log_artifact(picture, "errors")
-    return logger.log_metrics(diagnostics.per_class_metrics(report), step=epoch)
+def _log_error_pictures(
+    preparing: threading.Thread | None,
+    logger,
+    errors: ErrorReport,
+    report: dict,
+    info: DatasetInfo,
+) -> None:
+    """The test split's per-class scores, confusion matrix and misclassified images as the
+    run's artifacts (``errors/``), once matplotlib is ready (``preparing``: one figure at a
+    time). Pictures that cannot be drawn are a warning: the model trained, and is
+    registered."""
+    if preparing is not None:
+        preparing.join()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # not in the checkpoint
+            folder = Path(tmp)
+            scores, matrix, picture = (
+                str(folder / name)
+                for name in ("per_class.json", "confusion_matrix.png", "misclassified.png")
+            )
+            diagnostics.write_json(report, scores)
+            logger.log_artifact(scores, "errors")
+            diagnostics.confusion_png(errors.matrix, info.class_names, matrix)
+            logger.log_artifact(matrix, "errors")
+            if diagnostics.misclassified_png(errors, info.class_names, info.feature_shape, picture):
+                logger.log_artifact(picture, "errors")
+    except Exception as exc:
+        print(f"warning: the test split's error pictures were not drawn: {exc}", flush=True)
+
+
+def _start(name: str, work: Callable[..., None], *args) -> threading.Thread:
+    thread = threading.Thread(target=work, args=args, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _epoch_bar(cfg: JobConfig, epoch: int, steps: int, first: int, world: int):

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,32 @@ def test_per_class_scores_match_scikit_learn():
     assert metrics["test_f1/3_d_e"] == 0.0 and metrics["test_recall/0_a"] == pytest.approx(r[0])
     assert metrics["test_macro_f1"] == pytest.approx(f.mean())
     assert len(metrics) == 1 + 3 * 4
+
+
+def test_error_pictures_that_cannot_be_drawn_are_a_warning(monkeypatch, capsys):
+    """Rank 0 draws them in a thread while it reports the final checkpoint: a failure there
+    is one warning line, the scores still land, and the thread ends (the job goes on)."""
+    from types import SimpleNamespace
+
+    from pipeline.train import loop
+
+    logged: list[tuple[str, str]] = []
+    logger = SimpleNamespace(
+        log_artifact=lambda path, where: logged.append((Path(path).name, where))
+    )
+
+    def broken(*_args):
+        raise RuntimeError("no font")
+
+    monkeypatch.setattr(diagnostics, "confusion_png", broken)
+    matrix = np.array([[8, 2], [1, 9]])
+    info = SimpleNamespace(class_names=["a", "b"], feature_shape=(1, 8, 8))
+    report = diagnostics.per_class(matrix, info.class_names)
+    diagnostics.prepare_drawing()  # never raises
+    loop._log_error_pictures(None, logger, ErrorReport(matrix), report, info)
+    assert logged == [("per_class.json", "errors")]
+    out = capsys.readouterr().out
+    assert "warning: the test split's error pictures were not drawn: no font" in out
 
 
 def test_confusion_matrix_and_misclassified_images_are_pngs(tmp_path):
