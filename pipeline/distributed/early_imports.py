@@ -10,7 +10,9 @@ warm start of digits-cnn on 2 cores, launch to the first step 7.70 -> 6.95 s (me
 alternated pairs, lower in 3 of them).
 
 Only the training workers get the hook (through Ray Train's ``worker_runtime_env``); Train's
-controller and its helper actors never import MXNet.
+controller and its helper actors never import MXNet. On a Ray the job started, the workers
+have no runtime env, and Ray's construction of the worker actor starts the imports instead
+(pipeline/distributed/local_workers.py).
 """
 
 from __future__ import annotations

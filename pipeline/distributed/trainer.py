@@ -22,7 +22,7 @@ Ray Train v2 starts, for every run, on the way to the first step:
 
 On a Ray the job started, the controller also starts without the runtime env Train gives it
 (environment variables the job's Ray already has everywhere), and so without Ray's
-setup_worker.
+setup_worker; so do the training workers (local_workers.py).
 
 On 2 cores each is CPU taken from the processes starting the same job (make bench, startup).
 """
@@ -42,6 +42,8 @@ from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+from pipeline.distributed.local_workers import InheritingWorkerGroup
+
 
 class NoAutoscalerPolicy(FixedScalingPolicy):
     """Ray Train's fixed-size policy without its resource requests to the autoscaling
@@ -53,6 +55,13 @@ class NoAutoscalerPolicy(FixedScalingPolicy):
 
     def _maybe_send_resource_request(self) -> None:
         return None
+
+
+class LocalTrainController(TrainController):
+    """Ray Train's controller whose workers start without a runtime env (local_workers.py),
+    for a Ray the job started."""
+
+    worker_group_cls = InheritingWorkerGroup
 
 
 class OwnDataTrainer(DataParallelTrainer):
@@ -99,7 +108,7 @@ class OwnDataTrainer(DataParallelTrainer):
         synchronization actor inherits its runtime env, so it starts without one too."""
         node = ray.get_runtime_context().get_node_id()
         actor_class: Any = ray.remote(num_cpus=0, label_selector={RAY_NODE_ID_KEY: node})(
-            TrainController
+            LocalTrainController
         )
         controller = actor_class.remote(**controller_init_kwargs)
         if threading.current_thread() is threading.main_thread():

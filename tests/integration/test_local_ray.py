@@ -1,6 +1,7 @@
 """A local Ray started by a job (pipeline/distributed/ray_runtime.py): its processes get the
 job's variables from the environment they start with, and Ray Train's controller starts
-without a runtime env (pipeline/distributed/trainer.py)."""
+without a runtime env (pipeline/distributed/trainer.py), nor do its training workers
+(pipeline/distributed/local_workers.py)."""
 
 from __future__ import annotations
 
@@ -53,10 +54,12 @@ def test_a_local_rays_processes_inherit_the_job_env_and_trains_controller_has_no
         "OMP_NUM_THREADS": "1",
         "w": "1",
     }
-    # Without a runtime env a worker starts without Ray's setup_worker (one more Python).
-    assert envs["TrainController.__init__"] == {}
+    # Without a runtime env a worker starts without Ray's setup_worker (one more Python):
+    # the controller, its synchronization actor, and the training workers, which had the
+    # variables above (Train's, and the user's value) from the Ray's environment.
+    assert envs["LocalTrainController.__init__"] == {}
     assert envs["SynchronizationActor.__init__"] == {}
-    assert "RayTrainWorker.__init__" in envs  # the list is the run's
+    assert envs["EarlyImportingWorker.__init__"] == {}
 
 
 def test_a_local_rays_autoscaler_monitor_is_gone_before_ray_shutdown_ends_the_rest(

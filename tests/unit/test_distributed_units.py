@@ -303,3 +303,28 @@ def test_a_fixed_group_on_its_own_ray_sends_no_autoscaler_requests(monkeypatch):
     asyncio.run(own.before_controller_shutdown())  # cancelling nothing sent is fine
     assert type(policy(False, 2)) is FixedScalingPolicy  # a cluster's autoscaler reads them
     assert type(policy(True, (1, 2))) is ElasticScalingPolicy  # elastic groups need them
+
+
+def test_a_job_rays_workers_get_no_runtime_env_for_variables_they_already_have(monkeypatch):
+    """On a Ray the job started, the controller leaves out of the workers' runtime env the
+    variables that Train passes on and the Ray's processes all have; a value that differs,
+    and whatever else the runtime env holds, stays."""
+    from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker
+
+    from pipeline.distributed import local_workers
+    from pipeline.distributed.local_workers import EarlyImportingWorker, InheritingWorkerGroup
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # the controller's own
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    assert InheritingWorkerGroup._get_worker_runtime_env({}) == {}
+    assert InheritingWorkerGroup._get_worker_runtime_env({"env_vars": {"A": "1"}}) == {
+        "env_vars": {"A": "1"}
+    }
+    kept = {"working_dir": "s3://x", "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "1"}}
+    assert InheritingWorkerGroup._get_worker_runtime_env(kept) == kept
+    # The workers start importing MXNet as Ray constructs them (early_imports.py).
+    started: list[bool] = []
+    monkeypatch.setattr(local_workers.early_imports, "start", lambda: started.append(True))
+    assert issubclass(InheritingWorkerGroup._worker_cls, RayTrainWorker)
+    EarlyImportingWorker()
+    assert started == [True]
