@@ -6,14 +6,12 @@ Ray Train starts the controller and the workers (seconds more, in processes of t
 instead of before. The workers' payload is pickled when Ray Train starts them, before the
 run exists, so the id travels through the key-value store in Ray's GCS, which every process
 of the job reaches: the driver puts it there once the run is open, and a worker that needs it
-(rank 0's logger, a node's system-metrics sampler) reads it, waiting if need be. They ask in
-their own threads, after the first step (training does not wait for the run), and rank 0 at
-its first checkpoint.
+(rank 0's logger, a node's system-metrics sampler) reads it, waiting if need be. It is needed
+only after the worker has started, and by then the run has been open for seconds.
 
 If the run cannot be opened, the driver says so there instead, and the worker that waits
-gets a :class:`~pipeline.errors.TrackingError` (not retried: pipeline/distributed/
-failures.py), which rank 0 raises at its logger's next check or its first checkpoint, ending
-the training; the driver then reports its own error, which says why.
+raises a :class:`~pipeline.errors.TrackingError` (not retried: pipeline/distributed/
+failures.py), which ends the training; the driver then reports its own error, which says why.
 
 Only the id and that verdict travel: never a URI, a credential or an error's text.
 """

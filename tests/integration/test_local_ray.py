@@ -59,7 +59,7 @@ def test_a_local_rays_processes_inherit_the_job_env_and_trains_controller_has_no
     # variables above (Train's, and the user's value) from the Ray's environment.
     assert envs["LocalTrainController.__init__"] == {}
     assert envs["SynchronizationActor.__init__"] == {}
-    assert envs["EarlyImportingWorker.__init__"] == {}
+    assert envs["RayTrainWorker.__init__"] == {}  # ours (local_workers.py): Train's has one
 
 
 def test_a_local_rays_autoscaler_monitor_is_gone_before_ray_shutdown_ends_the_rest(

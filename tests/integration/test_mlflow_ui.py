@@ -25,15 +25,12 @@ from tests.conftest import REPO, fresh_mlflow_store, run_cli
 
 pytestmark = pytest.mark.integration
 
-#: Enough to sample system metrics twice (every second) after the run opened (the driver
-#: opens it while the workers start, and they train a 1,439-row epoch in well under a
-#: second).
-EPOCHS = 5
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
 def trained(digits_uri, tmp_path_factory):
-    """digits-cnn trained by the CLI (2 workers, 5 epochs) into a store of its own, with
+    """digits-cnn trained by the CLI (2 workers, 3 epochs) into a store of its own, with
     system metrics every second and progress lines every 0.2 s. (stdout, tracking URI)."""
     tmp = tmp_path_factory.mktemp("review")
     uri = fresh_mlflow_store(tmp / "store")

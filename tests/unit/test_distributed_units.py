@@ -309,10 +309,10 @@ def test_a_job_rays_workers_get_no_runtime_env_for_variables_they_already_have(m
     """On a Ray the job started, the controller leaves out of the workers' runtime env the
     variables that Train passes on and the Ray's processes all have; a value that differs,
     and whatever else the runtime env holds, stays."""
-    from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker
+    from ray.train.v2._internal.execution.worker_group import worker as train_worker
 
     from pipeline.distributed import local_workers
-    from pipeline.distributed.local_workers import EarlyImportingWorker, InheritingWorkerGroup
+    from pipeline.distributed.local_workers import InheritingWorkerGroup
 
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # the controller's own
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -325,6 +325,8 @@ def test_a_job_rays_workers_get_no_runtime_env_for_variables_they_already_have(m
     # The workers start importing MXNet as Ray constructs them (early_imports.py).
     started: list[bool] = []
     monkeypatch.setattr(local_workers.early_imports, "start", lambda: started.append(True))
-    assert issubclass(InheritingWorkerGroup._worker_cls, RayTrainWorker)
-    EarlyImportingWorker()
+    worker_class = InheritingWorkerGroup._worker_cls
+    assert issubclass(worker_class, train_worker.RayTrainWorker)
+    assert worker_class.__name__ == "RayTrainWorker"  # the prefix of the workers' lines
+    worker_class()
     assert started == [True]

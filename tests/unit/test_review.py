@@ -142,8 +142,7 @@ def test_error_pictures_that_cannot_be_drawn_are_a_warning(monkeypatch, capsys):
     matrix = np.array([[8, 2], [1, 9]])
     info = SimpleNamespace(class_names=["a", "b"], feature_shape=(1, 8, 8))
     report = diagnostics.per_class(matrix, info.class_names)
-    diagnostics.prepare_drawing()  # never raises
-    loop._log_error_pictures(None, logger, ErrorReport(matrix), report, info)
+    loop._log_error_pictures(logger, ErrorReport(matrix), report, info)
     assert logged == [("per_class.json", "errors")]
     out = capsys.readouterr().out
     assert "warning: the test split's error pictures were not drawn: no font" in out

@@ -55,53 +55,6 @@ def test_nothing_is_sent_before_the_first_step():
     assert MlflowClient().get_run(run_id).data.metrics == {"val_accuracy": 0.5}
 
 
-def test_rank_0_trains_while_the_driver_still_opens_the_run():
-    """Given the run id as what finds it, the logger asks for it only after the first step,
-    in its own thread; the calls queued meanwhile arrive once the run is open."""
-    run_id = _run()
-    opened = threading.Event()
-    asked: list[str] = []
-
-    def find() -> str:
-        asked.append(threading.current_thread().name)
-        opened.wait(10)
-        return run_id
-
-    logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], find)
-    logger.count_attempt(max_failures=0, world=2)
-    logger.log_params({"model.num_params": 1234})
-    logger.log_metrics({"val_accuracy": 0.5}, step=0)
-    time.sleep(0.3)
-    assert asked == []  # nothing asked before the first step, and never the caller's thread
-    logger.go()
-    wait_for(lambda: asked, "the logger's question")
-    opened.set()
-    logger.close()
-    run = MlflowClient().get_run(run_id)
-    assert asked == ["mlflow-logger"]
-    assert run.data.metrics == {"val_accuracy": 0.5}
-    assert run.data.params == {"model.num_params": "1234"}
-    assert run.data.tags["mxtrain.group_size"] == "2"
-
-
-def test_a_run_the_driver_could_not_open_stops_rank_0_at_its_next_check():
-    def find() -> str:
-        raise TrackingError("the driver could not open the job's MLflow run")
-
-    logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], find)
-    logger.log_metrics({"val_accuracy": 0.5}, step=0)
-    logger.check()  # not asked yet: training goes on
-    logger.go()
-    wait_for(lambda: logger.refused, "the logger's verdict")
-    with pytest.raises(TrackingError, match="could not open the job's MLflow run"):
-        logger.check()
-    ending = time.monotonic()
-    logger.wait_counted(timeout_s=30)  # no count will ever land: nobody waits for one
-    logger.log_metrics({"val_accuracy": 0.6}, step=1)
-    logger.close()  # nothing to wait out either
-    assert time.monotonic() - ending < 5
-
-
 def test_params_arrive_with_credentials_redacted():
     run_id = _run()
     logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
