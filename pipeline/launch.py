@@ -128,11 +128,8 @@ def trainer_for(
             # (the full text stays in the Ray session's log files).
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
-            # The workers import MXNet while Ray Train sets them up (early_imports.py); on a
-            # Ray the job started, from their construction (local_workers.py).
-            worker_runtime_env=(
-                {} if ray_ends_with_job else {"env_vars": early_imports.runtime_env_vars()}
-            ),
+            # The workers import MXNet while Ray Train sets them up (early_imports.py).
+            worker_runtime_env={"env_vars": early_imports.runtime_env_vars()},
         ),
         ray_ends_with_job=ray_ends_with_job,
         driver_ends_with_job=driver_ends_with_job,

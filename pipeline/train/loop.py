@@ -448,9 +448,13 @@ def _train(
                 # wait at the report), not before. (matplotlib's import is part of it: made
                 # during training, it took CPU from a rank there, and the other rank waited
                 # for it at every allreduce.)
-                drawing = _start(
-                    "error-pictures", _log_error_pictures, logger, errors, report, info
+                drawing = threading.Thread(
+                    target=_log_error_pictures,
+                    args=(logger, errors, report, info),
+                    name="error-pictures",
+                    daemon=True,
                 )
+                drawing.start()
             images = task.sample_images()
             if images is not None:
                 with tempfile.TemporaryDirectory() as pictures:  # not in the checkpoint
@@ -508,12 +512,6 @@ def _log_error_pictures(logger, errors: ErrorReport, report: dict, info: Dataset
                 logger.log_artifact(picture, "errors")
     except Exception as exc:
         print(f"warning: the test split's error pictures were not drawn: {exc}", flush=True)
-
-
-def _start(name: str, work: Callable[..., None], *args) -> threading.Thread:
-    thread = threading.Thread(target=work, args=args, name=name, daemon=True)
-    thread.start()
-    return thread
 
 
 def _epoch_bar(cfg: JobConfig, epoch: int, steps: int, first: int, world: int):

@@ -322,6 +322,10 @@ def test_a_job_rays_workers_get_no_runtime_env_for_variables_they_already_have(m
     }
     kept = {"working_dir": "s3://x", "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "1"}}
     assert InheritingWorkerGroup._get_worker_runtime_env(kept) == kept
+    # The job's early-imports hook (launch.trainer_for gives it everywhere): its workers
+    # start the imports themselves, below.
+    hook = {"env_vars": local_workers.early_imports.runtime_env_vars()}
+    assert hook["env_vars"] and InheritingWorkerGroup._get_worker_runtime_env(hook) == {}
     # The workers start importing MXNet as Ray constructs them (early_imports.py).
     started: list[bool] = []
     monkeypatch.setattr(local_workers.early_imports, "start", lambda: started.append(True))
