@@ -27,6 +27,7 @@ from pipeline.data.contract import DatasetInfo
 from pipeline.data.examples import input_example
 from pipeline.distributed.failures import user_error
 from pipeline.distributed.handoff import RunIdHandoff
+from pipeline.distributed.kv_channel import Receiver
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
 from pipeline.distributed.threads import yield_cores
 from pipeline.errors import ConfigError, JobStopped, PipelineError, TrainingError
@@ -37,6 +38,8 @@ from pipeline.tracking import mlflow_run, outage, registry, summary
 from pipeline.tracking.client import client_for
 from pipeline.tracking.names import TAG_GATE, TAG_NOTE, TAG_TRAIN_RUN
 from pipeline.tracking.registry import Registration
+from pipeline.tracking.relay import DriverRelay
+from pipeline.tracking.run_logger import RunLogger
 from pipeline.train import checkpoint, trace
 from pipeline.train.best_epoch import SCORE
 from pipeline.train.loop import WorkerPayload
@@ -67,7 +70,7 @@ def ray_session(cfg: JobConfig, progress: Progress) -> contextlib.AbstractContex
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
         cfg.scaling.threads_per_worker,
         progress,
-        env=outage.FAST_FAILING,  # rank 0's logger retries by itself (tracking/outage.py)
+        env=outage.FAST_FAILING,  # our MLflow calls retry by themselves (tracking/outage.py)
     )
 
 
@@ -84,13 +87,14 @@ def trainer_for(
     info: DatasetInfo,
     run: RunIdHandoff,
     name: str,
-    tracking_uri: str,
+    relay: str,
     callbacks: Sequence[Any] = (),
     ray_ends_with_job: bool = False,
     driver_ends_with_job: bool = False,
 ):
     """The job's Ray Train trainer, named ``name``; ``run``: where the workers find the
-    MLflow run's id. ``ray_ends_with_job``: the job started this Ray and shuts it down;
+    MLflow run's id; ``relay``: the channel of their MLflow calls to the driver (empty:
+    untracked). ``ray_ends_with_job``: the job started this Ray and shuts it down;
     ``driver_ends_with_job``: this process ends when the training does
     (pipeline/distributed/trainer.py)."""
     import ray.train
@@ -106,7 +110,7 @@ def trainer_for(
     if cfg.scaling.elastic:
         workers = (cfg.scaling.min_workers, cfg.scaling.num_workers)  # stubs know only v1's int
     storage = resolve(cfg.storage.resolved_path(), cfg.s3)
-    payload = WorkerPayload(cfg, info, run, tracking_uri, name)
+    payload = WorkerPayload(cfg, info, run, relay, name)
     return OwnDataTrainer(
         lambda config: train_worker(config["payload"]),
         train_loop_config={"payload": payload},
@@ -223,6 +227,8 @@ def run_job(
         registering: Callable[[], Any] | None = None
         metrics: dict = {}
         error = ""
+        # The workers' MLflow calls, logged by this process (pipeline/tracking/relay.py).
+        relay = DriverRelay(Receiver(f"relay-{uuid.uuid4().hex}")) if tracked else None
         try:
             with ray_session(cfg, progress) as ray_ends_with_job:
                 trace.driver_event("ray_ready")
@@ -236,6 +242,8 @@ def run_job(
                 elif resume:  # where the run's checkpoints are is known first
                     run_id, name, heartbeat = _reopen_run(cfg, uri, resume, progress)
                     handoff = RunIdHandoff.of(run_id)
+                    assert relay is not None
+                    _attach(relay, cfg, uri, run_id, resumed=True)
                 else:
                     # A new run is opened (its parameters, data sets, tags: seconds of one
                     # core) while Ray Train starts the workers, and its id handed to them
@@ -250,7 +258,7 @@ def run_job(
                     info,
                     handoff,
                     name,
-                    uri,
+                    relay.receiver.channel if relay else "",
                     callbacks,
                     ray_ends_with_job=ray_ends_with_job,
                     driver_ends_with_job=driver_ends_with_job,
@@ -258,7 +266,9 @@ def run_job(
                 if tracked and not resume:
                     opening = _in_background(
                         "open-mlflow-run",
-                        lambda: _open_run(cfg, info, uri, progress, run_tags or {}, name, handoff),
+                        lambda: _open_run(
+                            cfg, info, uri, progress, run_tags or {}, name, handoff, relay
+                        ),
                     )
                 try:
                     result = _train(cfg, trainer)
@@ -275,6 +285,11 @@ def run_job(
                             run_id, _, heartbeat = opening()
                         with contextlib.suppress(Exception):
                             handoff.withdraw()
+                    if relay is not None:
+                        # The workers have returned: what they sent is taken while this
+                        # process is still connected to the Ray, and sent on below.
+                        with contextlib.suppress(Exception):
+                            relay.stop_receiving()
                 if opening is not None:
                     run_id, _, heartbeat = opening()  # raises if the run could not be opened
                 opened = run_id
@@ -325,6 +340,8 @@ def run_job(
                 with contextlib.suppress(Exception):
                     registering()
                 registry.withdraw_versions(uri, run_id)
+            if relay is not None:
+                relay.close()  # before the run's description, which reads its metrics
             if tracked and run_id is not None:
                 _describe_run(cfg, uri, run_id, status, metrics, registration, error)
                 mlflow_run.end_run(uri, run_id, status, cfg.tracking.outage_wait_s, progress)
@@ -373,6 +390,7 @@ def _open_run(
     tags: Mapping[str, str],
     name: str,
     handoff: RunIdHandoff,
+    relay: DriverRelay | None,
 ) -> tuple[str, str, mlflow_run.Heartbeat]:
     """Check the model's fit to the data, open a new run, Ray Train's ``name`` among its
     tags, and hand its id to the workers (or tell them that it could not be opened); then,
@@ -387,6 +405,8 @@ def _open_run(
             handoff.fail()
         raise
     handoff.publish(run_id)
+    if relay is not None:
+        _attach(relay, cfg, uri, run_id)
     trace.driver_event("run_open")
     progress(f"MLflow run {run_id} {_where(cfg, uri)}")
     heartbeat = mlflow_run.Heartbeat(uri, run_id)
@@ -396,6 +416,11 @@ def _open_run(
         # between the last epoch and the job's exit.
         import mlflow.pyfunc  # noqa: F401
     return run_id, name, heartbeat
+
+
+def _attach(relay: DriverRelay, cfg: JobConfig, uri: str, run_id: str, resumed: bool = False):
+    """The workers' MLflow calls go to the run from now on."""
+    relay.attach(RunLogger(uri, run_id, cfg.tracking.outage_wait_s), resumed=resumed)
 
 
 def _where(cfg: JobConfig, uri: str) -> str:

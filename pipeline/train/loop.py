@@ -30,6 +30,7 @@ from pipeline.data.ingest import ShardReader, open_source, should_cache
 from pipeline.distributed import early_imports
 from pipeline.distributed.collectives import allreduce_max
 from pipeline.distributed.handoff import RunIdHandoff
+from pipeline.distributed.kv_channel import Sender
 from pipeline.errors import ConfigError, DivergedError
 from pipeline.model import diagnostics
 from pipeline.model.diagnostics import ErrorReport
@@ -39,7 +40,8 @@ from pipeline.peak_memory import peak_rss_mb
 from pipeline.progress import ProgressBar
 from pipeline.tracking import system_metrics
 from pipeline.tracking.names import BEST_EPOCH, BEST_PREFIX
-from pipeline.tracking.run_logger import RunLogger, Untracked
+from pipeline.tracking.relay import RelayLogger
+from pipeline.tracking.run_logger import Untracked
 from pipeline.train import rank_timing, trace
 from pipeline.train.best_epoch import SCORE, BestEpoch
 from pipeline.train.schedule import lr_at
@@ -123,7 +125,9 @@ class WorkerPayload:
     info: DatasetInfo
     #: Where the MLflow run's id comes from: a new run is opened while the workers start.
     run: RunIdHandoff
-    tracking_uri: str
+    #: The channel through which rank 0 and the system metrics samplers hand their MLflow
+    #: calls to the driver (pipeline/tracking/relay.py): no worker holds the tracking URI.
+    relay: str
     #: Ray Train's name for the run: its checkpoints are under <storage>/<run_name>/.
     run_name: str
 
@@ -190,15 +194,12 @@ def train_worker(payload: WorkerPayload) -> None:
     is_chief = rank == 0
     device = worker_device(mx, cfg.scaling.use_gpu, hvd.local_rank())
     np.random.seed(cfg.seed)
-    logger: RunLogger | Untracked | None = None
+    logger: RelayLogger | Untracked | None = None
     if is_chief and not cfg.tracking.enabled:
         logger = Untracked()
     elif is_chief:
-        asked = time.time()
-        run_id = payload.run_id  # opened by the driver while this worker started
-        if tracer:
-            tracer.event("run_id_known", waited_s=round(time.time() - asked, 3))
-        logger = RunLogger(payload.tracking_uri, run_id, cfg.tracking.outage_wait_s)
+        # The driver logs (it opens the run while this worker starts): nothing waits here.
+        logger = RelayLogger(Sender(payload.relay))
         # A restarted group is counted before any rank can fail again (the others wait for
         # rank 0 at the weights' broadcast); the first group's count is queued
         # (RunLogger.count_attempt).
@@ -209,16 +210,13 @@ def train_worker(payload: WorkerPayload) -> None:
         # the job spans several.
         nodes = hvd.cross_size()
         sampler = system_metrics.start(
-            payload.tracking_uri,
-            payload.run_id,
+            logger if isinstance(logger, RelayLogger) else RelayLogger(Sender(payload.relay)),
             cfg.tracking.system_metrics_every_s,
             node_id=f"node{hvd.cross_rank()}" if nodes > 1 else None,
         )
 
     def first_step_done() -> None:
-        # MLflow's imports and clients on rank 0 wait until now (RunLogger.go).
-        if logger:
-            logger.go()
+        # The sampler's first reading (its psutil import) waits until now.
         if sampler:
             sampler.go()
 
@@ -253,7 +251,7 @@ def _train(
     device,
     rank: int,
     world: int,
-    logger: RunLogger | Untracked | None,
+    logger: RelayLogger | Untracked | None,
     tracer: trace.Tracer | None,
     first_step_done: Callable[[], None],
 ) -> None:
@@ -440,7 +438,7 @@ def _train(
             logger.check()
             history += logger.log_metrics(metrics, step=epoch)
             print(_epoch_line(epoch, optim.epochs, metrics, samples / epoch_time), flush=True)
-            errors = task.errors() if last and isinstance(logger, RunLogger) else None
+            errors = task.errors() if last and isinstance(logger, RelayLogger) else None
             if errors is not None:
                 report = diagnostics.per_class(errors.matrix, info.class_names)
                 history += logger.log_metrics(diagnostics.per_class_metrics(report), step=epoch)

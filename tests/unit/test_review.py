@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from pipeline.config import load_job_config
 from pipeline.data.contract import DatasetInfo, SplitInfo
@@ -19,8 +18,7 @@ from pipeline.data.digest import data_digest, split_digest
 from pipeline.model import diagnostics
 from pipeline.model.diagnostics import ErrorReport
 from pipeline.progress import ProgressBar
-from pipeline.tracking import code_version, summary, system_metrics
-from tests.jobs import wait_for
+from pipeline.tracking import code_version, summary
 
 
 def _git(cwd, *args):
@@ -208,96 +206,6 @@ def test_the_run_and_version_descriptions_say_what_a_reviewer_needs():
     assert version_tags["mxtrain.metric.test_accuracy"] == "0.9721"
     text = summary.version_description(cfg, "run1", tags, metrics)
     assert "run1" in text and "test_accuracy 0.9721" in text and "abc123abc123" in text
-
-
-def test_system_metrics_reach_the_run(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
-    sampler = system_metrics.start(uri, run.info.run_id, every_s=1)
-    sampler.go()  # the loop, after its first step
-    # Two samples, however slow the machine (a fixed sleep was flaky under load).
-    wait_for(
-        lambda: (
-            len(client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage"))
-            >= 2
-        ),
-        "two system-metric samples",
-        timeout_s=120,
-    )
-    system_metrics.finish(sampler)
-    logged = client.get_run(run.info.run_id).data.metrics
-    assert "system/cpu_utilization_percentage" in logged
-    assert "system/system_memory_usage_megabytes" in logged
-    history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
-    assert len(history) >= 2 and sorted(m.step for m in history) == list(range(len(history)))
-
-
-def test_a_run_shorter_than_the_interval_gets_a_first_and_a_last_sample_of_its_node(
-    tmp_path, monkeypatch
-):
-    """A sample a second after the start and one at the end, named by the node: a short job
-    on two nodes charts a line per node, not one point of psutil's meaningless first 0.0."""
-    import threading
-    import time
-
-    import psutil
-
-    calls: list[int] = []  # the thread of every CPU reading: psutil 7 keeps its baseline per thread
-    real = psutil.cpu_percent
-
-    def cpu_percent(*args, **kwargs):
-        calls.append(threading.get_ident())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(psutil, "cpu_percent", cpu_percent)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
-    sampler = system_metrics.start(uri, run.info.run_id, every_s=600, node_id="node1")
-    sampler.go()
-    name = "system/node1/cpu_utilization_percentage"
-    deadline = time.monotonic() + 120
-    checked = time.monotonic()
-    # A core kept busy (the CPU charts cannot read 0) until the first sample is logged (the
-    # sampler's thread first builds MLflow's monitor: its time is the machine's).
-    while time.monotonic() < deadline:
-        if time.monotonic() - checked > 0.5:
-            checked = time.monotonic()
-            if client.get_metric_history(run.info.run_id, name):
-                break
-    system_metrics.finish(sampler)
-    history = client.get_metric_history(run.info.run_id, name)
-    assert sorted(m.step for m in history) == [0, 1]
-    # The first reading is of that busy second, not psutil's 0.0 of a thread never primed:
-    # the sampling thread took the baseline itself before its two readings.
-    assert calls.count(sampler._thread.ident) == len(history) + 1
-    assert min(m.value for m in history) > 0
-    assert "system/cpu_utilization_percentage" not in client.get_run(run.info.run_id).data.metrics
-
-
-def test_no_system_metrics_before_the_first_step(tmp_path):
-    """The sampler builds MLflow's monitor and samples only once the loop says go."""
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
-    sampler = system_metrics.start(uri, run.info.run_id, every_s=1)
-    time.sleep(3)  # the sampler's first second and two intervals, had it not waited
-    assert sampler._monitor is None
-    assert client.get_run(run.info.run_id).data.metrics == {}
-    sampler.go()
-    wait_for(
-        lambda: client.get_run(run.info.run_id).data.metrics,
-        "a system-metric sample",
-        timeout_s=120,
-    )
-    system_metrics.finish(sampler)
-
-
-def test_a_broken_tracking_uri_leaves_training_without_system_metrics(capsys):
-    sampler = system_metrics.start("nosuchscheme://x", "run", every_s=1)
-    system_metrics.finish(sampler)
-    assert "no system metrics" in capsys.readouterr().err
 
 
 def test_rank_zeros_progress_lines_in_samples_per_second(monkeypatch):
