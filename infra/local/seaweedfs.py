@@ -77,14 +77,37 @@ def _write_security_config(directory: Path) -> None:
 def start(
     directory: Path, s3_port: int | None = None, bucket: str | None = None, timeout_s: float = 120.0
 ) -> SeaweedFS:
-    """Start SeaweedFS with authentication on free loopback ports; wait until S3 answers."""
+    """Start SeaweedFS with authentication on free loopback ports; wait until S3 answers.
+
+    A port found free can be taken by another process before weed binds it (a Ray starting
+    beside it: seen once in make test); weed then exits, and is started again on other
+    ports, twice at most."""
+    directory = directory.resolve()
+    for attempt in range(3):
+        log = directory / "weed.log"
+        logged = log.stat().st_size if log.exists() else 0
+        try:
+            return _start(directory, s3_port, bucket, timeout_s)
+        except _Exited:
+            with open(log, "rb") as f:
+                f.seek(logged)
+                taken = b"address already in use" in f.read()
+            if not taken or attempt == 2:
+                raise RuntimeError(f"weed exited; see {log}") from None
+    raise AssertionError("unreachable")
+
+
+class _Exited(Exception):
+    pass
+
+
+def _start(directory: Path, s3_port: int | None, bucket: str | None, timeout_s: float) -> SeaweedFS:
     import boto3
     import botocore.config
     import botocore.exceptions
 
     # Absolute: weed runs in the folder (for ./security.toml), so a relative -dir (make
     # object-store's .object-store) would name a folder inside itself.
-    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     s3_port = s3_port or free_port()
     # Every port explicitly: the gRPC defaults (port + 10000) can collide or overflow, and the
@@ -135,7 +158,8 @@ def start(
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"weed exited with {proc.returncode}; see {directory / 'weed.log'}")
+            log.close()
+            raise _Exited()
         try:
             client.list_buckets()
             if bucket:

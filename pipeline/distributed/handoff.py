@@ -6,8 +6,9 @@ Ray Train starts the controller and the workers (seconds more, in processes of t
 instead of before. The workers' payload is pickled when Ray Train starts them, before the
 run exists, so the id travels through the key-value store in Ray's GCS, which every process
 of the job reaches: the driver puts it there once the run is open, and a worker that needs it
-(rank 0's logger, a node's system-metrics sampler) reads it, waiting if need be. It is needed
-only after the worker has started, and by then the run has been open for seconds.
+(rank 0, which records it in its checkpoints) reads it, waiting if need be. It is needed
+only at the first checkpoint, and by then the run has been open for seconds. (The workers'
+MLflow calls are made by the driver: pipeline/tracking/relay.py.)
 
 If the run cannot be opened, the driver says so there instead, and the worker that waits
 raises a :class:`~pipeline.errors.TrackingError` (not retried: pipeline/distributed/
@@ -28,6 +29,10 @@ from pipeline.errors import TrackingError
 
 #: The key-value store's namespace for the job's keys.
 NAMESPACE = "mxtrain"
+RUN_NOT_OPENED = (
+    "the driver could not open the job's MLflow run, so nothing can be recorded; its output "
+    "says why"
+)
 #: What a run id from the store must look like (MLflow's are 32 hex digits).
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -105,7 +110,4 @@ def _run_id(raw: bytes) -> str:
     run_id = value.get("run_id") if isinstance(value, dict) else None
     if isinstance(run_id, str) and RUN_ID.fullmatch(run_id):
         return run_id
-    raise TrackingError(
-        "the driver could not open the job's MLflow run, so nothing can be recorded; its "
-        "output says why"
-    )
+    raise TrackingError(RUN_NOT_OPENED)

@@ -261,6 +261,11 @@ class DriverRelay:
         if self.logger is not None and self.logger.refused is not None:
             self._refuse(str(self.logger.refused))
 
+    def refuse(self, text: str) -> None:
+        """Tell the workers to stop (rank 0 raises ``text`` at its next check): the run
+        could not be opened, or the server refused the driver's calls."""
+        self._refuse(text)
+
     def _refuse(self, text: str) -> None:
         if not self._refusal_sent:
             self._refusal_sent = True

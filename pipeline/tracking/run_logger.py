@@ -1,4 +1,5 @@
-"""Rank 0's MLflow logging: buffered, sent by a background thread, and patient.
+"""The workers' MLflow logging, made by the driver (pipeline/tracking/relay.py hands it
+rank 0's and the samplers' calls): buffered, sent by a background thread, and patient.
 
 Training never waits for the tracking server: calls queue up and a thread sends them in
 order. While the server cannot be reached, the thread keeps the calls (at most
@@ -77,7 +78,8 @@ class Untracked:
 
 
 class RunLogger:
-    """Rank 0's handle on the run: metrics by epoch, params, artifacts, the attempt count."""
+    """The driver's handle on the run for the workers' calls: metrics by epoch, params,
+    artifacts, the attempt count."""
 
     def __init__(
         self, uri: str, run_id: str, outage_wait_s: float = 300.0, max_pending: int = 10_000
@@ -101,24 +103,18 @@ class RunLogger:
         self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
         self._thread.start()
 
-    # -- what rank 0 calls ---------------------------------------------------------------------
+    # -- what the relay calls for rank 0 ---------------------------------------------------------
 
     def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
         """Count this start of the worker group, of ``world`` workers, in the run's tags
         (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``).
 
-        The first group's count is queued, as every call: rank 0 does not wait for MLflow's
-        import and a tracking client (about 2 s of every tracked job's start-up, the other
-        ranks waiting at the weights' broadcast). The driver tagged the new run with that
-        first attempt, so a first group that dies before its count lands is counted still,
-        and rank 0 waits for the count (:meth:`wait_counted`) before it reports a checkpoint,
-        so a group that a restart resumes from was counted. A refusal (no credentials) is
-        then raised by :meth:`check`, which the loop calls every few steps.
-
-        ``at_once`` (a group that Ray Train hands a checkpoint: a restart): counted before
-        training, so a restarted group that fails again right away is counted too; queued
+        Queued as every call, or with ``at_once`` (the relay's way) counted now: queued
         only when the server does not answer, so a group that starts during an outage trains
-        on instead of failing and burning a restart."""
+        on instead of failing and burning a restart. The driver tagged the new run with the
+        first attempt, so a first group that dies before its count lands is counted still;
+        rank 0 waits for the count before it reports a checkpoint, so a group that a restart
+        resumes from was counted."""
         item = ("count_attempt", {"max_failures": max_failures, "world": world})
         if not at_once:
             self._put(item)
@@ -139,11 +135,8 @@ class RunLogger:
         self._counted.wait(timeout_s)
 
     def go(self) -> None:
-        """Start sending (the loop calls it after the first step). Until then calls only
-        queue: the thread's MLflow import and tracking client (1-3 s of Python with a sqlite
-        store) would hold the GIL while rank 0 builds its model and opens its readers, and
-        the other ranks would wait for rank 0 at the first step: 1.3 s of a tracked
-        fashion-cnn job's start-up."""
+        """Start sending (the driver's relay calls it once the run is open); until then
+        calls only queue."""
         self._going.set()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
@@ -153,10 +146,7 @@ class RunLogger:
         self.replay(entries)
         return entries
 
-    # Both queue plain values; the sending thread makes MLflow's entities of them. Rank 0
-    # calls these before its first step, before the sending thread imports MLflow (go):
-    # an `import mlflow` here would put that import back on the loop's thread, and the
-    # other ranks would wait for rank 0 at the first step.
+    # Both queue plain values; the sending thread makes MLflow's entities of them.
     def replay(self, entries: list[list]) -> None:
         """Queue metric entries as they were first logged (same timestamps)."""
         batch = [(k, float(v), int(t), int(s)) for k, v, t, s in entries]

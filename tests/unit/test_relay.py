@@ -78,12 +78,15 @@ def test_an_attempt_is_counted_and_the_worker_hears_when_it_was(relayed):
 
 
 def test_a_refusal_of_the_drivers_calls_stops_rank_zero(relayed):
-    _, _, worker, _, store = relayed
+    """A server that refuses the driver's calls, or a run the driver could not open: rank 0
+    raises at its next check (a TrackingError, which Ray Train does not retry)."""
+    _, _, worker, relay, _ = relayed
     logger = worker()
     logger.check()  # nothing refused yet
-    Receiver("relay-t", store).set_flag("refused", "MLflow tracking at http://x refused (401)")
-    with pytest.raises(TrackingError, match="refused"):
+    relay.refuse("MLflow tracking at http://user:secret@x refused the credentials (401)")
+    with pytest.raises(TrackingError, match="refused the credentials") as refused:
         logger.check()
+    assert "secret" not in str(refused.value)
 
 
 def test_what_a_worker_cannot_name_is_not_written(relayed, tmp_path, capsys):
