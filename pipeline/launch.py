@@ -36,7 +36,7 @@ from pipeline.redact import redact
 from pipeline.storage import endpoint_url, resolve
 from pipeline.tracking import mlflow_run, outage, registry, summary
 from pipeline.tracking.client import client_for
-from pipeline.tracking.names import TAG_GATE, TAG_NOTE, TAG_TRAIN_RUN
+from pipeline.tracking.names import TAG_GATE, TAG_NOTE, TAG_RELAY, TAG_TRAIN_RUN
 from pipeline.tracking.registry import Registration
 from pipeline.tracking.relay import DriverRelay
 from pipeline.tracking.run_logger import RunLogger
@@ -399,7 +399,8 @@ def _open_run(
     yield_cores()  # the workers' start comes first (their rank 0 needs the id seconds later)
     try:
         check_model_fits(cfg, info)  # no run for a job that cannot train
-        run_id = mlflow_run.start_run(cfg, info, {**tags, TAG_TRAIN_RUN: name})
+        relayed = {TAG_RELAY: relay.receiver.channel} if relay is not None else {}
+        run_id = mlflow_run.start_run(cfg, info, {**tags, TAG_TRAIN_RUN: name, **relayed})
     except BaseException:
         with contextlib.suppress(Exception):  # the error that matters is the one raised
             handoff.fail()
@@ -423,6 +424,8 @@ def _open_run(
 def _attach(relay: DriverRelay, cfg: JobConfig, uri: str, run_id: str, resumed: bool = False):
     """The workers' MLflow calls go to the run from now on."""
     relay.attach(RunLogger(uri, run_id, cfg.tracking.outage_wait_s), resumed=resumed)
+    if resumed:  # a new run has the tag from its start
+        mlflow_run.set_tags(uri, run_id, {TAG_RELAY: relay.receiver.channel})
 
 
 def _where(cfg: JobConfig, uri: str) -> str:

@@ -33,6 +33,10 @@ TAG_RESUMES = "mxtrain.resumes"
 #: Ray Train's name for the run: its checkpoints are under <storage.path>/<name>/ (a run
 #: without it, from before the tag, used "<recipe>-<the run id's first 8 digits>").
 TAG_TRAIN_RUN = "mxtrain.train_run"
+#: The channel in Ray's key-value store through which the job's workers hand their MLflow
+#: calls to its driver (pipeline/tracking/relay.py): what a driver killed mid-run left there
+#: is taken by whoever outlives it on the same Ray (a search's driver, for its trials).
+TAG_RELAY = "mxtrain.relay"
 #: Per-rank metrics of each epoch (``rank/<r>/samples_per_sec`` ...: pipeline/train/rank_timing.py)
 #: and the epoch's slowest rank.
 RANK_PREFIX = "rank/"

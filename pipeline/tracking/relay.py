@@ -28,7 +28,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.distributed.kv_channel import Receiver, Sender
+from pipeline.distributed.kv_channel import KvStore, Receiver, Sender
 from pipeline.errors import TrackingError
 from pipeline.redact import redact
 from pipeline.tracking.client import param_value
@@ -270,6 +270,25 @@ class DriverRelay:
         if not self._refusal_sent:
             self._refusal_sent = True
             self.receiver.set_flag("refused", redact(text))
+
+
+def drain(
+    uri: str, run_id: str, channel: str, outage_wait_s: float = 300.0, store: KvStore | None = None
+) -> int:
+    """Log what a driver that was killed left in ``channel`` (a trial that a search's
+    scheduler stopped: Tune kills it) to its run ``run_id``; the number of messages. This
+    process must be connected to the Ray the job ran on (``store``: another store)."""
+    receiver = Receiver(channel, store)
+    left = len(receiver.store.keys(f"{channel}/m/"))
+    if left:
+        relay = DriverRelay(receiver)
+        relay.logger = RunLogger(uri, run_id, outage_wait_s)
+        relay.logger.go()
+        relay.stop_receiving()
+        relay.close()
+    else:
+        receiver.close()
+    return left
 
 
 def _metric(entry: Any) -> list:

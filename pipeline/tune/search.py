@@ -147,6 +147,24 @@ def _cluster_concurrency(cfg: JobConfig, wanted: int) -> int:
     return min(wanted, fit) if wanted else fit
 
 
+def _drain_stopped_trials(spec: TrialSpec, outage_wait_s: float) -> None:
+    """The metrics a trial's workers sent that its driver had not logged when the scheduler
+    stopped it (Tune kills the trial), logged to its run while this Ray is up."""
+    from pipeline.tracking.client import client_for
+    from pipeline.tracking.names import TAG_RELAY
+    from pipeline.tracking.relay import drain
+
+    runs = client_for(spec.tracking_uri).search_runs(
+        [spec.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{spec.parent_run_id}'",
+        max_results=1000,
+    )
+    for run in runs:
+        channel = run.data.tags.get(TAG_RELAY)
+        if channel and run.info.status != "FINISHED":
+            drain(spec.tracking_uri, run.info.run_id, channel, outage_wait_s)
+
+
 def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
     """Run (or resume) a search; PipelineError for anything a user can fix, before any trial
     starts where it can be known then."""
@@ -203,6 +221,7 @@ def tune(request: TuneRequest, progress: Progress = print) -> TuneSummary:
                 f"state in {redact(path)}"
             )
             results = _fit(cfg, dims, spec, metric, mode, concurrency, path, request.resume)
+            _drain_stopped_trials(spec, cfg.tracking.outage_wait_s)
         outcomes = trial_outcomes(results, spec, metric)
         settings = recipe_settings(cfg, dims)
         own = next((o for o in outcomes if o.config == settings), None)

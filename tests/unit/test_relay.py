@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from pipeline.distributed.kv_channel import MemoryKv, Receiver, Sender
 from pipeline.errors import TrackingError
 from pipeline.tracking import system_metrics
-from pipeline.tracking.relay import DriverRelay, RelayLogger
+from pipeline.tracking.relay import DriverRelay, RelayLogger, drain
 from pipeline.tracking.run_logger import RunLogger
 from tests.conftest import REPO
 from tests.jobs import wait_for
@@ -63,6 +63,17 @@ def test_rank_zeros_calls_land_in_the_run_in_order(relayed, tmp_path):
     local = client.download_artifacts(run_id, "errors/confusion_matrix.png", str(tmp_path))
     assert Path(local).read_bytes() == b"\x89PNG picture"
     assert store.keys("relay-t/") == []  # the channel is cleared at the end
+
+
+def test_what_a_killed_driver_left_is_logged_by_whoever_outlives_it(relayed):
+    """A trial that a search's scheduler stops is killed with its driver; the search's driver
+    logs what the trial's workers had sent (pipeline/tune/search.py)."""
+    client, run_id, worker, _, store = relayed
+    worker().log_metrics({"val_accuracy": 0.25}, step=0)
+    assert drain(client.tracking_uri, run_id, "relay-t", store=store) == 1
+    assert [m.value for m in client.get_metric_history(run_id, "val_accuracy")] == [0.25]
+    assert store.keys("relay-t/") == []
+    assert drain(client.tracking_uri, run_id, "relay-t", store=store) == 0
 
 
 def test_an_attempt_is_counted_and_the_worker_hears_when_it_was(relayed):
