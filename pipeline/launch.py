@@ -26,7 +26,7 @@ from pipeline.config import JobConfig
 from pipeline.data.contract import DatasetInfo
 from pipeline.data.examples import input_example
 from pipeline.distributed.failures import user_error
-from pipeline.distributed.handoff import RUN_NOT_OPENED, RunIdHandoff
+from pipeline.distributed.handoff import RunIdHandoff
 from pipeline.distributed.kv_channel import Receiver
 from pipeline.distributed.ray_runtime import RECEIVED_SIGNALS, ray_runtime, stop_on_sigterm
 from pipeline.distributed.threads import yield_cores
@@ -404,8 +404,6 @@ def _open_run(
     except BaseException:
         with contextlib.suppress(Exception):  # the error that matters is the one raised
             handoff.fail()
-            if relay is not None:  # rank 0 stops at its next check, not at its checkpoint
-                relay.refuse(RUN_NOT_OPENED)
         raise
     handoff.publish(run_id)
     if relay is not None:

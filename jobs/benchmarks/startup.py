@@ -55,9 +55,12 @@ def _ours(uri: str, recipe: str, tmp: Path, env: dict[str, str], phases: list[di
         # before the phase began: that phase took no time of this job's.
         split[label] = max(0.0, reached[name] - previous)
         previous = max(previous, reached[name])
-    # Off the way to the first step (pipeline/distributed/handoff.py; no worker waits for
-    # it: the driver logs, pipeline/tracking/relay.py), reported beside it.
+    # Off the way to the first step (pipeline/distributed/handoff.py), reported beside it:
+    # when the run was open, and how long rank 0 waited for its id.
     split["MLflow run open at"] = _reached_or_nan(events, "run_open") - start
+    split["rank 0 waited for the run id"] = max(
+        (e.get("waited_s", 0.0) for e in events if e["event"] == "run_id_known"), default=0.0
+    )
     phases.append(split)
     return min(e["t"] for e in events if e["event"] == "first_step") - start
 

@@ -6,9 +6,9 @@ Ray Train starts the controller and the workers (seconds more, in processes of t
 instead of before. The workers' payload is pickled when Ray Train starts them, before the
 run exists, so the id travels through the key-value store in Ray's GCS, which every process
 of the job reaches: the driver puts it there once the run is open, and a worker that needs it
-(rank 0, which records it in its checkpoints) reads it, waiting if need be. It is needed
-only at the first checkpoint, and by then the run has been open for seconds. (The workers'
-MLflow calls are made by the driver: pipeline/tracking/relay.py.)
+(rank 0, before it trains) reads it, waiting if need be. It is needed only after the worker
+has started, and by then the run has usually been open for a while. (The workers' MLflow
+calls are made by the driver: pipeline/tracking/relay.py.)
 
 If the run cannot be opened, the driver says so there instead, and the worker that waits
 raises a :class:`~pipeline.errors.TrackingError` (not retried: pipeline/distributed/

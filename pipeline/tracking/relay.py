@@ -262,8 +262,8 @@ class DriverRelay:
             self._refuse(str(self.logger.refused))
 
     def refuse(self, text: str) -> None:
-        """Tell the workers to stop (rank 0 raises ``text`` at its next check): the run
-        could not be opened, or the server refused the driver's calls."""
+        """Tell the workers to stop (rank 0 raises ``text`` at its next check): the server
+        refused the driver's calls."""
         self._refuse(text)
 
     def _refuse(self, text: str) -> None:

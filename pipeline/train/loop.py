@@ -198,7 +198,15 @@ def train_worker(payload: WorkerPayload) -> None:
     if is_chief and not cfg.tracking.enabled:
         logger = Untracked()
     elif is_chief:
-        # The driver logs (it opens the run while this worker starts): nothing waits here.
+        # The driver opens the run while this worker starts, and logs what rank 0 sends it.
+        # Rank 0 still waits for the run here (0.2 s of a cold start, none warm): a run that
+        # cannot be opened stops the job before training, with the driver's one line, and
+        # the driver's run opening (MLflow's import, the store) stays out of training, where
+        # on busy cores every rank would pay for it at each allreduce.
+        asked = time.time()
+        payload.run_id  # noqa: B018 - waits for the driver, raises if it could not open it
+        if tracer:
+            tracer.event("run_id_known", waited_s=round(time.time() - asked, 3))
         logger = RelayLogger(Sender(payload.relay))
         # A restarted group is counted before any rank can fail again (the others wait for
         # rank 0 at the weights' broadcast); the first group's count is queued

@@ -72,11 +72,12 @@ def test_two_workers_shard_train_track_and_register(digits_uri, tmp_path, monkey
     assert len(entered) == 2 and all(
         e["imports_started"] is not None and e["imports_started"] < e["t"] for e in entered
     ), entered
-    # The MLflow run was opened while Ray Train started the workers, not before (the driver
-    # logged rank 0's metrics to it: below).
+    # The MLflow run was opened while Ray Train started the workers, not before (rank 0
+    # found its id in Ray's store; the driver logged what rank 0 sent: below).
     (fit,) = [e["t"] for e in events if e["event"] == "fit"]
     (opened,) = [e["t"] for e in events if e["event"] == "run_open"]
     assert fit < opened
+    assert len([e for e in events if e["event"] == "run_id_known"]) == 1
 
     # Tracking: one FINISHED run with every config field, per-epoch metrics and the tags.
     client = MlflowClient()

@@ -160,7 +160,7 @@ def test_ray_cluster_config_starts_every_node_with_token_auth_on_loopback_dashbo
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
     assert config["file_mounts"] == {
         "~/.ray/auth_token": "~/.ray/auth_token",
-        "~/.mlflow/credentials": "~/.mlflow/credentials",  # rank 0 logs from a worker node
+        "~/.mlflow/credentials": "~/.mlflow/credentials",  # a search's trials log from any node
     }
     assert not re.search(r"(?i)(password|secret|token)\s*[=:]\s*\S", head + workers)
 
