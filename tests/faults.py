@@ -55,6 +55,11 @@ class FlakyProxy:
 
     def close(self) -> None:
         self._stop.set()
+        # A thread blocked in accept() keeps a closed socket listening (Linux): shutdown wakes
+        # it. Without it one more connection got through after go_down, and a client that kept
+        # it alive (the driver's HTTP pool) went on through the "outage".
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._thread.join(timeout=5)
 
@@ -75,6 +80,9 @@ class FlakyProxy:
             try:
                 conn, _ = listening.accept()
             except OSError:
+                return
+            if self._stop.is_set():  # accepted as the proxy went down
+                conn.close()
                 return
             n = self._n
             self._n += 1
