@@ -53,6 +53,8 @@ class RelayLogger:
         self.sender = sender
         self.check_every_s = check_every_s
         self._checked_at = -math.inf
+        #: Once the driver said so: the loop asks before every checkpoint it reports.
+        self._counted = False
 
     def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
         """Count this start of the worker group in the run's tags (the driver does). A
@@ -68,10 +70,12 @@ class RelayLogger:
         checkpoint is counted before a restart can resume from it); the driver says so
         through an outage too, when the count waits in its queue."""
         deadline = time.monotonic() + timeout_s
-        while self.sender.flag(f"counted-{self.sender.name}") is None:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.05)
+        while not self._counted:
+            self._counted = self.sender.flag(f"counted-{self.sender.name}") is not None
+            if not self._counted:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.05)
 
     def go(self) -> None:
         pass

@@ -83,6 +83,13 @@ def test_an_attempt_is_counted_and_the_worker_hears_when_it_was(relayed):
     logger.count_attempt(2, world=2, at_once=True)  # returns once the driver counted it
     tags = client.get_run(run_id).data.tags
     assert tags["mxtrain.attempts"] == "1" and tags["mxtrain.group_size"] == "2"
+    # The loop asks before every checkpoint; once counted, the store is not asked again.
+    asked = []
+    real_get = logger.sender.store.get
+    logger.sender.store.get = lambda key: asked.append(key) or real_get(key)  # type: ignore[method-assign]
+    for _ in range(3):
+        logger.wait_counted()
+    assert asked == []
     again = worker()  # a restarted group
     again.count_attempt(2, world=2, at_once=True)
     assert client.get_run(run_id).data.tags["mxtrain.restarts"] == "1"
