@@ -29,10 +29,6 @@ from pipeline.errors import TrackingError
 
 #: The key-value store's namespace for the job's keys.
 NAMESPACE = "mxtrain"
-RUN_NOT_OPENED = (
-    "the driver could not open the job's MLflow run, so nothing can be recorded; its output "
-    "says why"
-)
 #: What a run id from the store must look like (MLflow's are 32 hex digits).
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -110,4 +106,7 @@ def _run_id(raw: bytes) -> str:
     run_id = value.get("run_id") if isinstance(value, dict) else None
     if isinstance(run_id, str) and RUN_ID.fullmatch(run_id):
         return run_id
-    raise TrackingError(RUN_NOT_OPENED)
+    raise TrackingError(
+        "the driver could not open the job's MLflow run, so nothing can be recorded; its "
+        "output says why"
+    )

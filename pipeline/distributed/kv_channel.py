@@ -116,7 +116,7 @@ def _json(raw: bytes | None) -> Any:
 
 
 class MemoryKv:
-    """A store in this process (tests, and a job whose workers share the driver's process)."""
+    """A store in this process, for tests."""
 
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}

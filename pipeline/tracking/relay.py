@@ -207,7 +207,7 @@ class DriverRelay:
                     int(kwargs["max_failures"]), int(kwargs["world"]), at_once=True
                 )
             except TrackingError as exc:
-                self._refuse(str(exc))
+                self.refuse(str(exc))
             self.receiver.set_flag(f"counted-{sender}", True)
         elif method == "log_artifact":
             self._artifact(kwargs)
@@ -263,14 +263,11 @@ class DriverRelay:
 
     def _say_refused(self) -> None:
         if self.logger is not None and self.logger.refused is not None:
-            self._refuse(str(self.logger.refused))
+            self.refuse(str(self.logger.refused))
 
     def refuse(self, text: str) -> None:
-        """Tell the workers to stop (rank 0 raises ``text`` at its next check): the server
-        refused the driver's calls."""
-        self._refuse(text)
-
-    def _refuse(self, text: str) -> None:
+        """Tell the workers to stop (rank 0 raises ``text``, redacted, at its next check):
+        the server refused the driver's calls. Said once."""
         if not self._refusal_sent:
             self._refusal_sent = True
             self.receiver.set_flag("refused", redact(text))
