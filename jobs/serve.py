@@ -16,9 +16,11 @@ machines, put an authenticating reverse proxy in front of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -162,6 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     uri = TrackingConfig().resolved_uri()
+    # uvicorn stops on SIGINT and SIGTERM, then raises the signal again with the handler it
+    # found; Python's default for SIGTERM ends the process on the spot, and the model's
+    # temporary folder stayed behind after every server stopped by it. Ours unwinds as
+    # Ctrl-C does (which uvicorn.run takes as the end of serving).
+    signal.signal(signal.SIGTERM, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt):  # stopped before it served
+        _serve(args, uri)
+    print("server stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _interrupt(_signum: int, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(args: argparse.Namespace, uri: str) -> None:
     import uvicorn
 
     from pipeline.model.installed import save_for_serving
@@ -186,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
             log_level="warning",
             server_header=False,
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,19 @@ def unpack_model(files: dict[str, bytes], directory: str | Path) -> Path:
     return root
 
 
+def load_model(files: dict[str, bytes]):
+    """The model in :func:`model_files`' output, loaded by this installation's loader, never
+    the registry's code (the rows are shaped and checked by the reader, so MLflow's signature
+    check is not needed either). The files go to a temporary folder that is removed once
+    they are loaded (the loaders read everything into memory): a Ray actor is killed
+    without running finalizers, so a folder it kept for its life stayed behind in the
+    temporary directory after every scoring job."""
+    from pipeline.model import bundle, installed
+
+    with tempfile.TemporaryDirectory(prefix="mxtrain-model-") as tmp:
+        return installed.load(bundle.read(unpack_model(files, tmp)))
+
+
 def feature_rows(table: pa.Table, num_features: int, scale: float | None) -> np.ndarray:
     """The ``features`` column as (N, D) float32, scaled as the model was trained."""
     column = table.column(FEATURES).combine_chunks()
@@ -101,19 +114,13 @@ class Scorer:
     ) -> None:
         import ray
 
-        from pipeline.model import bundle, installed
-
         self._kind = kind
         self._num_features = num_features
         self._scale = scale
         self._class_names = tuple(class_names)
         self._seed = seed
-        self._tmp = tempfile.TemporaryDirectory(prefix="mxtrain-model-")
         # [ObjectRef] of :func:`model_files`' dict: fetched from the object store once.
-        root = unpack_model(ray.get(files[0]), self._tmp.name)
-        # This installation's loader, never the registry's code (the rows are shaped and
-        # checked by the reader, so MLflow's signature check is not needed either).
-        self._model = installed.load(bundle.read(root))
+        self._model = load_model(ray.get(files[0]))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score(

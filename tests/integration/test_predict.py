@@ -5,6 +5,7 @@ REST calls with the same probabilities."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import socket
@@ -191,6 +192,8 @@ def test_serve_answers_rest_calls_with_the_installed_loader_only(digits_uri, tmp
     model = register_crafted_version("digits-cnn", marker, artifacts=written.artifacts())
 
     port = free_port()
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -208,9 +211,11 @@ def test_serve_answers_rest_calls_with_the_installed_loader_only(digits_uri, tmp
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, "TMPDIR": str(temporary)},
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
+        assert [p.name[:14] for p in temporary.iterdir()] == ["mxtrain-serve-"]
         split = {"columns": list(range(64)), "data": x[:5].tolist()}
         for body in ({"dataframe_split": split}, {"inputs": x[:5].tolist()}):
             status, answer = _post(port, body)
@@ -245,6 +250,9 @@ def test_serve_answers_rest_calls_with_the_installed_loader_only(digits_uri, tmp
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)
+    # Stopped by SIGTERM, the server unwinds: the model's temporary folder is gone.
+    assert server.returncode == 0 and "server stopped" in output, output[-2000:]
+    assert list(temporary.iterdir()) == []
     assert not marker.exists(), "the registry's loader code ran"
     # The printed call is one shell-quoted command that a shell hands curl intact.
     line = next(ln for ln in output.splitlines() if ln.startswith("try:  curl"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -23,7 +24,7 @@ from pipeline.model import bundle, installed
 from pipeline.predict.batch import PredictRequest, _Tally, predict
 from pipeline.predict.inputs import PIECE_ROWS, _pieces, inspect_scoring_input
 from pipeline.predict.output import PredictionWriter
-from pipeline.predict.scorer import model_files, score, unpack_model
+from pipeline.predict.scorer import load_model, model_files, score, unpack_model
 from pipeline.progress import ProgressBar
 from pipeline.tracking import registry
 from pipeline.tracking.model_source import fetch_source_model
@@ -103,13 +104,21 @@ def test_data_that_does_not_fit_the_model_is_refused_in_one_line(
         inspect_scoring_input(uri, meta, load_job_config("digits-fcn").data)
 
 
-def test_a_piece_scored_in_process_matches_the_pyfunc(digits_uri, registered_fcn, tmp_path):
+def test_a_piece_scored_in_process_matches_the_pyfunc(
+    digits_uri, registered_fcn, tmp_path, monkeypatch
+):
     source = fetch_source_model(registered_fcn, mlflow.get_tracking_uri(), tmp_path / "dl")
     # What the actors receive: the bundle's files, unpacked elsewhere, loaded by the
     # installed loader; the registry's own pyfunc gives the same answers.
     files = model_files(source.plain.directory)
     assert sorted(files) == sorted(bundle.FILES)
-    loaded = installed.load(bundle.read(unpack_model(files, tmp_path / "actor")))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    loaded = load_model(files)
+    # Nothing is left behind: an actor is killed without finalizers, so the folder the
+    # files were unpacked to goes as soon as they are loaded.
+    assert list(temporary.iterdir()) == []
     registered = mlflow.pyfunc.load_model(registered_fcn)
     with pytest.raises(ValueError, match="escapes"):
         unpack_model({"../evil": b"x"}, tmp_path / "actor2")

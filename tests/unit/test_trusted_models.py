@@ -16,7 +16,7 @@ from models import build_model
 from pipeline.config import load_job_config
 from pipeline.errors import ConfigError
 from pipeline.model import bundle, installed
-from pipeline.predict.scorer import model_files, unpack_model
+from pipeline.predict.scorer import load_model, model_files
 from pipeline.tracking.model_source import fetch_source_model
 from pipeline.train.init_weights import read_bundle
 from tests.conftest import run_cli
@@ -40,7 +40,7 @@ def test_a_version_with_its_own_loader_code_is_scored_by_the_installed_loader(fc
     # What the actors get: the bundle's three files, not the version's MLmodel or code.
     files = model_files(source.plain.directory)
     assert sorted(files) == sorted(bundle.FILES)
-    loaded = installed.load(bundle.read(unpack_model(files, tmp_path / "actor")))
+    loaded = load_model(files)
     x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
     expected = mx.nd.softmax(fcn_bundle.load()(mx.nd.array(x))).asnumpy()
     np.testing.assert_allclose(loaded.predict(x), expected, rtol=1e-6)
