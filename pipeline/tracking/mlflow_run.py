@@ -69,8 +69,8 @@ def start_run(cfg: JobConfig, info: DatasetInfo, tags: Mapping[str, str] | None 
             TAG_WORLD_SIZE: str(cfg.scaling.num_workers),
             TAG_RESUME_KEY: cfg.resume_key(),
             TAG_DATA_DIGEST: data_digest(info),
-            # The first worker group's start, counted here (rank 0 counts the later ones:
-            # run_logger.RunLogger.count_attempt): one that dies at once is counted too.
+            # The first worker group's start, counted here (the driver counts the later ones
+            # for rank 0: run_logger.RunLogger.count_attempt): one that dies at once is counted too.
             TAG_ATTEMPTS: "1",
             TAG_RESTARTS: "0",
             **code_version.source_tags(code_version.entry_point()),

@@ -1,7 +1,7 @@
 """Riding out a tracking server that is briefly unreachable.
 
 Training must not fail, nor lose what it logs, because the MLflow server restarts or its
-network blips: rank 0 buffers its calls (:mod:`pipeline.tracking.run_logger`) and the driver
+network blips: the driver buffers the workers' calls (:mod:`pipeline.tracking.run_logger`) and
 retries its own (:func:`retry_while_unreachable`) for up to ``tracking.outage_wait_s``.
 Only "could not reach the server" is retried; a refusal (401, 403, a bad value) is an answer
 and is reported at once.

@@ -44,10 +44,8 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 class RelayLogger:
-    """A worker's handle on the run, through the driver: the interface of
-    :class:`~pipeline.tracking.run_logger.RunLogger`, sending nothing itself."""
-
-    dropped = 0
+    """Rank 0's handle on the run, through the driver (which sends the calls with a
+    :class:`~pipeline.tracking.run_logger.RunLogger`)."""
 
     def __init__(self, sender: Sender, check_every_s: float = CHECK_EVERY_S):
         self.sender = sender
@@ -77,15 +75,15 @@ class RelayLogger:
                     return
                 time.sleep(0.05)
 
-    def go(self) -> None:
-        pass
-
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
+        """Send ``metrics`` at ``step``; return them as entries (what a checkpoint keeps, for
+        :meth:`replay` by a restarted group)."""
         entries = metric_entries(metrics, step)
         self.replay(entries)
         return entries
 
     def replay(self, entries: list[list]) -> None:
+        """Send metric entries as they were first logged (same timestamps)."""
         batch = [[k, float(v), int(t), int(s)] for k, v, t, s in entries]
         for start in range(0, len(batch), 1000):  # MLflow's limit per log_batch
             self._send("log_batch", {"metrics": batch[start : start + 1000]})
@@ -129,6 +127,35 @@ class RelayLogger:
         self.sender.send({"method": method, "kwargs": kwargs, "sender": self.sender.name})
 
 
+class Untracked:
+    """Rank 0's logger with ``tracking.enabled=false``: the metrics become entries for the
+    checkpoints' history (as with :class:`RelayLogger`) and nothing is sent anywhere."""
+
+    def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
+        return metric_entries(metrics, step)
+
+    def replay(self, entries: list[list]) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str, artifact_path: str) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def wait_counted(self, timeout_s: float = 60.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class DriverRelay:
     """The driver's end: takes the workers' messages every :data:`POLL_S` once the run is
     open (:meth:`attach`) and hands them to the run's :class:`RunLogger`."""
@@ -148,9 +175,14 @@ class DriverRelay:
         """Start applying messages to ``logger`` (the run is open); ``resumed``: the run's
         system metrics continue after its last logged step."""
         self.logger, self._resumed = logger, resumed
-        logger.go()
         self._thread = threading.Thread(target=self._poll, name="tracking-relay", daemon=True)
         self._thread.start()
+
+    def take_once(self, logger: RunLogger) -> None:
+        """Apply what the channel holds to ``logger`` and clear it, without polling (the
+        channel of a driver that was killed: :func:`drain`)."""
+        self.logger = logger
+        self.stop_receiving()
 
     def stop_receiving(self) -> None:
         """Take what the workers left (they have all returned) and clear the channel; call
@@ -203,9 +235,7 @@ class DriverRelay:
         elif method == "count_attempt":
             sender = str(message.get("sender", ""))
             try:
-                self.logger.count_attempt(
-                    int(kwargs["max_failures"]), int(kwargs["world"]), at_once=True
-                )
+                self.logger.count_attempt(int(kwargs["max_failures"]), int(kwargs["world"]))
             except TrackingError as exc:
                 self.refuse(str(exc))
             self.receiver.set_flag(f"counted-{sender}", True)
@@ -283,9 +313,7 @@ def drain(
     left = len(receiver.store.keys(f"{channel}/m/"))
     if left:
         relay = DriverRelay(receiver)
-        relay.logger = RunLogger(uri, run_id, outage_wait_s)
-        relay.logger.go()
-        relay.stop_receiving()
+        relay.take_once(RunLogger(uri, run_id, outage_wait_s))
         relay.close()
     else:
         receiver.close()

@@ -43,40 +43,6 @@ def metric_entries(metrics: dict[str, float], step: int) -> list[list]:
     return [[k, float(v), now, step] for k, v in metrics.items() if v is not None]
 
 
-class Untracked:
-    """Rank 0's logger with ``tracking.enabled=false``: the metrics become entries for the
-    checkpoints' history (as with :class:`RunLogger`) and nothing is sent anywhere."""
-
-    dropped = 0
-
-    def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
-        return metric_entries(metrics, step)
-
-    def replay(self, entries: list[list]) -> None:
-        pass
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def log_artifact(self, path: str, artifact_path: str) -> None:
-        pass
-
-    def check(self) -> None:
-        pass
-
-    def wait_counted(self, timeout_s: float = 60.0) -> None:
-        pass
-
-    def go(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class RunLogger:
     """The driver's handle on the run for the workers' calls: metrics by epoch, params,
     artifacts, the attempt count."""
@@ -93,62 +59,35 @@ class RunLogger:
         self._pending: deque = deque()
         self._cond = threading.Condition()
         self._closing_since: float | None = None
-        #: Set when the server refused this worker's credentials (401/403).
+        #: Set when the server refused the driver's credentials (401/403); the relay tells
+        #: the workers to stop.
         self.refused: TrackingError | None = None
         self._warned = False
-        #: Set once a queued count_attempt was answered, or the server is unreachable.
-        self._counted = threading.Event()
-        #: Set by :meth:`go`: the thread imports MLflow and sends only from then on.
-        self._going = threading.Event()
         self._thread = threading.Thread(target=self._send, name="mlflow-logger", daemon=True)
         self._thread.start()
 
-    # -- what the relay calls for rank 0 ---------------------------------------------------------
+    # -- what the relay calls for the workers ----------------------------------------------------
 
-    def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
+    def count_attempt(self, max_failures: int, world: int = 0) -> None:
         """Count this start of the worker group, of ``world`` workers, in the run's tags
-        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``).
-
-        Queued as every call, or with ``at_once`` (the relay's way) counted now: queued
-        only when the server does not answer, so a group that starts during an outage trains
-        on instead of failing and burning a restart. The driver tagged the new run with the
-        first attempt, so a first group that dies before its count lands is counted still;
-        rank 0 waits for the count before it reports a checkpoint, so a group that a restart
-        resumes from was counted."""
+        (``mxtrain.attempts``, ``mxtrain.restarts``, ``mxtrain.group_size``), now: rank 0
+        waits for the count before it reports a checkpoint, so a group that a restart
+        resumes from was counted. Queued only when the server does not answer, so a group
+        that starts during an outage trains on instead of failing and burning a restart;
+        TrackingError when the server refuses. The driver tagged the new run with the first
+        attempt, so a first group that dies before its count lands is counted still."""
         item = ("count_attempt", {"max_failures": max_failures, "world": world})
-        if not at_once:
-            self._put(item)
-            return
         try:
             self._call(client_for(self.uri), *item)
         except Exception as exc:
             if not is_unreachable(exc):  # an answer: no credentials, no permission, ...
                 raise TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}") from None
             self._put(item)
-        self._counted.set()
 
-    def wait_counted(self, timeout_s: float = 60.0) -> None:
-        """Wait until the server answered the count (a group that reached its first
-        checkpoint is counted before a restart can resume from it), but not through an
-        outage: then the count waits in the queue and training goes on."""
-        self.go()
-        self._counted.wait(timeout_s)
-
-    def go(self) -> None:
-        """Start sending (the driver's relay calls it once the run is open); until then
-        calls only queue."""
-        self._going.set()
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
-        """Queue ``metrics`` at ``step``; return them as ``[key, value, timestamp, step]``
-        entries (what a checkpoint keeps, for :meth:`replay`)."""
-        entries = metric_entries(metrics, step)
-        self.replay(entries)
-        return entries
-
-    # Both queue plain values; the sending thread makes MLflow's entities of them.
+    # They queue plain values; the sending thread makes MLflow's entities of them.
     def replay(self, entries: list[list]) -> None:
-        """Queue metric entries as they were first logged (same timestamps)."""
+        """Queue metric entries (``[key, value, timestamp ms, step]``, as
+        :func:`metric_entries` makes them)."""
         batch = [(k, float(v), int(t), int(s)) for k, v, t, s in entries]
         for start in range(0, len(batch), 1000):  # MLflow's limit per log_batch
             self._put(("log_batch", {"metrics": batch[start : start + 1000]}))
@@ -162,12 +101,6 @@ class RunLogger:
         shutil.copy(path, keep)
         self._put(("log_artifact", {"local_path": str(keep), "artifact_path": artifact_path}))
 
-    def check(self) -> None:
-        """Raise the server's refusal of this worker's credentials, if there was one: a run
-        whose metrics cannot be recorded should stop, with one line that says why."""
-        if self.refused is not None:
-            raise self.refused
-
     def close(self) -> None:
         """Send everything queued (waiting out an outage for at most ``outage_wait_s``), then
         stop the thread."""
@@ -175,7 +108,6 @@ class RunLogger:
             self._closing_since = time.monotonic()
             self._pending.append(_CLOSE)
             self._cond.notify()
-        self.go()
         self._thread.join()
 
     # -- the sending thread --------------------------------------------------------------------
@@ -193,7 +125,6 @@ class RunLogger:
             shutil.rmtree(Path(item[1]["local_path"]).parent, ignore_errors=True)
 
     def _send(self) -> None:
-        self._going.wait()
         client = client_for(self.uri)
         failures = 0
         outage_started: float | None = None
@@ -211,7 +142,6 @@ class RunLogger:
                 if is_unreachable(exc) and not self._out_of_time(outage_started):
                     if outage_started is None:
                         outage_started = time.monotonic()
-                        self._counted.set()  # nobody waits for a count through an outage
                         _say(
                             f"warning: MLflow tracking at {self.uri} is unreachable; training "
                             f"goes on and its metrics are kept (up to {self.max_pending} calls) "
@@ -224,7 +154,7 @@ class RunLogger:
                     self._give_up()
                     continue
                 if re.search(r"error code 40[13]", str(exc)):
-                    # This worker has no (valid) credentials: nothing it logs will land.
+                    # The driver has no (valid) credentials: nothing it logs will land.
                     self.refused = TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}")
                 if not self._warned:
                     self._warned = True
@@ -237,8 +167,6 @@ class RunLogger:
                 outage_started, failures = None, 0
             with self._cond:
                 self._pending.popleft()
-            if item[0] == "count_attempt":
-                self._counted.set()
 
     def _out_of_time(self, outage_started: float | None) -> bool:
         """Only a closing logger gives up; it waits ``outage_wait_s`` of outage for the rest."""

@@ -40,8 +40,7 @@ from pipeline.peak_memory import peak_rss_mb
 from pipeline.progress import ProgressBar
 from pipeline.tracking import system_metrics
 from pipeline.tracking.names import BEST_EPOCH, BEST_PREFIX
-from pipeline.tracking.relay import RelayLogger
-from pipeline.tracking.run_logger import Untracked
+from pipeline.tracking.relay import RelayLogger, Untracked
 from pipeline.train import rank_timing, trace
 from pipeline.train.best_epoch import SCORE, BestEpoch
 from pipeline.train.schedule import lr_at
@@ -209,8 +208,8 @@ def train_worker(payload: WorkerPayload) -> None:
             tracer.event("run_id_known", waited_s=round(time.time() - asked, 3))
         logger = RelayLogger(Sender(payload.relay))
         # A restarted group is counted before any rank can fail again (the others wait for
-        # rank 0 at the weights' broadcast); the first group's count is queued
-        # (RunLogger.count_attempt).
+        # rank 0 at the weights' broadcast); the first group's count is waited for only
+        # before its first checkpoint is reported (wait_counted).
         logger.count_attempt(cfg.scaling.max_failures, world, at_once=_restarted_group())
     sampler = None
     if cfg.tracking.enabled and cfg.tracking.system_metrics and hvd.local_rank() == 0:

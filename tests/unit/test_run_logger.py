@@ -1,4 +1,5 @@
-"""Rank 0's logger: what it sends, what it keeps through an outage, what it refuses to hide."""
+"""The driver's logger for the workers' calls (pipeline/tracking/relay.py hands them to it):
+what it sends, what it keeps through an outage, what it refuses to hide."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from mlflow import MlflowClient
 from infra.processes import free_port
 from pipeline.errors import TrackingError
 from pipeline.tracking.outage import fast_failing
-from pipeline.tracking.run_logger import RunLogger
+from pipeline.tracking.run_logger import RunLogger, metric_entries
 from tests.jobs import wait_for
 
 
@@ -25,7 +26,7 @@ def _run() -> str:
 def test_non_finite_metrics_are_logged_not_dropped():
     run_id = _run()
     logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
-    logger.log_metrics({"train_loss": math.nan, "val_accuracy": 0.1}, step=0)
+    logger.replay(metric_entries({"train_loss": math.nan, "val_accuracy": 0.1}, step=0))
     logger.close()
     metrics = MlflowClient().get_run(run_id).data.metrics
     assert math.isnan(metrics["train_loss"]) and metrics["val_accuracy"] == 0.1
@@ -34,23 +35,23 @@ def test_non_finite_metrics_are_logged_not_dropped():
 def test_a_replayed_history_is_not_stored_twice():
     run_id = _run()
     logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
-    history = logger.log_metrics({"val_accuracy": 0.5}, step=0)
-    history += logger.log_metrics({"val_accuracy": 0.7}, step=1)
-    logger.replay(history)  # what a restarted group does with its checkpoint's history
+    history = metric_entries({"val_accuracy": 0.5}, step=0)
+    history += metric_entries({"val_accuracy": 0.7}, step=1)
+    logger.replay(history)
+    logger.replay(history)  # what a restarted group sends from its checkpoint's history
     logger.close()
     steps = [m.step for m in MlflowClient().get_metric_history(run_id, "val_accuracy")]
     assert sorted(steps) == [0, 1]
 
 
-def test_nothing_is_sent_before_the_first_step():
-    """Until the loop says go (after its first step) calls only queue; then they arrive."""
+def test_calls_are_sent_while_the_logger_is_open():
+    """The driver attaches a logger once the run is open: what it is given lands without
+    waiting for close()."""
     run_id = _run()
     logger = RunLogger(os.environ["MLFLOW_TRACKING_URI"], run_id)
-    logger.log_metrics({"val_accuracy": 0.5}, step=0)
-    time.sleep(1.0)
-    assert MlflowClient().get_run(run_id).data.metrics == {}
-    logger.go()
-    wait_for(lambda: MlflowClient().get_run(run_id).data.metrics, "the queued metric")
+    logger.replay(metric_entries({"val_accuracy": 0.5}, step=0))
+    wait_for(lambda: MlflowClient().get_run(run_id).data.metrics, "the metric", timeout_s=60)
+    assert logger._thread.is_alive()
     logger.close()
     assert MlflowClient().get_run(run_id).data.metrics == {"val_accuracy": 0.5}
 
@@ -71,9 +72,8 @@ def test_an_unreachable_server_is_waited_for_then_the_loss_is_counted(capfd):
     dead = f"http://127.0.0.1:{free_port()}"
     with fast_failing():
         logger = RunLogger(dead, "0" * 32, outage_wait_s=1.0, max_pending=3)
-        logger.go()
         for step in range(5):
-            logger.log_metrics({"val_accuracy": 0.5}, step=step)
+            logger.replay(metric_entries({"val_accuracy": 0.5}, step=step))
         time.sleep(0.5)
         assert logger._thread.is_alive()  # still trying, not given up
         started = time.monotonic()
@@ -96,7 +96,10 @@ class _Refuses(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_worker_without_credentials_stops_with_one_line():
+def test_a_refusal_is_raised_by_the_count_and_kept_for_the_relay():
+    """The count is made at once and raises the refusal (the relay tells the workers to
+    stop); a queued call's refusal is kept in ``refused``, in one line that says what to
+    set."""
     port = free_port()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Refuses)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -104,22 +107,23 @@ def test_a_worker_without_credentials_stops_with_one_line():
     try:
         with fast_failing():
             logger = RunLogger(f"http://127.0.0.1:{port}", "0" * 32)
-            logger.count_attempt(3)  # the group's first call: queued, rank 0 goes on
-            logger.go()  # the loop, after its first step
+            with pytest.raises(TrackingError, match=expected):
+                logger.count_attempt(3)
+            logger.replay(metric_entries({"val_accuracy": 0.5}, step=0))
             wait_for(lambda: logger.refused is not None, "the refusal", timeout_s=60)
-            with pytest.raises(TrackingError, match=expected):  # the loop's next check
-                logger.check()
-            logger.log_metrics({"val_accuracy": 0.5}, step=0)
             logger.close()
     finally:
         server.shutdown()
+    assert logger.refused is not None
+    assert "\n" not in str(logger.refused)
     with pytest.raises(TrackingError, match=expected):
-        logger.check()
+        raise logger.refused
 
 
 def test_the_first_group_keeps_the_drivers_count_and_a_restart_adds_one(tmp_path):
     """The driver tags a new run with attempt 1 (a first group that dies at once is counted);
-    the first group's rank 0 records its size only, a restarted group counts itself."""
+    the first group's count records its size only, a restarted group counts itself. Each
+    count has landed when count_attempt returns."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
     run = client.create_run(
@@ -129,8 +133,9 @@ def test_the_first_group_keeps_the_drivers_count_and_a_restart_adds_one(tmp_path
     def start_group() -> dict:
         logger = RunLogger(uri, run.info.run_id)
         logger.count_attempt(max_failures=3, world=2)
+        tags = client.get_run(run.info.run_id).data.tags  # before close(): not queued
         logger.close()
-        return client.get_run(run.info.run_id).data.tags
+        return tags
 
     first = start_group()
     assert (first["mxtrain.attempts"], first["mxtrain.restarts"]) == ("1", "0")
@@ -139,20 +144,14 @@ def test_the_first_group_keeps_the_drivers_count_and_a_restart_adds_one(tmp_path
     assert (restarted["mxtrain.attempts"], restarted["mxtrain.restarts"]) == ("2", "1")
 
 
-def test_waiting_for_the_count_ends_when_it_landed_or_the_server_is_away(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
-    logger = RunLogger(uri, run.info.run_id)
-    logger.count_attempt(max_failures=3, world=2)
-    logger.wait_counted(timeout_s=120)
-    # Landed before the wait returned, not merely queued.
-    assert client.get_run(run.info.run_id).data.tags["mxtrain.group_size"] == "2"
-    logger.close()
+def test_a_count_through_an_outage_is_queued_not_waited_for(capfd):
+    """A group that starts while the server is away trains on: its count waits in the
+    queue (and is given up with the rest when the outage outlasts close())."""
     with fast_failing():
         away = RunLogger(f"http://127.0.0.1:{free_port()}", "0" * 32, outage_wait_s=0.5)
-        away.count_attempt(max_failures=3, world=2)
         started = time.monotonic()
-        away.wait_counted(timeout_s=120)  # the outage releases it: training goes on
+        away.count_attempt(max_failures=3, world=2)
         assert time.monotonic() - started < 60
         away.close()
+    assert away.dropped == 1
+    assert "were not delivered" in capfd.readouterr().err
