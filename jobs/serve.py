@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 from jobs._cli import run_main
 from pipeline.config import TrackingConfig
 from pipeline.data.table_encoding import TableEncoding
+from pipeline.distributed.ray_runtime import stop_on_sigterm
 from pipeline.errors import ConfigError
 from pipeline.model.bundle import BundleMeta
 from pipeline.predict.serving import MAX_BYTES_ENV, MODEL_ENV
@@ -166,17 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     uri = TrackingConfig().resolved_uri()
     # uvicorn stops on SIGINT and SIGTERM, then raises the signal again with the handler it
     # found; Python's default for SIGTERM ends the process on the spot, and the model's
-    # temporary folder stayed behind after every server stopped by it. Ours unwinds as
-    # Ctrl-C does (which uvicorn.run takes as the end of serving).
-    signal.signal(signal.SIGTERM, _interrupt)
+    # temporary folder stayed behind after every server stopped by it. The jobs' handler
+    # unwinds as Ctrl-C does (which uvicorn.run takes as the end of serving).
+    stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):  # stopped before it served
         _serve(args, uri)
     print("server stopped", file=sys.stderr, flush=True)
     return 0
-
-
-def _interrupt(_signum: int, _frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _serve(args: argparse.Namespace, uri: str) -> None:

@@ -67,13 +67,14 @@ class RelayLogger:
         """Wait until the driver counted this group's attempt (a group that reached its first
         checkpoint is counted before a restart can resume from it); the driver says so
         through an outage too, when the count waits in its queue."""
+        if self._counted:
+            return
         deadline = time.monotonic() + timeout_s
-        while not self._counted:
-            self._counted = self.sender.flag(f"counted-{self.sender.name}") is not None
-            if not self._counted:
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.05)
+        while self.sender.flag(f"counted-{self.sender.name}") is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        self._counted = True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
         """Send ``metrics`` at ``step``; return them as entries (what a checkpoint keeps, for
@@ -130,9 +131,6 @@ class RelayLogger:
 class Untracked:
     """Rank 0's logger with ``tracking.enabled=false``: the metrics become entries for the
     checkpoints' history (as with :class:`RelayLogger`) and nothing is sent anywhere."""
-
-    def count_attempt(self, max_failures: int, world: int = 0, at_once: bool = False) -> None:
-        pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> list[list]:
         return metric_entries(metrics, step)
