@@ -58,6 +58,10 @@ def load_model(files: dict[str, bytes]):
     they are loaded (the loaders read everything into memory): a Ray actor is killed
     without running finalizers, so a folder it kept for its life stayed behind in the
     temporary directory after every scoring job."""
+    # MXNet is imported before the folder exists: an actor stopped during the import
+    # (seconds; a scoring job that ends while Ray Data still starts actors) left the folder.
+    import mxnet  # noqa: F401
+
     from pipeline.model import bundle, installed
 
     with tempfile.TemporaryDirectory(prefix="mxtrain-model-") as tmp:
