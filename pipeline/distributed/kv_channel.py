@@ -80,23 +80,37 @@ class Sender:
 
 
 class Receiver:
-    """The driver's end of ``channel``."""
+    """The driver's end of ``channel``. A message stays in the store until the driver
+    acknowledges it (:meth:`ack`), once what it asked for is done: a driver killed before
+    that (a trial a search stops) leaves it for whoever drains the channel
+    (pipeline/tracking/relay.py)."""
 
     def __init__(self, channel: str, store: KvStore | None = None):
         self.channel = channel
         self.store = store or RayKv()
+        self._read: set[str] = set()  # read by this receiver, not acknowledged yet
+        self._lock = threading.Lock()
 
-    def take(self) -> list[dict[str, Any]]:
-        """Every message not taken yet (each sender's in its order), removed from the store;
-        a value that is not a JSON object is skipped."""
-        keys = sorted(self.store.keys(f"{self.channel}/m/"))
+    def read(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every message this receiver has not read yet, as (key, message), each sender's in
+        its order; a value that is not a JSON object is removed and skipped."""
+        with self._lock:
+            keys = sorted(set(self.store.keys(f"{self.channel}/m/")) - self._read)
+            self._read.update(keys)
         out = []
         for key in keys:
             message = _json(self.store.get(key))
-            self.store.delete(key)
             if isinstance(message, dict):
-                out.append(message)
+                out.append((key, message))
+            else:
+                self.ack(key)
         return out
+
+    def ack(self, key: str) -> None:
+        """The message ``key`` was dealt with: remove it from the store."""
+        self.store.delete(key)
+        with self._lock:
+            self._read.discard(key)
 
     def set_flag(self, name: str, value: Any) -> None:
         self.store.put(f"{self.channel}/f/{name}", json.dumps(value).encode())

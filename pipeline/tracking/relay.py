@@ -22,9 +22,9 @@ import base64
 import contextlib
 import math
 import re
-import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,6 +36,9 @@ from pipeline.tracking.run_logger import RunLogger, metric_entries
 
 #: How often the driver takes the workers' messages (metrics land in MLflow this late).
 POLL_S = 1.0
+#: How long the driver waits at the end for the workers' last calls to land before it clears
+#: the channel (they are sent on after that in any case; this is for a driver killed then).
+FLUSH_S = 30.0
 #: How often a worker asks whether the driver's calls were refused (a store round trip).
 CHECK_EVERY_S = 2.0
 #: An artifact larger than this is not sent through the store (the pictures are < 1 MB).
@@ -155,8 +158,11 @@ class Untracked:
 
 
 class DriverRelay:
-    """The driver's end: takes the workers' messages every :data:`POLL_S` once the run is
-    open (:meth:`attach`) and hands them to the run's :class:`RunLogger`."""
+    """The driver's end: reads the workers' messages every :data:`POLL_S` once the run is
+    open (:meth:`attach`) and hands them to the run's :class:`RunLogger`. A message leaves
+    the channel once the logger delivered what it asked for (or skipped or dropped it): the
+    driver of a trial that a search stops is killed at once, and what it had read but not
+    delivered stays for :func:`drain`."""
 
     def __init__(self, receiver: Receiver, poll_s: float = POLL_S):
         self.receiver = receiver
@@ -168,22 +174,32 @@ class DriverRelay:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the thread's polls and the final take, one at a time
         self._thread: threading.Thread | None = None
+        #: Messages read, with the logger's mark once its calls for them were queued, oldest
+        #: first (the logger deals with its calls in the order they were queued).
+        self._unacked: deque[tuple[str, int]] = deque()
+        self._ack_lock = threading.Lock()
+        self._closed = False
 
     def attach(self, logger: RunLogger, resumed: bool = False) -> None:
         """Start applying messages to ``logger`` (the run is open); ``resumed``: the run's
         system metrics continue after its last logged step."""
-        self.logger, self._resumed = logger, resumed
+        self._use(logger, resumed)
         self._thread = threading.Thread(target=self._poll, name="tracking-relay", daemon=True)
         self._thread.start()
 
     def take_once(self, logger: RunLogger) -> None:
         """Apply what the channel holds to ``logger`` and clear it, without polling (the
-        channel of a driver that was killed: :func:`drain`)."""
-        self.logger = logger
+        channel of a driver that was killed, whose run has logged already: :func:`drain`)."""
+        self._use(logger, resumed=True)
         self.stop_receiving()
 
+    def _use(self, logger: RunLogger, resumed: bool) -> None:
+        self.logger, self._resumed = logger, resumed
+        logger.on_done = self._acknowledge
+
     def stop_receiving(self) -> None:
-        """Take what the workers left (they have all returned) and clear the channel; call
+        """Take what the workers left (they have all returned), wait a little for it to land
+        (a driver killed meanwhile leaves it in the channel), and clear the channel; call
         while this process is still connected to the Ray."""
         self._stop.set()
         if self._thread is not None:
@@ -191,7 +207,12 @@ class DriverRelay:
         try:
             if self.logger is not None:
                 self._take()
+                wait = min(FLUSH_S, self.logger.outage_wait_s)
+                self.logger.wait_done(self.logger.mark(), wait)
         finally:
+            with self._ack_lock:
+                self._closed = True  # the logger's later deliveries have nothing to remove
+                self._unacked.clear()
             with contextlib.suppress(Exception):
                 self.receiver.close()
 
@@ -210,13 +231,28 @@ class DriverRelay:
                 return
 
     def _take(self) -> None:
+        assert self.logger is not None
         with self._lock:
-            for message in self.receiver.take():
+            for key, message in self.receiver.read():
+                before = self.logger.mark()
                 try:
                     self._apply(message)
                 except (TypeError, ValueError, KeyError):
                     print("warning: tracking relay: a malformed message was skipped", flush=True)
+                after = self.logger.mark()
+                if after == before:  # done already (an attempt counted), or skipped
+                    self.receiver.ack(key)
+                else:
+                    with self._ack_lock:
+                        self._unacked.append((key, after))
+            self._acknowledge(self.logger.done)
             self._say_refused()
+
+    def _acknowledge(self, done: int) -> None:
+        """The logger dealt with ``done`` calls: remove the messages they came from."""
+        with self._ack_lock:
+            while self._unacked and self._unacked[0][1] <= done and not self._closed:
+                self.receiver.ack(self._unacked.popleft()[0])
 
     def _apply(self, message: dict) -> None:
         assert self.logger is not None
@@ -253,10 +289,7 @@ class DriverRelay:
         if where.startswith("/") or any(p in (".", "..") or not _NAME.fullmatch(p) for p in parts):
             raise ValueError("artifact path")
         data = base64.b64decode(str(kwargs["data"]), validate=True)
-        with tempfile.TemporaryDirectory(prefix="mxtrain-relay-") as tmp:
-            path = Path(tmp, name)
-            path.write_bytes(data)
-            self.logger.log_artifact(str(path), where)  # copies it before returning
+        self.logger.log_artifact(name, data, where)
 
     def _system(self, kwargs: dict) -> None:
         assert self.logger is not None

@@ -8,18 +8,23 @@ when the server is back, they arrive in the order they were made. :meth:`RunLogg
 waits for the queue to drain, at most ``outage_wait_s`` seconds of outage, then reports
 what it could not deliver. A refusal (a bad value, no permission) is reported once and
 that call skipped: it would be refused again.
+
+The calls are numbered as they are queued, and ``on_done`` hears how many have been dealt
+with (delivered, skipped or dropped; always the oldest first): the relay removes a worker's
+message from the channel only then, so that a driver killed with calls still queued leaves
+them for whoever drains the channel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,11 @@ class RunLogger:
         self._pending: deque = deque()
         self._cond = threading.Condition()
         self._closing_since: float | None = None
+        self._queued = 0  # calls queued so far
+        self._done = 0  # of those, dealt with (the oldest first)
+        #: Called (on the sending thread, or the caller's when the buffer overflows) with the
+        #: number of calls dealt with so far, after each one.
+        self.on_done: Callable[[int], None] | None = None
         #: Set when the server refused the driver's credentials (401/403); the relay tells
         #: the workers to stop.
         self.refused: TrackingError | None = None
@@ -95,11 +105,28 @@ class RunLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         self._put(("log_batch", {"params": [(k, param_value(v)) for k, v in params.items()]}))
 
-    def log_artifact(self, path: str, artifact_path: str) -> None:
-        """Copies ``path`` first: the caller may delete it before the upload runs."""
-        keep = Path(tempfile.mkdtemp(prefix="mxtrain-artifact-")) / Path(path).name
-        shutil.copy(path, keep)
-        self._put(("log_artifact", {"local_path": str(keep), "artifact_path": artifact_path}))
+    def log_artifact(self, name: str, data: bytes, artifact_path: str) -> None:
+        """Queue the file ``name`` holding ``data`` (a worker's picture, < 16 MB): it is written
+        to a temporary folder only for its upload, so a driver killed with it queued leaves
+        no file behind."""
+        self._put(("log_artifact", {"name": name, "data": data, "artifact_path": artifact_path}))
+
+    @property
+    def done(self) -> int:
+        """How many calls were dealt with so far (delivered, skipped or dropped)."""
+        return self._done
+
+    def mark(self) -> int:
+        """How many calls were queued so far: once ``on_done`` heard this many, every call
+        queued before now was dealt with."""
+        with self._cond:
+            return self._queued
+
+    def wait_done(self, mark: int, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` until the calls queued before ``mark`` were dealt with
+        (whether they were)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= mark, timeout_s)
 
     def close(self) -> None:
         """Send everything queued (waiting out an outage for at most ``outage_wait_s``), then
@@ -114,15 +141,35 @@ class RunLogger:
 
     def _put(self, item: tuple[str, dict]) -> None:
         with self._cond:
-            if len(self._pending) >= self.max_pending:
-                self._discard(self._pending.popleft())
+            overflow = len(self._pending) >= self.max_pending
+            if overflow:
+                self._pending.popleft()
+                self.dropped += 1
+                self._done += 1
             self._pending.append(item)
+            self._queued += 1
             self._cond.notify()
+        if overflow:
+            self._tell_done()
 
-    def _discard(self, item: tuple[str, dict]) -> None:
-        self.dropped += 1
-        if item[0] == "log_artifact":
-            shutil.rmtree(Path(item[1]["local_path"]).parent, ignore_errors=True)
+    def _pop(self, item: tuple[str, dict], dropped: bool = False) -> None:
+        """The oldest call, ``item``, was dealt with (unless a full buffer dropped it since)."""
+        with self._cond:
+            if not self._pending or self._pending[0] is not item:
+                return
+            self._pending.popleft()
+            self._done += 1
+            self.dropped += int(dropped)
+            self._cond.notify_all()
+        self._tell_done()
+
+    def _tell_done(self) -> None:
+        if self.on_done is None:
+            return
+        try:
+            self.on_done(self._done)
+        except Exception as exc:  # the channel's store (the Ray) went away: nothing to tell
+            _say(f"warning: MLflow logger: {one_line(exc)}")
 
     def _send(self) -> None:
         client = client_for(self.uri)
@@ -165,8 +212,7 @@ class RunLogger:
                     f"{time.monotonic() - outage_started:.0f} s; sending what was kept"
                 )
                 outage_started, failures = None, 0
-            with self._cond:
-                self._pending.popleft()
+            self._pop(item)
 
     def _out_of_time(self, outage_started: float | None) -> bool:
         """Only a closing logger gives up; it waits ``outage_wait_s`` of outage for the rest."""
@@ -175,9 +221,8 @@ class RunLogger:
         return time.monotonic() - max(outage_started, self._closing_since) > self.outage_wait_s
 
     def _give_up(self) -> None:
-        with self._cond:
-            while self._pending and self._pending[0] is not _CLOSE:
-                self._discard(self._pending.popleft())
+        while self._pending[0] is not _CLOSE:  # nothing is queued after close()
+            self._pop(self._pending[0], dropped=True)
         _say(
             f"warning: MLflow tracking at {self.uri} stayed unreachable for "
             f"{self.outage_wait_s:g} s (tracking.outage_wait_s); {self.dropped} logging calls "
@@ -213,6 +258,12 @@ class RunLogger:
                     flush=True,
                 )
             return
+        if method == "log_artifact":
+            with tempfile.TemporaryDirectory(prefix="mxtrain-artifact-") as folder:
+                path = Path(folder, kwargs["name"])
+                path.write_bytes(kwargs["data"])
+                client.log_artifact(self.run_id, str(path), kwargs["artifact_path"])
+            return
         if method == "log_batch":
             from mlflow.entities import Metric, Param
 
@@ -221,5 +272,3 @@ class RunLogger:
                 "params": [Param(*pair) for pair in kwargs.get("params", [])],
             }
         getattr(client, method)(self.run_id, **kwargs)
-        if method == "log_artifact":
-            shutil.rmtree(Path(kwargs["local_path"]).parent, ignore_errors=True)

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from infra.processes import free_port
 from pipeline.distributed.kv_channel import MemoryKv, Receiver, Sender
 from pipeline.errors import TrackingError
 from pipeline.tracking import system_metrics
+from pipeline.tracking.outage import fast_failing
 from pipeline.tracking.relay import DriverRelay, RelayLogger, drain
 from pipeline.tracking.run_logger import RunLogger
 from tests.conftest import REPO
@@ -74,6 +76,41 @@ def test_what_a_killed_driver_left_is_logged_by_whoever_outlives_it(relayed):
     assert [m.value for m in client.get_metric_history(run_id, "val_accuracy")] == [0.25]
     assert store.keys("relay-t/") == []
     assert drain(client.tracking_uri, run_id, "relay-t", store=store) == 0
+
+
+def test_a_message_leaves_the_channel_once_it_landed_not_when_it_was_read(relayed, tmp_path):
+    """Tune kills a stopped trial's driver at once. What its relay had read but not yet
+    delivered (here: the server is unreachable) is still in the channel, and the search's
+    drain logs it; what was delivered leaves the channel as it lands."""
+    client, run_id, worker, relay, store = relayed
+    logger = worker()
+    with fast_failing():
+        away = RunLogger(f"http://127.0.0.1:{free_port()}", run_id, outage_wait_s=0.5)
+        relay.attach(away)
+        logger.log_metrics({"val_accuracy": 0.25}, step=0)
+        picture = tmp_path / "samples.png"
+        picture.write_bytes(b"\x89PNG picture")
+        logger.log_artifact(str(picture), "samples/epoch_000")
+        wait_for(
+            lambda: away.mark() == 2, "the relay read both", 10
+        )  # read and queued, not delivered
+        assert len(store.keys("relay-t/m/")) == 2
+        # The driver is killed here: the search drains its channel into the run.
+        assert drain(client.tracking_uri, run_id, "relay-t", store=store) == 2
+        relay.stop_receiving()  # (the killed driver's threads, stopped for the test)
+        relay.close()
+    assert [m.value for m in client.get_metric_history(run_id, "val_accuracy")] == [0.25]
+    assert [a.path for a in client.list_artifacts(run_id, "samples/epoch_000")] == [
+        "samples/epoch_000/samples.png"
+    ]
+    # A driver that can deliver removes each message once it landed, while it runs.
+    live = DriverRelay(Receiver("relay-u", store), poll_s=0.1)
+    live.attach(RunLogger(client.tracking_uri, run_id))
+    Sender("relay-u", store).send({"method": "log_batch", "kwargs": {"params": [["p", "1"]]}})
+    wait_for(lambda: store.keys("relay-u/m/") == [], "the message removed", 10)
+    assert client.get_run(run_id).data.params["p"] == "1"
+    live.stop_receiving()
+    live.close()
 
 
 def test_an_attempt_is_counted_and_the_worker_hears_when_it_was(relayed):
@@ -133,8 +170,10 @@ def test_the_worker_side_imports_no_mlflow(tmp_path):
     MLflow (1.4 s of one core, which training on every core would pay)."""
     code = f"""
 import sys
+from infra.processes import free_port
 from pipeline.distributed.kv_channel import MemoryKv, Sender
 from pipeline.tracking import system_metrics
+from pipeline.tracking.outage import fast_failing
 from pipeline.tracking.relay import RelayLogger
 import pipeline.train.loop
 logger = RelayLogger(Sender("c", MemoryKv()))

@@ -72,6 +72,8 @@ def test_an_unreachable_server_is_waited_for_then_the_loss_is_counted(capfd):
     dead = f"http://127.0.0.1:{free_port()}"
     with fast_failing():
         logger = RunLogger(dead, "0" * 32, outage_wait_s=1.0, max_pending=3)
+        heard: list[int] = []  # what the relay hears: how many calls were dealt with
+        logger.on_done = heard.append
         for step in range(5):
             logger.replay(metric_entries({"val_accuracy": 0.5}, step=step))
         time.sleep(0.5)
@@ -80,6 +82,7 @@ def test_an_unreachable_server_is_waited_for_then_the_loss_is_counted(capfd):
         logger.close()
     assert 1.0 <= time.monotonic() - started < 30
     assert logger.dropped == 5  # 2 pushed out of the full buffer, 3 given up at close
+    assert heard == [1, 2, 3, 4, 5] and logger.done == logger.mark() == 5
     err = capfd.readouterr().err
     assert "unreachable; training goes on" in err and "were not delivered" in err
 
