@@ -91,7 +91,7 @@ class RunLogger:
             self._call(client_for(self.uri), *item)
         except Exception as exc:
             if not is_unreachable(exc):  # an answer: no credentials, no permission, ...
-                raise TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}") from None
+                raise TrackingError(f"during training, {tracking_problem(self.uri, exc)}") from None
             self._put(item)
 
     # They queue plain values; the sending thread makes MLflow's entities of them.
@@ -202,7 +202,9 @@ class RunLogger:
                     continue
                 if re.search(r"error code 40[13]", str(exc)):
                     # The driver has no (valid) credentials: nothing it logs will land.
-                    self.refused = TrackingError(f"rank 0: {tracking_problem(self.uri, exc)}")
+                    self.refused = TrackingError(
+                        f"during training, {tracking_problem(self.uri, exc)}"
+                    )
                 if not self._warned:
                     self._warned = True
                     _say(f"warning: MLflow logging to {self.uri} failed: {one_line(exc)}")

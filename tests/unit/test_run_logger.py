@@ -106,7 +106,7 @@ def test_a_refusal_is_raised_by_the_count_and_kept_for_the_relay():
     port = free_port()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Refuses)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    expected = r"rank 0: .*\(401\): set MLFLOW_TRACKING_USERNAME"
+    expected = r"during training, .*\(401\): set MLFLOW_TRACKING_USERNAME"
     try:
         with fast_failing():
             logger = RunLogger(f"http://127.0.0.1:{port}", "0" * 32)
