@@ -289,6 +289,8 @@ class DriverRelay:
         if where.startswith("/") or any(p in (".", "..") or not _NAME.fullmatch(p) for p in parts):
             raise ValueError("artifact path")
         data = base64.b64decode(str(kwargs["data"]), validate=True)
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise ValueError("artifact size")
         self.logger.log_artifact(name, data, where)
 
     def _system(self, kwargs: dict) -> None:

@@ -35,6 +35,9 @@ from pipeline.tracking.names import TAG_ATTEMPTS, TAG_DROPPED, TAG_GROUP_SIZE, T
 from pipeline.tracking.outage import backoff, is_unreachable
 
 _CLOSE: tuple[str, dict] = ("close", {})
+#: Artifacts queued at once, in bytes: past this (a long outage) a new one is dropped and
+#: counted, so the driver's memory is bounded whatever the workers send.
+MAX_PENDING_ARTIFACT_BYTES = 256 * 2**20
 
 
 def _say(message: str) -> None:
@@ -65,6 +68,7 @@ class RunLogger:
         self._cond = threading.Condition()
         self._closing_since: float | None = None
         self._queued = 0  # calls queued so far
+        self._artifact_bytes = 0  # the artifacts' bytes among them, not dealt with yet
         self._done = 0  # of those, dealt with (the oldest first)
         #: Called (on the sending thread, or the caller's when the buffer overflows) with the
         #: number of calls dealt with so far, after each one.
@@ -109,6 +113,12 @@ class RunLogger:
         """Queue the file ``name`` holding ``data`` (a worker's picture, < 16 MB): it is written
         to a temporary folder only for its upload, so a driver killed with it queued leaves
         no file behind."""
+        with self._cond:
+            full = self._artifact_bytes + len(data) > MAX_PENDING_ARTIFACT_BYTES
+            self.dropped += int(full)
+        if full:
+            _say(f"warning: MLflow artifact {name} dropped: {self._artifact_bytes:,} bytes wait")
+            return
         self._put(("log_artifact", {"name": name, "data": data, "artifact_path": artifact_path}))
 
     @property
@@ -143,10 +153,10 @@ class RunLogger:
         with self._cond:
             overflow = len(self._pending) >= self.max_pending
             if overflow:
-                self._pending.popleft()
+                self._forget(self._pending.popleft())
                 self.dropped += 1
-                self._done += 1
             self._pending.append(item)
+            self._artifact_bytes += _size(item)
             self._queued += 1
             self._cond.notify()
         if overflow:
@@ -157,11 +167,15 @@ class RunLogger:
         with self._cond:
             if not self._pending or self._pending[0] is not item:
                 return
-            self._pending.popleft()
-            self._done += 1
+            self._forget(self._pending.popleft())
             self.dropped += int(dropped)
             self._cond.notify_all()
         self._tell_done()
+
+    def _forget(self, item: tuple[str, dict]) -> None:
+        """``item`` left the queue (the caller holds the lock)."""
+        self._done += 1
+        self._artifact_bytes -= _size(item)
 
     def _tell_done(self) -> None:
         if self.on_done is None:
@@ -274,3 +288,7 @@ class RunLogger:
                 "params": [Param(*pair) for pair in kwargs.get("params", [])],
             }
         getattr(client, method)(self.run_id, **kwargs)
+
+
+def _size(item: tuple[str, dict]) -> int:
+    return len(item[1]["data"]) if item[0] == "log_artifact" else 0

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from infra.processes import free_port
 from pipeline.errors import TrackingError
+from pipeline.tracking import run_logger
 from pipeline.tracking.outage import fast_failing
 from pipeline.tracking.run_logger import RunLogger, metric_entries
 from tests.jobs import wait_for
@@ -85,6 +86,20 @@ def test_an_unreachable_server_is_waited_for_then_the_loss_is_counted(capfd):
     assert heard == [1, 2, 3, 4, 5] and logger.done == logger.mark() == 5
     err = capfd.readouterr().err
     assert "unreachable; training goes on" in err and "were not delivered" in err
+
+
+def test_artifacts_waiting_through_an_outage_are_bounded_in_bytes(monkeypatch, capfd):
+    """The driver holds a worker's pictures in memory until they are uploaded: past the
+    budget a new one is dropped and counted, not kept."""
+    monkeypatch.setattr(run_logger, "MAX_PENDING_ARTIFACT_BYTES", 1000)
+    with fast_failing():
+        logger = RunLogger(f"http://127.0.0.1:{free_port()}", "0" * 32, outage_wait_s=0.5)
+        logger.log_artifact("a.png", b"x" * 600, "samples")
+        logger.log_artifact("b.png", b"x" * 600, "samples")
+        assert (logger.mark(), logger.dropped) == (1, 1)
+        logger.close()
+    assert logger.dropped == 2  # and the first given up at close
+    assert "MLflow artifact b.png dropped: 600 bytes wait" in capfd.readouterr().err
 
 
 class _Refuses(http.server.BaseHTTPRequestHandler):
