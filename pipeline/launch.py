@@ -287,9 +287,13 @@ def run_job(
                             handoff.withdraw()
                     if relay is not None:
                         # The workers have returned: what they sent is taken while this
-                        # process is still connected to the Ray, and sent on below.
+                        # process is still connected to the Ray, and sent on below. On a Ray
+                        # that outlives the job (a cluster, a search's trials) it first lands,
+                        # so that a driver killed now leaves nothing unsent in the channel; a
+                        # local Ray's channel ends with it, and its last calls land meanwhile
+                        # (0.03-0.24 s at the end of a digits-cnn job).
                         with contextlib.suppress(Exception):
-                            relay.stop_receiving()
+                            relay.stop_receiving(flush=not ray_ends_with_job)
                 if opening is not None:
                     run_id, _, heartbeat = opening()  # raises if the run could not be opened
                 opened = run_id

@@ -36,8 +36,9 @@ from pipeline.tracking.run_logger import RunLogger, metric_entries
 
 #: How often the driver takes the workers' messages (metrics land in MLflow this late).
 POLL_S = 1.0
-#: How long the driver waits at the end for the workers' last calls to land before it clears
-#: the channel (they are sent on after that in any case; this is for a driver killed then).
+#: How long a driver on a Ray that outlives it waits at the end for the workers' last calls
+#: to land before it clears the channel (they are sent on after that in any case; this is
+#: for a driver killed then, a trial a search stops).
 FLUSH_S = 30.0
 #: How often a worker asks whether the driver's calls were refused (a store round trip).
 CHECK_EVERY_S = 2.0
@@ -197,18 +198,21 @@ class DriverRelay:
         self.logger, self._resumed = logger, resumed
         logger.on_done = self._acknowledge
 
-    def stop_receiving(self) -> None:
+    def stop_receiving(self, flush: bool = True) -> None:
         """Take what the workers left (they have all returned), wait a little for it to land
-        (a driver killed meanwhile leaves it in the channel), and clear the channel; call
-        while this process is still connected to the Ray."""
+        (a driver killed meanwhile leaves it in the channel; ``flush=False`` where the
+        channel ends with the driver anyway, a local Ray: the calls land while it shuts
+        down), and clear the channel; call while this process is still connected to the
+        Ray."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         try:
             if self.logger is not None:
                 self._take()
-                wait = min(FLUSH_S, self.logger.outage_wait_s)
-                self.logger.wait_done(self.logger.mark(), wait)
+                if flush:
+                    wait = min(FLUSH_S, self.logger.outage_wait_s)
+                    self.logger.wait_done(self.logger.mark(), wait)
         finally:
             with self._ack_lock:
                 self._closed = True  # the logger's later deliveries have nothing to remove
