@@ -95,7 +95,7 @@ class RunLogger:
             self._call(client_for(self.uri), *item)
         except Exception as exc:
             if not is_unreachable(exc):  # an answer: no credentials, no permission, ...
-                raise TrackingError(f"during training, {tracking_problem(self.uri, exc)}") from None
+                raise self._refusal(exc) from None
             self._put(item)
 
     # They queue plain values; the sending thread makes MLflow's entities of them.
@@ -216,9 +216,7 @@ class RunLogger:
                     continue
                 if re.search(r"error code 40[13]", str(exc)):
                     # The driver has no (valid) credentials: nothing it logs will land.
-                    self.refused = TrackingError(
-                        f"during training, {tracking_problem(self.uri, exc)}"
-                    )
+                    self.refused = self._refusal(exc)
                 if not self._warned:
                     self._warned = True
                     _say(f"warning: MLflow logging to {self.uri} failed: {one_line(exc)}")
@@ -229,6 +227,10 @@ class RunLogger:
                 )
                 outage_started, failures = None, 0
             self._pop(item)
+
+    def _refusal(self, exc: Exception) -> TrackingError:
+        """The server's answer to a call for the workers, as rank 0 raises it."""
+        return TrackingError(f"during training, {tracking_problem(self.uri, exc)}")
 
     def _out_of_time(self, outage_started: float | None) -> bool:
         """Only a closing logger gives up; it waits ``outage_wait_s`` of outage for the rest."""
