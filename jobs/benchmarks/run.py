@@ -1,6 +1,6 @@
 """``make bench``: every performance figure as a ratio of two measurements from this run.
 
-    python -m jobs.benchmarks.run                 # every figure at default sizes (hours here)
+    python -m jobs.benchmarks.run                 # every figure at default sizes (about an hour)
     python -m jobs.benchmarks.run --only tta      # one group, merged into the results file
     python -m jobs.benchmarks.run --size tiny     # seconds per figure: the smoke test's size
 
@@ -69,7 +69,7 @@ SIZES = {
         # reach 0.92 only near the end of the cosine schedule, so 5 such pairs would take
         # hours on 2 cores. The same recipe on a 10-epoch schedule (both sides) with a target
         # below where it ends keeps the race MLPerf's and the group's length (in its results
-        # entry) near an hour.
+        # entry) under half an hour.
         "tta": {
             "recipe": "fashion-cnn",
             "data": "data/fashion-mnist",
