@@ -77,6 +77,8 @@ def test_every_benchmark_figure_is_produced(tiny_results):
             continue
         for key in ("value", "baseline", "ratio"):
             assert isinstance(f[key], float) and math.isfinite(f[key]) and f[key] > 0, (name, f)
+    # The headline says where each side's wall time went (training loops vs the rest).
+    assert figures["time_to_accuracy"]["note"].count(" s training, ") == 2
     assert set(results["group_seconds"]) == {
         "ingest", "driver", "scale", "step", "comm", "startup", "whole_jobs", "nodes", "memory",
         "predict", "tables", "tta", "ui",
