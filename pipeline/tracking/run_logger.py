@@ -114,10 +114,11 @@ class RunLogger:
         to a temporary folder only for its upload, so a driver killed with it queued leaves
         no file behind."""
         with self._cond:
-            full = self._artifact_bytes + len(data) > MAX_PENDING_ARTIFACT_BYTES
+            waiting = self._artifact_bytes
+            full = waiting + len(data) > MAX_PENDING_ARTIFACT_BYTES
             self.dropped += int(full)
         if full:
-            _say(f"warning: MLflow artifact {name} dropped: {self._artifact_bytes:,} bytes wait")
+            _say(f"warning: MLflow artifact {name} dropped: {waiting:,} bytes wait")
             return
         self._put(("log_artifact", {"name": name, "data": data, "artifact_path": artifact_path}))
 
