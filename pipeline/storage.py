@@ -99,10 +99,15 @@ def s3_client(s3: S3Config):
     )
 
 
+def is_local_uri(uri: str) -> bool:
+    """Whether ``uri`` names local files (a path or file://), without making a filesystem."""
+    return urlparse(uri).scheme in ("", "file")
+
+
 def resolve(uri: str, s3: S3Config | None = None) -> Location:
     """``uri`` -> :class:`Location`. Raises StorageError for schemes we do not handle."""
     parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
+    if is_local_uri(uri):
         local = parsed.path if parsed.scheme == "file" else uri
         return Location(uri, pafs.LocalFileSystem(), str(Path(local).expanduser().resolve()))
     if parsed.scheme == "s3":

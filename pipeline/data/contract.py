@@ -109,6 +109,9 @@ class SplitInfo:
     sha256: tuple[str | None, ...] = ()
     #: Rows of each row group, per file (from the footers): the units of the sharding plan.
     row_groups: tuple[tuple[int, ...], ...] = ()
+    #: Stored bytes of each file, from the listing: a streaming reader that knows a file's
+    #: size opens it on S3 without a HEAD request (empty: it asks).
+    sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,7 +414,11 @@ def inspect_dataset(
                 groups.append(file_groups)
         rows = sum(sum(g) for g in groups)
         found[split] = SplitInfo(
-            tuple(p for p, _ in files), rows, sum(n for _, n in files), row_groups=tuple(groups)
+            tuple(p for p, _ in files),
+            rows,
+            sum(n for _, n in files),
+            row_groups=tuple(groups),
+            sizes=tuple(n for _, n in files),
         )
     if planned is not None:  # the manifest's writer checked every file's schema; one is read
         shapes.add(_footer_facts(loc, listed[splits[0]][0][0])[0])

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -55,29 +56,44 @@ from pipeline.data.contract import (
 )
 from pipeline.data.epoch_plan import Dealing, Remaining, Resize, Segment
 from pipeline.errors import DataError
-from pipeline.storage import resolve
+from pipeline.storage import is_local_uri, resolve
 
 #: Label of padding rows: masked out of the loss and of every metric.
 PAD_LABEL = -1
 COLUMNS = [ID, FEATURES, LABEL]
-#: Files whose footer and S3 handle a streaming reader keeps (least recently used dropped;
-#: about 27 KB a file in a worker's memory, measured: 55 MB when full), so memory stays
-#: bounded whatever the number of files, and a row group of a file kept costs one request
-#: (no HEAD, no footer).
+#: Files whose footer a streaming reader keeps (least recently used dropped; about 27 KB a
+#: file in a worker's memory, measured: 55 MB when full), so memory stays bounded whatever the
+#: number of files, and a row group of a file kept costs one request (no footer).
 FOOTER_CACHE = 2048
-#: Stored bytes of row groups a streaming reader keeps in flight (``data.read_ahead_mb``),
-#: and the bounds of the number of requests that makes.
+#: Stored bytes of row groups a streaming reader holds or has asked for
+#: (``data.read_ahead_mb``), and the bounds of the number of requests that makes at once.
 READ_AHEAD_MB = 64
 MIN_AHEAD, MAX_AHEAD = 2, 64
+#: Row groups asked for ahead of the one being consumed, in requests at once: the plan's order
+#: is kept, so a slow request holds the ones behind it; finished ones wait to be consumed while
+#: the next are already asked for (make bench, scale: 1,000 files through a 30 ms store, 64
+#: requests at once, about 330k rows/s holding 64 row groups, 415k holding 256).
+HOLD_PER_REQUEST = 4
 
 
 def requests_in_flight(split: SplitInfo, read_ahead_mb: float = READ_AHEAD_MB) -> int:
     """As many row groups in flight as ``read_ahead_mb`` holds, from the split's average
     row group (stored bytes), within [MIN_AHEAD, MAX_AHEAD]: small row groups on a distant
     S3 need many requests at once (each waits its round trips), large ones few."""
+    return int(min(MAX_AHEAD, max(MIN_AHEAD, _groups_in(split, read_ahead_mb))))
+
+
+def row_groups_held(split: SplitInfo, read_ahead_mb: float = READ_AHEAD_MB) -> int:
+    """Row groups a reader may hold or have asked for: as many as ``read_ahead_mb`` holds, up
+    to :data:`HOLD_PER_REQUEST` per request in flight, and never fewer than those requests."""
+    ahead = requests_in_flight(split, read_ahead_mb)
+    return int(min(HOLD_PER_REQUEST * ahead, max(ahead, _groups_in(split, read_ahead_mb))))
+
+
+def _groups_in(split: SplitInfo, read_ahead_mb: float) -> float:
     groups = sum(len(g) for g in split.row_groups) or 1
     average = max(1, split.bytes) / groups
-    return int(min(MAX_AHEAD, max(MIN_AHEAD, read_ahead_mb * 2**20 // average)))
+    return read_ahead_mb * 2**20 // average
 
 
 def padding_rows(total: int, world_size: int) -> int:
@@ -136,15 +152,17 @@ def epoch_pieces(split: SplitInfo, seed: int, epoch: int, shuffle: bool) -> list
 class FileSource:
     """Row groups read from storage when asked for (``data.cache=stream``).
 
-    :meth:`read_in_order` keeps ``ahead`` row groups in flight on a thread pool, so object
-    storage latency overlaps the decoding and the training step. No Parquet reader is kept
-    open (keeping every file's reader made a worker's memory grow with the number of files:
-    make bench, rss_growth); up to :data:`FOOTER_CACHE` files' footers and, on object
-    storage, handles are kept instead, so a file opened again costs its row group's request
-    only. Each row group's values are checked
-    (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads it. The
-    user's own Parquet is mapped onto the contract's columns (``mapping``) as it is read, on
-    these threads (image decoding included).
+    :meth:`read_in_order` keeps ``ahead`` requests in flight on a thread pool and up to
+    ``hold`` row groups asked for, so object storage latency overlaps the decoding and the
+    training step. No Parquet reader is kept open (keeping every file's reader made a
+    worker's memory grow with the number of files: make bench, rss_growth); up to
+    :data:`FOOTER_CACHE` files' footers are kept instead, so a file read again costs its row
+    group's request only. A file whose size is known (``sizes``, from the driver's listing)
+    is opened without asking S3 for it: pyarrow's S3 file sends a HEAD request when opened
+    by name, one more round trip before each first footer. Each row group's values are
+    checked (:func:`~pipeline.data.contract.check_rows`) the first time this worker reads
+    it. The user's own Parquet is mapped onto the contract's columns (``mapping``) as it is
+    read, on these threads (image decoding included).
     """
 
     def __init__(
@@ -157,14 +175,19 @@ class FileSource:
         mapping: ColumnMapping | None = None,
         split: str = "train",
         schema_facts: tuple | None = None,
+        sizes: tuple[int, ...] = (),
+        hold: int = 0,
     ):
         self.files = files
         self.filesystem = filesystem
         self.uri_of = uri_of
         self.num_classes = num_classes
         self.ahead = ahead
+        #: Row groups asked for at most (in flight or read, not yet consumed): >= ``ahead``.
+        self.hold = max(hold, ahead)
         self.mapping = mapping
         self.split = split
+        self.sizes = sizes
         self.columns = mapping.columns(split) if mapping else COLUMNS
         #: (feature shape, classes, scale) every file must have: the driver read one footer
         #: and planned the rest from the manifest, so each file's is checked as it is opened.
@@ -173,18 +196,18 @@ class FileSource:
         #: file -> bit set of its row groups checked: a few bytes a file (a set of pieces
         #: took ~150 bytes a row group, and grew with a shard's row groups).
         self._checked: dict[int, int] = {}
-        #: file -> (handle or None, footer), least recently used first.
-        self._opened: OrderedDict[int, tuple[Any, pq.FileMetaData]] = OrderedDict()
-        #: Local files are opened anew (a handle is a file descriptor, and opening is cheap).
-        self._keep_handles = not isinstance(filesystem, pafs.LocalFileSystem)
+        #: file -> its fragment with the footer read, least recently used first.
+        self._opened: OrderedDict[int, ds.ParquetFileFragment] = OrderedDict()
         #: file -> the lock of the thread opening it for the first time.
         self._opening: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def read(self, piece: Piece) -> pa.Table:
         try:
-            parquet = self._parquet(piece.file)
-            table = parquet.read_row_group(piece.group, columns=self.columns, use_threads=False)
+            fragment = self._fragment(piece.file)
+            table = fragment.subset(row_group_ids=[piece.group]).to_table(
+                columns=self.columns, use_threads=False, fragment_scan_options=_SCAN
+            )
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(exc, self.uri_of(self.files[piece.file])) from None
         where = f"{self.uri_of(self.files[piece.file])} (row group {piece.group})"
@@ -195,7 +218,7 @@ class FileSource:
                 "jobs.prepare_data or jobs.write_manifest"
             )
         if self.mapping is not None:
-            meta = parquet.metadata
+            meta = fragment.metadata
             first_row = sum(meta.row_group(g).num_rows for g in range(piece.group))
             path = self.files[piece.file]
             table = self.mapping.to_contract(table, path, first_row, self.split, where)
@@ -206,14 +229,12 @@ class FileSource:
             self._checked[piece.file] = self._checked.get(piece.file, 0) | bit
         return table
 
-    def _parquet(self, file: int) -> pq.ParquetFile:
-        """A reader of ``file``, from what this worker kept of it when it opened it before
-        (an epoch's shuffled order opens every file again, once per row group): its footer
-        (one or two requests to S3 saved) and, off local disk, its handle (pyarrow's S3 file
-        sends a HEAD when opened: a request saved per row group). The schema is checked the
-        first time. Threads that want a file no one has opened yet wait for the first to
-        open it (one HEAD and footer per file, not one per thread). A reader is made per
-        row group: threads share handles, whose reads at an offset are thread-safe."""
+    def _fragment(self, file: int) -> ds.ParquetFileFragment:
+        """``file`` as a fragment whose footer is read, from what this worker kept of it when
+        it read it before (an epoch's shuffled order reads a file again for each of its row
+        groups): one or two requests saved. The schema is checked the first time. Threads
+        that want a file no one has opened yet wait for the first to open it (one footer per
+        file, not one per thread)."""
         kept = self._kept(file)
         if kept is None:
             with self._lock:
@@ -222,36 +243,34 @@ class FileSource:
                 kept = self._kept(file)  # opened by the thread this one waited for
                 if kept is None:
                     return self._first_open(file)
-        handle, footer = kept
-        if handle is None:
-            handle = self.filesystem.open_input_file(self.files[file])
-        # pre_buffer: one coalesced request per row group instead of one per column
-        return pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
+        return kept
 
-    def _kept(self, file: int) -> tuple[Any, pq.FileMetaData] | None:
+    def _kept(self, file: int) -> ds.ParquetFileFragment | None:
         with self._lock:
             kept = self._opened.get(file)
             if kept is not None:
                 self._opened.move_to_end(file)
             return kept
 
-    def _first_open(self, file: int) -> pq.ParquetFile:
-        handle = self.filesystem.open_input_file(self.files[file])
-        parquet = pq.ParquetFile(handle, pre_buffer=True)
-        self._check_schema(parquet, file)
+    def _first_open(self, file: int) -> ds.ParquetFileFragment:
+        path = self.files[file]
+        # Without the size, pyarrow's S3 file would ask for it at every open: once is enough.
+        size = self.sizes[file] if self.sizes else self.filesystem.get_file_info(path).size
+        fragment = _PARQUET.make_fragment(path, self.filesystem, file_size=size)
+        fragment.ensure_complete_metadata()
+        self._check_schema(fragment, file)
         with self._lock:
-            self._opened[file] = (handle if self._keep_handles else None, parquet.metadata)
+            self._opened[file] = fragment
             self._opening.pop(file, None)
             if len(self._opened) > FOOTER_CACHE:
-                # Not closed here: a thread may be reading through it; dropped, it closes.
                 self._opened.popitem(last=False)
-        return parquet
+        return fragment
 
-    def _check_schema(self, parquet: pq.ParquetFile, file: int) -> None:
+    def _check_schema(self, fragment: ds.ParquetFileFragment, file: int) -> None:
         if self.schema_facts is None or self.mapping is not None:
             return
         where = self.uri_of(self.files[file])
-        facts = check_schema(parquet.schema_arrow, where)
+        facts = check_schema(fragment.physical_schema, where)
         if facts != self.schema_facts:
             raise DataError(
                 f"{where}: feature_shape/num_classes/scale {facts} where the data set has "
@@ -265,15 +284,12 @@ class FileSource:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.ahead, thread_name_prefix="row-group-read")
-            # pre_buffer's requests run on pyarrow's IO pool (8 threads by default): without
-            # this, 64 row groups "in flight" were 8 requests to S3 (make bench, scale: 0.57 of
-            # loopback's rows/s through a 30 ms store with 8, 0.7-0.8 with 64).
-            if pa.io_thread_count() < self.ahead:
-                pa.set_io_thread_count(self.ahead)
+            enough_io_threads(self.ahead)
+        # Up to ``hold`` row groups asked for; the pool's ``ahead`` threads fetch them.
         pending: deque = deque()
         todo = iter(pieces)
         try:
-            for piece in itertools.islice(todo, self.ahead):
+            for piece in itertools.islice(todo, self.hold):
                 pending.append(self._pool.submit(self.read, piece))
             while pending:
                 table = pending.popleft().result()
@@ -289,6 +305,25 @@ class FileSource:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def enough_io_threads(requests: int) -> None:
+    """At least ``requests`` threads in pyarrow's IO pool, never fewer than it has.
+
+    pre_buffer's requests run on that pool (8 threads by default): without this, 64 row
+    groups "in flight" were 8 requests to S3 (make bench, scale: 0.57 of loopback's rows/s
+    through a 30 ms store with 8, 0.7-0.8 with 64). And pyarrow's S3 filesystem pools as many
+    connections as the pool has threads when it is made, 25 at least: one made before the
+    pool grew kept 64 requests to 25 connections for the whole job (through a 30 ms store,
+    1,000 files: 204k rows/s against 381k with 64)."""
+    if pa.io_thread_count() < requests:
+        pa.set_io_thread_count(requests)
+
+
+#: How a streaming reader reads a row group: one coalesced request for its columns
+#: (pre_buffer) instead of one per column.
+_PARQUET = ds.ParquetFileFormat()
+_SCAN = ds.ParquetFragmentScanOptions(pre_buffer=True)
 
 
 class MemorySource:
@@ -347,24 +382,27 @@ def open_source(
     s3: S3Config | None = None,
     read_ahead_mb: float = READ_AHEAD_MB,
 ) -> Source:
+    chosen = info.splits[split]
+    local = is_local_uri(info.uri)
+    ahead = MIN_AHEAD if local else requests_in_flight(chosen, read_ahead_mb)
+    if not memory:
+        enough_io_threads(ahead)  # before the filesystem is made: it sizes its connections
     loc = resolve(info.uri, s3)
     filesystem = loc.filesystem or pafs.LocalFileSystem()
     if memory:
-        return MemorySource(
-            info.splits[split], filesystem, info.num_classes, loc.uri_of, info.mapping, split
-        )
+        return MemorySource(chosen, filesystem, info.num_classes, loc.uri_of, info.mapping, split)
     return FileSource(
-        info.splits[split].files,
+        chosen.files,
         filesystem,
         loc.uri_of,
         info.num_classes,
         # Local disk answers at once: more threads would only contend for the cores.
-        ahead=MIN_AHEAD
-        if isinstance(filesystem, pafs.LocalFileSystem)
-        else requests_in_flight(info.splits[split], read_ahead_mb),
+        ahead=ahead,
         mapping=info.mapping,
         split=split,
         schema_facts=(info.feature_shape, info.num_classes, info.feature_scale),
+        sizes=chosen.sizes,
+        hold=MIN_AHEAD if local else row_groups_held(chosen, read_ahead_mb),
     )
 
 

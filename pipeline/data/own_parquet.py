@@ -410,7 +410,8 @@ def _scan(
             files[p].size * sum(g) // max(1, sum(files[p].groups))
             for p, g in zip(paths, groups, strict=True)
         )
-        splits[split] = SplitInfo(tuple(paths), rows, size, row_groups=groups)
+        sizes = tuple(files[p].size for p in paths)
+        splits[split] = SplitInfo(tuple(paths), rows, size, row_groups=groups, sizes=sizes)
     return splits, labels
 
 

@@ -154,20 +154,29 @@ def test_a_read_error_names_the_file(split, tmp_path):
         list(_reader(bad, 0, 1).batches(0, 8))
 
 
-def test_a_file_opened_again_reuses_its_footer_and_the_cache_is_bounded(split, monkeypatch):
+class _Fragments:
+    """ingest's Parquet format, recording each fragment made (each a footer read) with the
+    size it was given."""
+
+    def __init__(self, real):
+        self.real = real
+        self.made: list[tuple[str, int | None]] = []
+
+    def make_fragment(self, path, filesystem, file_size=None):
+        if threading.current_thread() is threading.main_thread() or self.threads:
+            self.made.append((path, file_size))
+        return self.real.make_fragment(path, filesystem, file_size=file_size)
+
+    threads = False
+
+
+def test_a_file_read_again_reuses_its_footer_and_the_cache_is_bounded(split, monkeypatch):
     from pipeline.data import ingest
 
-    opened = []
-    parquet_file = ingest.pq.ParquetFile
-
-    def spy(stream, metadata=None, **kw):
-        # ahead=0 reads on this thread; a read-ahead thread an earlier test left finishing
-        # its in-flight row group also passes through pyarrow's ParquetFile (CI saw one).
-        if threading.current_thread() is threading.main_thread():
-            opened.append(metadata is not None)
-        return parquet_file(stream, metadata=metadata, **kw)
-
-    monkeypatch.setattr(ingest.pq, "ParquetFile", spy)
+    # ahead=0 reads on this thread; a read-ahead thread an earlier test left finishing its
+    # in-flight row group also makes fragments (CI saw one), so only this thread's count.
+    fragments = _Fragments(ingest._PARQUET)
+    monkeypatch.setattr(ingest, "_PARQUET", fragments)
     monkeypatch.setattr(ingest, "FOOTER_CACHE", 2)
     source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=0)
     pieces = epoch_pieces(split, 0, 0, shuffle=False)
@@ -175,35 +184,77 @@ def test_a_file_opened_again_reuses_its_footer_and_the_cache_is_bounded(split, m
     for piece in [*one_per_file, one_per_file[2], one_per_file[0]]:
         source.read(piece)
     # Files 0, 1, 2 read their footers; 2 again from the cache; 0 was dropped (cache of 2).
-    assert opened == [False, False, False, True, False]
+    files = split.files
+    assert [path for path, _ in fragments.made] == [files[0], files[1], files[2], files[0]]
     assert len(source._opened) == 2
-    assert all(handle is None for handle, _ in source._opened.values())  # local: not kept
 
 
-class _CountingFS:
-    """A filesystem that counts opens (each is a HEAD request on S3)."""
+class _CountingHandler(pafs.FileSystemHandler):
+    """Local files behind pyarrow's Python filesystem, counting what S3 would answer with a
+    request: size lookups (a HEAD) and opens."""
 
     def __init__(self):
         self.local = pafs.LocalFileSystem()
-        self.opens: list[str] = []
+        self.infos: list[str] = []
+        self.opens = 0
+
+    def get_type_name(self):
+        return "counting"
+
+    def normalize_path(self, path):
+        return path
+
+    def get_file_info(self, paths):
+        self.infos.extend(paths)
+        return self.local.get_file_info(paths)
 
     def open_input_file(self, path):
-        self.opens.append(path)
+        self.opens += 1
         return self.local.open_input_file(path)
 
+    def open_input_stream(self, path):
+        return self.local.open_input_stream(path)
 
-def test_on_object_storage_a_file_is_opened_once_for_all_its_row_groups(split):
-    """pyarrow's S3 file sends a HEAD request when opened: a kept handle saves one request per
-    row group read (shuffled reading opens a file again for each of its row groups), and the
-    threads share it."""
-    fs = _CountingFS()
-    source = FileSource(split.files, fs, str, 3, ahead=4)
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    def _unused(self, *args):
+        raise NotImplementedError
+
+    get_file_info_selector = create_dir = delete_dir = delete_dir_contents = _unused
+    delete_root_dir_contents = delete_file = move = copy_file = _unused
+    open_output_stream = open_append_stream = _unused
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["sizes-listed", "sizes-asked"])
+def test_on_object_storage_a_footer_is_read_once_and_a_listed_size_never_asked(
+    split, monkeypatch, known
+):
+    """pyarrow's S3 file sends a HEAD request when opened by name, for the size; the driver's
+    listing has every file's size, and a fragment given it asks nothing before its first
+    footer read. A footer is read once for all the file's row groups (shuffled reading comes
+    back to a file for each), over epochs, whichever thread wants it first."""
+    from pipeline.data import ingest
+
+    fragments = _Fragments(ingest._PARQUET)
+    fragments.threads = True
+    monkeypatch.setattr(ingest, "_PARQUET", fragments)
+    handler = _CountingHandler()
+    sizes = tuple(handler.local.get_file_info(f).size for f in split.files)
+    assert split.sizes == sizes  # the listing's
+    fs = pafs.PyFileSystem(handler)
+    source = FileSource(split.files, fs, str, 3, ahead=4, sizes=sizes if known else ())
     pieces = epoch_pieces(split, 0, 0, shuffle=True)
     assert len(pieces) > len(split.files)  # several row groups a file
     for epoch in range(2):
         assert len(list(source.read_in_order(pieces))) == len(pieces), epoch
     source.close()
-    assert sorted(fs.opens) == sorted(split.files)  # once each, over two epochs
+    assert sorted(fragments.made) == sorted(zip(split.files, sizes, strict=True))
+    assert len(handler.infos) == (0 if known else len(split.files))  # a HEAD each on S3
+    assert handler.opens == len(split.files) + 2 * len(pieces)  # footers, then a row group each
 
 
 def test_requests_in_flight_follow_the_memory_setting_within_bounds():
@@ -216,6 +267,48 @@ def test_requests_in_flight_follow_the_memory_setting_within_bounds():
     assert requests_in_flight(split(100, 2**20), 16) == 16  # 16 MB of 1 MB row groups
     assert requests_in_flight(split(100, 32 * 2**10), 64) == MAX_AHEAD  # small: capped
     assert requests_in_flight(split(4, 512 * 2**20), 64) == MIN_AHEAD  # huge: 2 at least
+
+
+def test_row_groups_held_follow_the_memory_setting_beyond_the_requests():
+    from pipeline.data.contract import SplitInfo
+    from pipeline.data.ingest import HOLD_PER_REQUEST, MAX_AHEAD, MIN_AHEAD, row_groups_held
+
+    def split(groups: int, group_bytes: int) -> SplitInfo:
+        return SplitInfo(("f",), groups, groups * group_bytes, row_groups=((1,) * groups,))
+
+    assert row_groups_held(split(100, 2**20), 16) == 16  # 16 MB of 1 MB row groups: no more
+    assert row_groups_held(split(100, 2**19), 64) == 128  # 64 MB of 512 KB: past the 64 requests
+    assert row_groups_held(split(100, 32 * 2**10), 64) == HOLD_PER_REQUEST * MAX_AHEAD
+    assert row_groups_held(split(4, 512 * 2**20), 64) == MIN_AHEAD  # huge: the requests' 2
+
+
+def test_a_slow_row_group_does_not_stop_the_requests_behind_it(split):
+    """The plan's order is kept, so the first row group's late answer holds the others; while
+    it is late, the reader asks for the row groups after them up to ``hold``."""
+    started: list[int] = []
+    release = threading.Event()
+    source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=2, hold=5)
+    real_read = source.read
+
+    def read(piece):
+        started.append(piece.group + 10 * piece.file)
+        if len(started) == 1:
+            assert release.wait(10), "the reader never asked for more than the first"
+        return real_read(piece)
+
+    source.read = read  # type: ignore[method-assign]
+    pieces = epoch_pieces(split, 0, 0, shuffle=False)
+
+    def watch():
+        while len(started) < 5:  # the 4 behind the late one are asked for and read
+            threading.Event().wait(0.01)
+        release.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert len(list(source.read_in_order(pieces))) == len(pieces)
+    source.close()
+    assert release.is_set()
 
 
 def test_row_groups_in_flight_get_as_many_of_pyarrows_io_threads(split, monkeypatch):
@@ -233,3 +326,28 @@ def test_row_groups_in_flight_get_as_many_of_pyarrows_io_threads(split, monkeypa
     assert len(list(fewer.read_in_order(pieces))) == len(pieces)
     fewer.close()
     assert counts == [4, 6]  # never lowered
+
+
+def test_a_streaming_source_on_s3_has_its_io_threads_before_its_filesystem(monkeypatch):
+    """pyarrow's S3 filesystem pools as many connections as pyarrow has IO threads when it is
+    made (25 at least): the pool grows first, or 64 requests share 25 connections."""
+    from pipeline.data import ingest
+    from pipeline.data.contract import DatasetInfo, SplitInfo
+    from pipeline.storage import Location
+
+    counts = [8]
+    monkeypatch.setattr(pa, "io_thread_count", lambda: counts[-1])
+    monkeypatch.setattr(pa, "set_io_thread_count", counts.append)
+    made_with: list[int] = []
+
+    def resolve(uri, s3=None):
+        made_with.append(counts[-1])
+        return Location(uri, pafs.LocalFileSystem(), "bucket/set")
+
+    monkeypatch.setattr(ingest, "resolve", resolve)
+    split = SplitInfo(("bucket/set/train/a.parquet",), 4000, 4 * 2**20, row_groups=((1000,) * 4,))
+    info = DatasetInfo("s3://bucket/set", (16,), 10, {"train": split})
+    source = ingest.open_source(info, "train", memory=False, read_ahead_mb=64)
+    assert source.ahead == ingest.requests_in_flight(split, 64) == 64
+    assert made_with == [64]
+    assert counts == [8, 64]
