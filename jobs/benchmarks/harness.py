@@ -208,10 +208,12 @@ def write(
     seconds: float,
     group_seconds: dict[str, float] | None = None,
     measured_on: dict | None = None,
+    rerun: list[str] | None = None,
 ) -> None:
-    """``{"machine", "size", "seconds", "group_seconds", "figures"}`` as JSON (non-finite
-    numbers as null); ``group_seconds``: what each group of figures took when last run;
-    ``measured_on``: the machine, when not this one (a file rebuilt from the page)."""
+    """``{"machine", "size", "seconds", "group_seconds", "rerun", "figures"}`` as JSON
+    (non-finite numbers as null); ``group_seconds``: what each group of figures took when
+    last run; ``measured_on``: the machine, when not this one (a file rebuilt from the page);
+    ``rerun``: the groups run on their own (``--only``) since the run of every group."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [
         {
@@ -225,6 +227,7 @@ def write(
         "size": size,
         "seconds": round(seconds),
         "group_seconds": group_seconds or {},
+        "rerun": rerun or [],
         "figures": rows,
     }
     path.write_text(json.dumps(data, indent=2) + "\n")

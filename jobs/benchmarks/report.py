@@ -42,9 +42,11 @@ def render(header: dict, figures: list[Figure]) -> str:
         f"Measured by `make bench` (size {header['size']}, {header['seconds']} s) on"
         f" {m['cores']} cores of {m['cpu']}, Python {m['python']}, {m['system']}."
     ]
-    # A file seeded from this page (report --seed) knows the time of the groups rerun since:
-    # those figures may come from another machine of the kind than the rest.
-    rerun = [g for g in GROUPS if g in (header.get("group_seconds") or {})]
+    # Groups run on their own since the run of every group (a file seeded from this page
+    # knows them by their time): those figures may come from another machine of the kind, or
+    # another commit, than the rest.
+    named = header["rerun"] if "rerun" in header else header.get("group_seconds") or {}
+    rerun = [g for g in GROUPS if g in named]
     if rerun and len(rerun) < len(GROUPS):
         lines.append(
             f"{RERUN} (`BENCH_ONLY`, perhaps on another machine of this kind,"
@@ -118,6 +120,7 @@ def from_page(page: str) -> tuple[dict, list[Figure]]:
         "size": size,
         "seconds": int(seconds),
         "group_seconds": dict.fromkeys(groups, 0),
+        "rerun": groups,
     }, figures
 
 
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             header["seconds"],
             header["group_seconds"],
             header["machine"],
+            header["rerun"],
         )
         print(f"{args.results} <- {args.readme} ({len(figures)} figures)")
         return 0

@@ -149,7 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                     seconds[group] = time.perf_counter() - started
                     # Written after every group: a later group's failure loses nothing.
                     header, merged = _merge(previous, figures, seconds)
-                    write(merged, args.out, args.size, header["seconds"], header["group_seconds"])
+                    write(
+                        merged,
+                        args.out,
+                        args.size,
+                        header["seconds"],
+                        header["group_seconds"],
+                        rerun=header["rerun"],
+                    )
 
     figures = merged
     print(table(figures))
@@ -184,10 +191,12 @@ def _previous(out: Path, size: str, groups: list[str]) -> tuple[dict, list[Figur
 def _merge(
     previous: tuple[dict, list[Figure]] | None, new: list[Figure], seconds: dict[str, float]
 ) -> tuple[dict, list[Figure]]:
-    """New figures replace the previous ones of the same name, in place; the rest stay."""
+    """New figures replace the previous ones of the same name, in place; the rest stay. The
+    header names the groups run on their own since the run of every group (``rerun``)."""
     group_seconds = {k: round(v) for k, v in seconds.items()}
     if previous is None:
-        return {"seconds": sum(group_seconds.values()), "group_seconds": group_seconds}, new
+        total = sum(group_seconds.values())
+        return {"seconds": total, "group_seconds": group_seconds, "rerun": []}, new
     header, old = previous
     before = header.get("group_seconds", {})
     # The earlier total, less what the rerun groups took then (unknown for a file seeded
@@ -196,7 +205,11 @@ def _merge(
     total += sum(group_seconds.values())
     fresh = {f.name: f for f in new}
     merged = [fresh.pop(f.name, f) for f in old] + list(fresh.values())
-    return {"seconds": total, "group_seconds": {**before, **group_seconds}}, merged
+    # A file seeded from the page has no "rerun": its group_seconds are the groups rerun.
+    earlier = set(header["rerun"]) if "rerun" in header else set(before)
+    rerun = [g for g in GROUPS if g in earlier | set(group_seconds)]
+    header = {"seconds": total, "group_seconds": {**before, **group_seconds}, "rerun": rerun}
+    return header, merged
 
 
 @contextlib.contextmanager

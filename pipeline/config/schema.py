@@ -77,9 +77,10 @@ class DataConfig(Section):
     )
     read_ahead_mb: int = option(
         64,
-        "stream: stored bytes of row groups each worker's reader keeps in flight per split;"
-        " as many concurrent requests as fit (2 to 64, from the split's average row group),"
-        " so a distant S3's latency overlaps while memory stays bounded by this setting",
+        "stream: stored bytes of row groups each worker's reader holds or has asked for, per"
+        " split; as many concurrent requests as fit (2 to 64, from the split's average row"
+        " group), up to 4 row groups asked for per request, so a distant S3's latency overlaps"
+        " while memory stays bounded by this setting",
         ge=1,
         le=16_384,
     )

@@ -59,13 +59,21 @@ def _fig(name: str, value: float) -> Figure:
 
 
 def test_a_partial_run_replaces_its_figures_in_place_and_keeps_the_rest():
-    previous = (
-        {"seconds": 110, "group_seconds": {"ingest": 10, "tta": 100}},
+    previous = (  # a run of every group
+        {"seconds": 110, "group_seconds": {"ingest": 10, "tta": 100}, "rerun": []},
         [_fig("a", 1), _fig("b", 2)],
     )
     header, merged = run._merge(previous, [_fig("b", 3), _fig("c", 4)], {"ingest": 12.4})
     assert [(f.name, f.value) for f in merged] == [("a", 1), ("b", 3), ("c", 4)]
-    assert header == {"seconds": 112, "group_seconds": {"ingest": 12, "tta": 100}}
+    assert header == {
+        "seconds": 112,
+        "group_seconds": {"ingest": 12, "tta": 100},
+        "rerun": ["ingest"],  # the page says which figures came later
+    }
+    again, _ = run._merge((header, merged), [_fig("a", 5)], {"tta": 90})
+    assert again["rerun"] == ["ingest", "tta"] and again["seconds"] == 102
+    fresh, _ = run._merge(None, [_fig("a", 1)], {"ingest": 10, "tta": 90})
+    assert fresh["rerun"] == []
 
 
 def test_a_partial_run_into_another_sizes_results_is_refused(tmp_path):

@@ -97,7 +97,7 @@ def test_the_shipped_page_has_the_markers():
 def test_groups_rerun_since_a_seeded_run_are_named_and_survive_a_seed(tmp_path):
     figures = [ratio_figure("table_accuracy_vs_sklearn", 0.97, 0.98, ">= 0.98", "acc", "n")]
     results = tmp_path / "results.json"
-    write(figures, results, "default", 100, {"tables": 12})
+    write(figures, results, "default", 100, {"tables": 12}, rerun=["tables"])
     page = tmp_path / "performance.md"
     page.write_text(f"{report.BEGIN}\n{report.END}\n")
     args = ["--results", str(results), "--page", str(page), "--quotes"]
@@ -107,4 +107,5 @@ def test_groups_rerun_since_a_seeded_run_are_named_and_survive_a_seed(tmp_path):
     seeded = tmp_path / "seeded.json"
     assert report.main(["--results", str(seeded), "--page", str(page), "--seed"]) == 0
     assert read(seeded)[0]["group_seconds"] == {"tables": 0}
+    assert read(seeded)[0]["rerun"] == ["tables"]
     assert report.main(["--results", str(seeded), "--page", str(page), "--quotes", "--check"]) == 0
