@@ -61,11 +61,15 @@ from pipeline.storage import is_local_uri, resolve
 #: Label of padding rows: masked out of the loss and of every metric.
 PAD_LABEL = -1
 COLUMNS = [ID, FEATURES, LABEL]
-#: Files whose footer a streaming reader keeps, as a fragment (least recently used dropped;
-#: 24 KB a file of 4 row groups and 3 columns, measured: 49 MB when full, the footers alone
-#: 18 KB), so memory stays bounded whatever the number of files, and a row group of a file
-#: kept costs one request (no footer).
-FOOTER_CACHE = 2048
+#: Memory for the footers a streaming reader keeps, as fragments (least recently used
+#: dropped), so it stays bounded whatever the number of files and however wide they are; a
+#: row group of a file kept costs one request (no footer). A count of files bounded nothing:
+#: a parsed footer grows with columns x row groups (23 KB for the scale benchmark's files,
+#: 1.8 MB for 200 columns in 10 row groups), and 2,048 files were 49 MB of the first kind.
+FOOTER_CACHE_MB = 16
+#: A parsed footer's memory per byte of the footer as stored (measured 8-11: 23 KB for 2.1 KB,
+#: 1,788 KB for 230 KB).
+FOOTER_MEMORY_PER_BYTE = 12
 #: Stored bytes of row groups a streaming reader holds or has asked for
 #: (``data.read_ahead_mb``), and the bounds of the number of requests that makes at once.
 READ_AHEAD_MB = 64
@@ -157,8 +161,8 @@ class FileSource:
     :meth:`read_in_order` keeps ``ahead`` requests in flight on a thread pool and up to
     ``hold`` row groups asked for, so object storage latency overlaps the decoding and the
     training step. No Parquet reader is kept open (keeping every file's reader made a
-    worker's memory grow with the number of files: make bench, rss_growth); up to
-    :data:`FOOTER_CACHE` files' footers are kept instead, so a file read again costs its row
+    worker's memory grow with the number of files: make bench, rss_growth); footers are kept
+    instead, up to ``footer_cache_bytes`` of them, so a file read again costs its row
     group's request only. A file whose size is known (``sizes``, from the driver's listing)
     is opened without asking S3 for it: pyarrow's S3 file sends a HEAD request when opened
     by name, one more round trip before each first footer. Each row group's values are
@@ -179,6 +183,7 @@ class FileSource:
         schema_facts: tuple | None = None,
         sizes: tuple[int, ...] = (),
         hold: int = 0,
+        footer_cache_bytes: int = FOOTER_CACHE_MB * 2**20,
     ):
         self.files = files
         self.filesystem = filesystem
@@ -198,8 +203,11 @@ class FileSource:
         #: file -> bit set of its row groups checked: a few bytes a file (a set of pieces
         #: took ~150 bytes a row group, and grew with a shard's row groups).
         self._checked: dict[int, int] = {}
-        #: file -> its fragment with the footer read, least recently used first.
-        self._opened: OrderedDict[int, ds.ParquetFileFragment] = OrderedDict()
+        #: file -> (its fragment with the footer read, the memory counted for it), least
+        #: recently used first; ``_opened_bytes`` in all, at most ``footer_cache_bytes``.
+        self._opened: OrderedDict[int, tuple[ds.ParquetFileFragment, int]] = OrderedDict()
+        self._opened_bytes = 0
+        self.footer_cache_bytes = footer_cache_bytes
         #: file -> the lock of the thread opening it for the first time.
         self._opening: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -250,9 +258,10 @@ class FileSource:
     def _kept(self, file: int) -> ds.ParquetFileFragment | None:
         with self._lock:
             kept = self._opened.get(file)
-            if kept is not None:
-                self._opened.move_to_end(file)
-            return kept
+            if kept is None:
+                return None
+            self._opened.move_to_end(file)
+            return kept[0]
 
     def _first_open(self, file: int) -> ds.ParquetFileFragment:
         path = self.files[file]
@@ -261,11 +270,15 @@ class FileSource:
         fragment = _PARQUET.make_fragment(path, self.filesystem, file_size=size)
         fragment.ensure_complete_metadata()
         self._check_schema(fragment, file)
+        cost = footer_memory(fragment)
         with self._lock:
-            self._opened[file] = fragment
+            if cost <= self.footer_cache_bytes:  # a footer larger than all of it is not kept
+                self._opened[file] = (fragment, cost)
+                self._opened_bytes += cost
+                while self._opened_bytes > self.footer_cache_bytes:
+                    _, (_, dropped) = self._opened.popitem(last=False)
+                    self._opened_bytes -= dropped
             self._opening.pop(file, None)
-            if len(self._opened) > FOOTER_CACHE:
-                self._opened.popitem(last=False)
         return fragment
 
     def _check_schema(self, fragment: ds.ParquetFileFragment, file: int) -> None:
@@ -307,6 +320,11 @@ class FileSource:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def footer_memory(fragment: ds.ParquetFileFragment) -> int:
+    """What a kept fragment is counted as: its parsed footer's memory, estimated."""
+    return FOOTER_MEMORY_PER_BYTE * fragment.metadata.serialized_size
 
 
 def enough_io_threads(requests: int) -> None:

@@ -170,23 +170,51 @@ class _Fragments:
     threads = False
 
 
+def _footer_costs(split) -> list[int]:
+    from pipeline.data import ingest
+
+    fs = pafs.LocalFileSystem()
+    costs = []
+    for path in split.files:
+        fragment = ingest._PARQUET.make_fragment(path, fs)
+        fragment.ensure_complete_metadata()
+        costs.append(ingest.footer_memory(fragment))
+    return costs
+
+
 def test_a_file_read_again_reuses_its_footer_and_the_cache_is_bounded(split, monkeypatch):
     from pipeline.data import ingest
 
+    costs = _footer_costs(split)  # files of 3, 4 and 1 row groups: their footers differ
+    assert costs[0] < costs[1] and sum(costs) > costs[1] + costs[2]
     # ahead=0 reads on this thread; a read-ahead thread an earlier test left finishing its
     # in-flight row group also makes fragments (CI saw one), so only this thread's count.
     fragments = _Fragments(ingest._PARQUET)
     monkeypatch.setattr(ingest, "_PARQUET", fragments)
-    monkeypatch.setattr(ingest, "FOOTER_CACHE", 2)
-    source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=0)
+    budget = costs[1] + costs[2]  # the two most recent of the first three
+    source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=0,
+                        footer_cache_bytes=budget)  # fmt: skip
     pieces = epoch_pieces(split, 0, 0, shuffle=False)
     one_per_file = [next(p for p in pieces if p.file == f) for f in range(3)]
     for piece in [*one_per_file, one_per_file[2], one_per_file[0]]:
         source.read(piece)
-    # Files 0, 1, 2 read their footers; 2 again from the cache; 0 was dropped (cache of 2).
+    # Files 0, 1, 2 read their footers (0 dropped to make room for 2); 2 again from the
+    # cache; 0 again, for which 1, the least recently used, was dropped.
     files = split.files
     assert [path for path, _ in fragments.made] == [files[0], files[1], files[2], files[0]]
-    assert len(source._opened) == 2
+    assert list(source._opened) == [2, 0]
+    assert source._opened_bytes == costs[2] + costs[0] <= budget
+
+
+def test_a_footer_larger_than_the_whole_cache_is_not_kept(split):
+    """However wide a file (a parsed footer grows with columns x row groups), the cache's
+    memory stays within its bytes: such a footer is read again each time instead."""
+    smallest = min(_footer_costs(split))
+    source = FileSource(split.files, pafs.LocalFileSystem(), str, 3, ahead=0,
+                        footer_cache_bytes=smallest - 1)  # fmt: skip
+    for piece in epoch_pieces(split, 0, 0, shuffle=False):
+        source.read(piece)
+    assert not source._opened and source._opened_bytes == 0
 
 
 class _CountingHandler(pafs.FileSystemHandler):
