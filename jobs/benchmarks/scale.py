@@ -44,6 +44,8 @@ from jobs.benchmarks.procs import json_line, python
 PREFIX = "bench/scale"
 SMALL = "bench/scale-small"
 SHAPE = (16,)
+#: Alternated pairs of the streaming reader's passes, at least.
+STREAM_PAIRS = 9
 
 
 def prepare(
@@ -258,7 +260,9 @@ def figures(
         ahead: list[int] = []
         read = _stream(stream_rows, ahead)
         proxy_cpu = _cpu_seconds(proxy.pid)
-        stream = paired_samples(through(read), read, reps)
+        # A pass lasts about a second, and one pair's ratio swung from 0.64 to 0.96 within a
+        # run (two runs' medians of 3 pairs: 0.883 and 0.691): more pairs, for a second each.
+        stream = paired_samples(through(read), read, max(reps, STREAM_PAIRS))
         proxy_cpu = _cpu_seconds(proxy.pid) - proxy_cpu
         first_step = _first_step_figure(
             files,
