@@ -100,8 +100,10 @@ def test_a_slowed_side_is_reported_as_a_miss_and_merged(tiny_results, tmp_path):
         "--out", str(out), timeout=1200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    after = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    merged = json.loads(out.read_text())
+    after = {f["name"]: f for f in merged["figures"]}
     assert list(after) == list(before)  # merged in place, nothing lost
+    assert merged["rerun"] == ["ingest", "step"]  # the page will say which came later
     for name in SLOWED:
         assert after[name]["ratio"] < 1 / 2, (name, after[name])
         assert not _met(after[name]), name
