@@ -35,18 +35,16 @@ def _cell(value: float | None) -> str:
 
 
 def render(header: dict, figures: list[Figure]) -> str:
-    from jobs.benchmarks.run import GROUPS
+    from jobs.benchmarks.run import GROUPS, rerun_groups
 
     m = header["machine"]
     lines = [
         f"Measured by `make bench` (size {header['size']}, {header['seconds']} s) on"
         f" {m['cores']} cores of {m['cpu']}, Python {m['python']}, {m['system']}."
     ]
-    # Groups run on their own since the run of every group (a file seeded from this page
-    # knows them by their time): those figures may come from another machine of the kind, or
-    # another commit, than the rest.
-    named = header["rerun"] if "rerun" in header else header.get("group_seconds") or {}
-    rerun = [g for g in GROUPS if g in named]
+    # Groups run on their own since the run of every group: those figures may come from
+    # another machine of the kind, or another commit, than the rest.
+    rerun = rerun_groups(header)
     if rerun and len(rerun) < len(GROUPS):
         lines.append(
             f"{RERUN} (`BENCH_ONLY`, perhaps on another machine of this kind,"

@@ -205,11 +205,16 @@ def _merge(
     total += sum(group_seconds.values())
     fresh = {f.name: f for f in new}
     merged = [fresh.pop(f.name, f) for f in old] + list(fresh.values())
-    # A file seeded from the page has no "rerun": its group_seconds are the groups rerun.
-    earlier = set(header["rerun"]) if "rerun" in header else set(before)
-    rerun = [g for g in GROUPS if g in earlier | set(group_seconds)]
+    rerun = [g for g in GROUPS if g in {*rerun_groups(header), *group_seconds}]
     header = {"seconds": total, "group_seconds": {**before, **group_seconds}, "rerun": rerun}
     return header, merged
+
+
+def rerun_groups(header: dict) -> list[str]:
+    """The groups a results file's figures were rerun for on their own since the run of every
+    group, in the run's order. A file written before it said so names them by their time."""
+    named = header["rerun"] if "rerun" in header else header.get("group_seconds") or {}
+    return [g for g in GROUPS if g in named]
 
 
 @contextlib.contextmanager
